@@ -1,0 +1,76 @@
+"""Benchmark the single-process reference trainer on full MNIST (60k train / 10k test).
+
+    python bench/reference_mnist.py [config/models/mnist_default.yaml ...] [--threads 2]
+
+Writes bench/results/reference_mnist.{json,md} (rows keyed by config file, so running one
+config keeps the others) and refreshes the README table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, data_root, machine, update_readme, write_results  # noqa: E402
+
+from dff_ros.config.schema import load_model_config  # noqa: E402
+from dff_ros.data import load_dataset  # noqa: E402
+from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
+
+DEFAULT_CONFIGS = ["config/models/mnist_default.yaml"]
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| config | layers | epochs (splits) | batch | negatives | schedule | threads | train s | "
+             "eval s | samples/s | goodness % | softmax % | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        acc = r["accuracy"]
+        cell = lambda c: f"{100 * acc[c]:.2f}" if c in acc else "–"  # noqa: E731
+        lines.append(f"| `{r['config_file']}` | {r['layers']} | {r['epochs']} ({r['splits']}) | {r['batch_size']} | "
+                     f"{r['negatives']} | {r['schedule']} | {r['threads']} | {r['train_seconds']:.0f} | "
+                     f"{r['eval_seconds']:.0f} | {r['samples_per_second']:.0f} | {cell('goodness')} | "
+                     f"{cell('softmax')} | {r['machine']['cores']}-core {r['machine']['cpu']}, "
+                     f"{r['machine']['date']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=0, metavar="K", help="test after every K chapters too")
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args()
+    data = load_dataset("MNIST", data_root(), allow_download=False)
+    rows = []
+    for cfg_path in args.configs:
+        cfg = load_model_config(REPO / cfg_path, {"threads": args.threads})
+        t0 = time.perf_counter()
+        result = ReferenceTrainer(cfg, data, eval_every=args.eval_every).fit()
+        t = cfg.train
+        rows.append({
+            "config_file": cfg_path, "model": cfg.name,
+            "layers": "-".join([str(cfg.input_features)] + [str(l.out_features) for l in cfg.layers]),
+            "epochs": t.epochs, "splits": t.splits, "batch_size": t.batch_size, "negatives": t.negatives,
+            "schedule": t.schedule, "threads": result["threads"], "train_seconds": result["train_seconds"],
+            "eval_seconds": result["eval_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+            "samples_per_second": result["samples_per_second"], "accuracy": result["accuracy"],
+            "config": result["config"], "history": result["history"], "curve": result["curve"],
+            "machine": machine(),
+        })
+        print(json.dumps({k: rows[-1][k] for k in ("config_file", "train_seconds", "accuracy")}), flush=True)
+    runs = write_results("reference_mnist", rows, "config_file")
+    md = table(runs)
+    (RESULTS / "reference_mnist.md").write_text("# Reference trainer, full MNIST\n\n" + md)
+    if not args.no_readme:
+        update_readme("reference_mnist", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

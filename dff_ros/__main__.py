@@ -1,0 +1,5 @@
+import sys
+
+from dff_ros.cli import main
+
+sys.exit(main())

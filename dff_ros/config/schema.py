@@ -1,0 +1,291 @@
+"""Model config: schema, defaults and validation in one place.
+
+The same schema drives the single-process reference trainer and the distributed master.
+A config is YAML (see ``config/models/*.yaml``)::
+
+    name: mnist_default
+    dataset: {name: MNIST, root: null}
+    model:                       # YOLOv5-like rows: [from, module, args]
+      - [-1, FFDense, [1000]]
+      - [-1, FFDense, [1000]]
+    train: {epochs: 20, splits: 20, batch_size: 64, ...}
+
+Every error names the file, the key and the problem (``ConfigError``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import yaml
+
+from dff_ros.ff.layers import LAYER_TYPES
+from dff_ros.data.datasets import DATASETS
+
+NEGATIVE_STRATEGIES = ("adaptive", "random", "fixed")
+CLASSIFIERS_BY_ALGORITHM = {
+    "ff": ("goodness", "softmax"),
+    "pon": ("pon_last", "pon_all"),
+}
+SCHEDULES = ("stream", "chapters")
+GOODNESS = ("sum", "mean")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """A config problem, worded as ``<file>: <key>: <problem>``."""
+
+    def __init__(self, source: str, key: str, problem: str):
+        self.source, self.key, self.problem = source, key, problem
+        super().__init__(f"{source}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One row of the model list, resolved: absolute input index and input width."""
+
+    index: int
+    source: int  # index of the layer feeding this one; -1 means the (label-overlaid) input
+    module: str
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    in_features: int = 0
+    out_features: int = 0
+
+    def build(self):
+        return LAYER_TYPES[self.module](self.in_features, *self.args, **dict(self.kwargs))
+
+    def spec_hash(self) -> str:
+        """Stable id of what this layer *is*; weights saved under one hash never load into another."""
+        blob = json.dumps([self.source, self.module, list(self.args), dict(self.kwargs),
+                           self.in_features, self.out_features], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    algorithm: str = "ff"            # ff: positive/negative goodness; pon: per-layer softmax (PFF 4.4)
+    epochs: int = 20
+    splits: int = 20                 # S; chapter length C = epochs / splits
+    batch_size: int = 64
+    # PFF 5.1 uses Adam 0.01 / 1e-4; with RMS-normalised inputs and sum goodness 0.01 kills
+    # units (measured), 0.003 learns fastest
+    lr: float = 0.003                # FF layers
+    head_lr: float = 0.01            # softmax / PON heads
+    optimizer: str = "adam"
+    cooldown: bool = True            # linear lr decay over the second half of training
+    # theta in softplus(theta - g_pos) + softplus(g_neg - theta); null: Hinton's choice, theta =
+    # the layer's width for sum goodness (1 for mean), i.e. a mean squared activity of 1
+    threshold: float | None = None
+    goodness: str = "sum"            # sum | mean of squared activities
+    peer_normalization: float = 0.0  # weight of the peer-normalisation loss (0 = off)
+    negatives: str = "random"        # adaptive | random | fixed
+    classifiers: tuple = ("goodness", "softmax")
+    schedule: str = "stream"         # stream: each batch through all layers; chapters: layer by layer
+    seed: int = 0
+    threads: int = 2
+    eval_batch_size: int = 1000
+    train_subset: int = 0            # 0 = whole training set; >0 = first n samples (tests, smoke runs)
+    test_subset: int = 0
+
+    @property
+    def chapter_epochs(self) -> int:
+        return self.epochs // self.splits
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "MNIST"
+    root: str | None = None          # None: $DFF_DATA_ROOT, else ~/.cache/dff_ros/data
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    layers: tuple[LayerSpec, ...]
+    train: TrainConfig
+    dataset: DatasetConfig
+    source: str = "<dict>"
+
+    @property
+    def input_features(self) -> int:
+        return DATASETS[self.dataset.name].input_features
+
+    @property
+    def num_classes(self) -> int:
+        return DATASETS[self.dataset.name].num_classes
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "dataset": dataclasses.asdict(self.dataset),
+            "model": [[-1 if l.source == l.index - 1 else l.source, l.module,
+                       dict(l.kwargs) if l.kwargs else list(l.args)] for l in self.layers],
+            "train": {k: (list(v) if isinstance(v, tuple) else v)
+                      for k, v in dataclasses.asdict(self.train).items()},
+        }
+
+    def replace_train(self, **changes) -> "ModelConfig":
+        train = _validate_train({**self.to_dict()["train"], **changes}, self.source)
+        return dataclasses.replace(self, train=train)
+
+
+# ---------------------------------------------------------------- loading + validation
+
+def load_model_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Read and validate a model YAML. ``overrides`` replace keys of ``train``."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(source, "<file>", "file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, "<yaml>", f"{where}{getattr(e, 'problem', None) or e}") from None
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(source, "<root>", "must be a mapping")
+        raw = {**raw, "train": {**(raw.get("train") or {}), **overrides}}
+    return parse_model_config(raw, source)
+
+
+def parse_model_config(raw: Any, source: str = "<dict>") -> ModelConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "<root>", f"must be a mapping, got {type(raw).__name__}")
+    _reject_unknown(raw, {"name", "dataset", "model", "train"}, "", source)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(source, "name", "must be a non-empty string")
+    dataset = _validate_dataset(raw.get("dataset") or {}, source)
+    spec = DATASETS[dataset.name]
+    layers = _validate_model(raw.get("model"), spec.input_features, source)
+    train = _validate_train(raw.get("train") or {}, source)
+    if train.algorithm == "ff" and "goodness" in train.classifiers and len(layers) < 2:
+        raise ConfigError(source, "train.classifiers",
+                          "the goodness classifier skips the first layer, so it needs at least 2 layers")
+    if train.algorithm == "ff" and "softmax" in train.classifiers and len(layers) < 2:
+        raise ConfigError(source, "train.classifiers",
+                          "the softmax head reads all layers but the first, so it needs at least 2 layers")
+    return ModelConfig(name=name, layers=layers, train=train, dataset=dataset, source=source)
+
+
+def _reject_unknown(section: Mapping, known: set, prefix: str, source: str) -> None:
+    unknown = sorted(set(section) - known)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(source, key, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _validate_dataset(raw: Any, source: str) -> DatasetConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "dataset", "must be a mapping like {name: MNIST, root: null}")
+    _reject_unknown(raw, {f.name for f in dataclasses.fields(DatasetConfig)}, "dataset.", source)
+    name = raw.get("name", "MNIST")
+    if name not in DATASETS:
+        raise ConfigError(source, "dataset.name", f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+    root = raw.get("root")
+    if root is not None and not isinstance(root, str):
+        raise ConfigError(source, "dataset.root", "must be a path string or null")
+    return DatasetConfig(name=name, root=root)
+
+
+def _validate_model(rows: Any, input_features: int, source: str) -> tuple[LayerSpec, ...]:
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(source, "model", "must be a non-empty list of [from, module, args] rows")
+    layers: list[LayerSpec] = []
+    for i, row in enumerate(rows):
+        key = f"model[{i}]"
+        if not isinstance(row, list) or len(row) != 3:
+            raise ConfigError(source, key, f"must be a [from, module, args] row, got {row!r}")
+        src, module, args = row
+        if isinstance(src, bool) or not isinstance(src, int):
+            raise ConfigError(source, f"{key}.from", f"must be an integer layer index, got {src!r}")
+        resolved = i + src if src < 0 else src
+        if i == 0 and src != -1:
+            raise ConfigError(source, f"{key}.from", "the first layer reads the input: use -1")
+        if i > 0 and not 0 <= resolved < i:
+            raise ConfigError(source, f"{key}.from", f"{src} does not name an earlier layer (0..{i - 1})")
+        if i == 0:
+            resolved = -1
+        if module not in LAYER_TYPES:
+            raise ConfigError(source, f"{key}.module",
+                              f"unknown layer type {module!r} (known: {', '.join(sorted(LAYER_TYPES))})")
+        if isinstance(args, dict):
+            pos, kw = (), dict(args)
+        elif isinstance(args, list):
+            pos, kw = tuple(args), {}
+        else:
+            raise ConfigError(source, f"{key}.args", f"must be a list or mapping, got {args!r}")
+        in_features = input_features if resolved < 0 else layers[resolved].out_features
+        cls = LAYER_TYPES[module]
+        try:
+            inspect.signature(cls).bind(in_features, *pos, **kw)
+            out_features = cls.output_features(in_features, *pos, **kw)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(source, f"{key}.args", f"{module}{list(pos) or kw}: {e}") from None
+        layers.append(LayerSpec(index=i, source=resolved, module=module, args=pos, kwargs=kw,
+                                in_features=in_features, out_features=out_features))
+    return tuple(layers)
+
+
+def _check(cond: bool, source: str, key: str, problem: str) -> None:
+    if not cond:
+        raise ConfigError(source, key, problem)
+
+
+def _validate_train(raw: Any, source: str) -> TrainConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "train", "must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    _reject_unknown(raw, set(fields), "train.", source)
+    values = {name: raw.get(name, f.default) for name, f in fields.items()}
+    k = lambda name: f"train.{name}"  # noqa: E731
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for name in ("epochs", "splits", "batch_size", "threads", "eval_batch_size"):
+        _check(is_int(values[name]) and values[name] > 0, source, k(name),
+               f"must be a positive integer, got {values[name]!r}")
+    for name in ("seed", "train_subset", "test_subset"):
+        _check(is_int(values[name]) and values[name] >= 0, source, k(name),
+               f"must be a non-negative integer, got {values[name]!r}")
+    for name in ("lr", "head_lr"):
+        _check(is_num(values[name]) and values[name] > 0, source, k(name),
+               f"must be a positive number, got {values[name]!r}")
+    _check(values["threshold"] is None or is_num(values["threshold"]), source, k("threshold"),
+           f"must be a number or null (= layer width for sum goodness), got {values['threshold']!r}")
+    _check(is_num(values["peer_normalization"]) and values["peer_normalization"] >= 0, source,
+           k("peer_normalization"), f"must be a number >= 0, got {values['peer_normalization']!r}")
+    _check(isinstance(values["cooldown"], bool), source, k("cooldown"), "must be true or false")
+    for name, choices in (("algorithm", tuple(CLASSIFIERS_BY_ALGORITHM)), ("optimizer", OPTIMIZERS),
+                          ("goodness", GOODNESS), ("negatives", NEGATIVE_STRATEGIES),
+                          ("schedule", SCHEDULES)):
+        _check(values[name] in choices, source, k(name),
+               f"must be one of {', '.join(choices)}, got {values[name]!r}")
+    _check(values["epochs"] % values["splits"] == 0, source, k("splits"),
+           f"must divide epochs ({values['epochs']}) so every chapter has C = epochs/splits whole epochs")
+    classifiers = values["classifiers"]
+    if isinstance(classifiers, str):
+        classifiers = [classifiers]
+    allowed = CLASSIFIERS_BY_ALGORITHM[values["algorithm"]]
+    _check(isinstance(classifiers, (list, tuple)) and len(classifiers) > 0, source, k("classifiers"),
+           "must be a non-empty list")
+    for c in classifiers:
+        _check(c in allowed, source, k("classifiers"),
+               f"{c!r} is not a classifier of algorithm {values['algorithm']!r} (use {', '.join(allowed)})")
+    values["classifiers"] = tuple(dict.fromkeys(classifiers))
+    if values["threshold"] is not None:
+        values["threshold"] = float(values["threshold"])
+    values["lr"], values["head_lr"] = float(values["lr"]), float(values["head_lr"])
+    return TrainConfig(**values)

@@ -1,0 +1,209 @@
+"""Single-process reference trainer: the N=1 baseline every distributed run is compared with.
+
+Two schedules over E epochs in S chapters (C = E/S epochs each):
+  stream:   every minibatch passes through all layers, each layer updating on it and handing
+            its activities on (what the DFF activation pipeline does across nodes);
+  chapters: layer by layer, each layer trains C epochs on the cached outputs of the layer
+            before it, then its outputs are recomputed for the next (PFF Algorithm 2, N=1).
+Negative labels are refreshed at chapter boundaries.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from dff_ros.checkpoint import load_weights, save_atomic
+from dff_ros.ff.classifiers import accuracy, goodness_scores
+from dff_ros.ff.learners import Activities
+from dff_ros.ff.negatives import NegativeLabels
+from dff_ros.ff.network import FFNetwork
+from dff_ros.ff.overlay import overlay, overlay_neutral
+from dff_ros.ff.schedule import chapters
+from dff_ros.progress import Progress
+
+WEIGHTS_FORMAT = "dff_ros.ffnetwork/1"
+
+
+def make_inputs(images: torch.Tensor, labels: torch.Tensor, neg_labels: torch.Tensor | None,
+                num_classes: int, neutral: bool) -> Activities:
+    """Label-overlaid first-layer inputs: positive, negative (FF) and neutral (heads, PON)."""
+    return Activities(
+        pos=overlay(images, labels, num_classes) if neg_labels is not None else None,
+        neg=overlay(images, neg_labels, num_classes) if neg_labels is not None else None,
+        neutral=overlay_neutral(images, num_classes) if neutral else None,
+        labels=labels,
+    )
+
+
+@torch.no_grad()
+def forward_activities(layer: torch.nn.Module, a: Activities, chunk: int = 4096) -> Activities:
+    def run(t):
+        return None if t is None else torch.cat([layer(c) for c in t.split(chunk)])
+
+    return Activities(run(a.pos), run(a.neg), run(a.neutral), a.labels)
+
+
+class ReferenceTrainer:
+    def __init__(self, config, data: dict[str, torch.Tensor], *, progress: bool = True,
+                 eval_every: int = 0, log: Callable[[str], None] = print):
+        """``eval_every`` k > 0: also test after every k chapters (time not counted as training)."""
+        t = config.train
+        torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        self.config, self.t, self.log = config, t, log
+        self.show_progress, self.eval_every = progress, eval_every
+        self.train_x, self.train_y = data["train_images"], data["train_labels"]
+        self.test_x, self.test_y = data["test_images"], data["test_labels"]
+        if t.train_subset:
+            self.train_x, self.train_y = self.train_x[:t.train_subset], self.train_y[:t.train_subset]
+        if t.test_subset:
+            self.test_x, self.test_y = self.test_x[:t.test_subset], self.test_y[:t.test_subset]
+        self.net = FFNetwork.from_config(config)
+        self.learners, self.head_learner = self.net.make_learners(t)
+        self.num_classes = config.num_classes
+        self.negatives = (NegativeLabels(t.negatives, self.train_y, self.num_classes, t.seed + 1)
+                          if t.algorithm == "ff" else None)
+        self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
+        self.generator = torch.Generator().manual_seed(t.seed)
+        n_layers = len(self.learners)
+        self._loss_sum = torch.zeros(t.epochs, n_layers + 1)
+        self._loss_count = torch.zeros(t.epochs, n_layers + 1)
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> dict:
+        t, n = self.t, len(self.train_y)
+        units_per_epoch = n if t.schedule == "stream" else n * (len(self.learners) + (self.head_learner is not None))
+        self.progress = Progress(t.epochs * units_per_epoch, f"train {self.config.name}", enabled=self.show_progress)
+        train_seconds = neg_seconds = 0.0
+        curve = []
+        for chapter in chapters(t.epochs, t.splits):
+            t0 = time.perf_counter()
+            neg = self._chapter_negatives(chapter.index)
+            t1 = time.perf_counter()
+            if t.schedule == "stream":
+                self._stream_chapter(chapter, neg)
+            else:
+                self._layerwise_chapter(chapter, neg)
+            neg_seconds += t1 - t0
+            train_seconds += time.perf_counter() - t0
+            if self.eval_every and (chapter.index + 1) % self.eval_every == 0 and chapter.index + 1 < t.splits:
+                curve.append({"epoch": chapter.epochs[-1], "train_seconds": round(train_seconds, 1),
+                              "accuracy": self.evaluate()})
+                self.log(f"epoch {curve[-1]['epoch']}: test accuracy {curve[-1]['accuracy']}")
+        start = time.perf_counter()
+        acc = self.evaluate()
+        eval_seconds = time.perf_counter() - start
+        curve.append({"epoch": t.epochs, "train_seconds": round(train_seconds, 1), "accuracy": acc})
+        return {
+            "model": self.config.name,
+            "config": self.config.to_dict(),
+            "accuracy": acc,
+            "train_seconds": round(train_seconds, 2),
+            "negatives_seconds": round(neg_seconds, 2),
+            "eval_seconds": round(eval_seconds, 2),
+            "samples_per_second": round(n * t.epochs / train_seconds, 1),
+            "train_samples": n,
+            "test_samples": len(self.test_y),
+            "threads": torch.get_num_threads(),
+            "history": self.history(),
+            "curve": curve,
+        }
+
+    def _chapter_negatives(self, chapter: int) -> torch.Tensor | None:
+        if self.negatives is None:
+            return None
+        return self.negatives.for_chapter(
+            chapter, lambda: goodness_scores(self.net, self.train_x, self.t.goodness, self.t.eval_batch_size))
+
+    def _set_epoch(self, epoch: int) -> None:
+        for learner in [*self.learners, self.head_learner]:
+            if learner is not None:
+                learner.set_epoch(epoch)
+
+    def _record(self, epoch: int, column: int, loss: torch.Tensor) -> None:
+        self._loss_sum[epoch - 1, column] += float(loss)
+        self._loss_count[epoch - 1, column] += 1
+
+    def _stream_chapter(self, chapter, neg: torch.Tensor | None) -> None:
+        t, sources = self.t, self.net.sources
+        for epoch in chapter.epochs:
+            self._set_epoch(epoch)
+            losses = torch.zeros(len(self.learners) + 1)
+            batches = 0
+            for idx in torch.randperm(len(self.train_y), generator=self.generator).split(t.batch_size):
+                a = make_inputs(self.train_x[idx], self.train_y[idx], None if neg is None else neg[idx],
+                                self.num_classes, self.needs_neutral)
+                outs: list[Activities] = []
+                for i, (learner, src) in enumerate(zip(self.learners, sources)):
+                    out, metrics = learner.train_step(a if src < 0 else outs[src])
+                    outs.append(out)
+                    losses[i] += metrics["loss"]
+                if self.head_learner is not None:
+                    feats = self.net.head_features([o.neutral for o in outs])
+                    losses[-1] += self.head_learner.train_step(feats, a.labels)["loss"]
+                batches += 1
+                self.progress.update(len(idx), epoch=epoch, loss=float(losses[-2]) / batches)
+            for col in range(len(losses) - (self.head_learner is None)):
+                self._loss_sum[epoch - 1, col] += float(losses[col])
+                self._loss_count[epoch - 1, col] += batches
+
+    def _layerwise_chapter(self, chapter, neg: torch.Tensor | None) -> None:
+        t, n = self.t, len(self.train_y)
+        acts: dict[int, Activities] = {-1: make_inputs(self.train_x, self.train_y, neg, self.num_classes,
+                                                       self.needs_neutral)}
+        for i, (learner, src) in enumerate(zip(self.learners, self.net.sources)):
+            inputs = acts[src]
+            # FF steps need no neutral pass here: neutral activities are recomputed once below
+            train_view = inputs if t.algorithm == "pon" else Activities(inputs.pos, inputs.neg, None, inputs.labels)
+            for epoch in chapter.epochs:
+                learner.set_epoch(epoch)
+                for idx in torch.randperm(n, generator=self.generator).split(t.batch_size):
+                    _, metrics = learner.train_step(train_view.select(idx))
+                    self._record(epoch, i, metrics["loss"])
+                    self.progress.update(len(idx), epoch=epoch, layer=i)
+            acts[i] = forward_activities(learner.layer, inputs)
+        if self.head_learner is not None:
+            feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))])
+            for epoch in chapter.epochs:
+                self.head_learner.set_epoch(epoch)
+                for idx in torch.randperm(n, generator=self.generator).split(t.batch_size):
+                    metrics = self.head_learner.train_step(feats[idx], self.train_y[idx])
+                    self._record(epoch, len(self.learners), metrics["loss"])
+                    self.progress.update(len(idx), epoch=epoch, layer="head")
+
+    def history(self) -> list[dict]:
+        mean = self._loss_sum / self._loss_count.clamp(min=1)
+        rows = []
+        for e in range(self.t.epochs):
+            row = {"epoch": e + 1, "layer_loss": [round(float(v), 5) for v in mean[e, :-1]]}
+            if self.head_learner is not None:
+                row["head_loss"] = round(float(mean[e, -1]), 5)
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ evaluation, weights
+    def evaluate(self) -> dict[str, float]:
+        return {c: round(accuracy(self.net, self.test_x, self.test_y, c, self.t.goodness,
+                                  self.t.eval_batch_size), 5) for c in self.t.classifiers}
+
+    def save(self, path) -> None:
+        save_network(self.net, self.config, path)
+
+
+def save_network(net: FFNetwork, config, path) -> None:
+    save_atomic({"format": WEIGHTS_FORMAT, "config": config.to_dict(), "state_dict": net.state_dict()}, path)
+
+
+def load_network(path) -> tuple[FFNetwork, object]:
+    """Rebuild a network saved by ``save_network`` (weights-only load; config re-validated)."""
+    from dff_ros.config.schema import parse_model_config
+
+    blob = load_weights(path)
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: not a dff_ros network file (expected format {WEIGHTS_FORMAT})")
+    config = parse_model_config(blob["config"], f"{path}:config")
+    net = FFNetwork.from_config(config)
+    net.load_state_dict(blob["state_dict"])
+    return net, config

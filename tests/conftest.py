@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# Tests and benchmarks read the shared copy of MNIST beside the checkout (or $DFF_DATA_ROOT).
+DATA_ROOT = Path(os.environ.get("DFF_DATA_ROOT") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from dff_ros.data import load_dataset
+
+    if not (DATA_ROOT / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST not found under {DATA_ROOT}: put the shared data beside the checkout "
+                    f"or set DFF_DATA_ROOT")
+    return load_dataset("MNIST", DATA_ROOT, allow_download=False)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(2)

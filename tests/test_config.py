@@ -1,0 +1,74 @@
+import pytest
+import yaml
+
+from dff_ros.config.schema import ConfigError, load_model_config, parse_model_config
+
+GOOD = {"name": "m", "model": [[-1, "FFDense", [100]], [-1, "FFDense", {"out_features": 50}]],
+        "train": {"epochs": 4, "splits": 2}}
+
+
+def write(tmp_path, data, name="model.yaml"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def test_good_config_resolves_widths_and_chapters(tmp_path):
+    cfg = load_model_config(write(tmp_path, GOOD))
+    assert [(l.in_features, l.out_features) for l in cfg.layers] == [(784, 100), (100, 50)]
+    assert cfg.train.chapter_epochs == 2
+    again = parse_model_config(cfg.to_dict())
+    assert again.layers == cfg.layers and again.train == cfg.train
+
+
+@pytest.mark.parametrize("mutate, key, words", [
+    (lambda d: d["train"].update(epochs=-3), "train.epochs", "positive integer"),
+    (lambda d: d["train"].update(splits=3), "train.splits", "divide"),
+    (lambda d: d["train"].update(negatives="hard"), "train.negatives", "adaptive, random, fixed"),
+    (lambda d: d["train"].update(learning_rate=0.1), "train.learning_rate", "unknown key"),
+    (lambda d: d.update(extra=1), "extra", "unknown key"),
+    (lambda d: d["model"].append([-1, "Conv9", [3]]), "model[2].module", "unknown layer type"),
+    (lambda d: d["model"].append([-1, "FFDense", [-5]]), "model[2].args", "positive integer"),
+    (lambda d: d["model"].append([-1, "FFDense", [5, 6, 7, 8]]), "model[2].args", "too many"),
+    (lambda d: d["model"].append([7, "FFDense", [5]]), "model[2].from", "earlier layer"),
+    (lambda d: d["model"].append([-1, "FFDense"]), "model[2]", "[from, module, args]"),
+    (lambda d: d["train"].update(classifiers=["pon_last"]), "train.classifiers", "not a classifier"),
+    (lambda d: d.update(dataset={"name": "CIFAR"}), "dataset.name", "unknown dataset"),
+])
+def test_errors_name_file_key_and_problem(tmp_path, mutate, key, words):
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load_model_config(path)
+    assert e.value.key == key
+    assert str(path) in str(e.value) and key in str(e.value) and words in str(e.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = write(tmp_path, "name: m\nmodel: [[-1, FFDense, [10]]\n")
+    with pytest.raises(ConfigError, match=r"model.yaml: <yaml>: line \d+"):
+        load_model_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_model_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_validated(tmp_path):
+    path = write(tmp_path, GOOD)
+    assert load_model_config(path, {"epochs": 8}).train.epochs == 8
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_model_config(path, {"batch_size": 0})
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "config" / "models").glob("*.yaml"))
+    assert shipped, "config/models/ should ship model configs"
+    for p in shipped:
+        load_model_config(p)

@@ -1,0 +1,45 @@
+import math
+
+import pytest
+import torch
+
+from dff_ros.ff import FFDense, ff_loss, goodness, length_normalize
+
+
+def sp(x):
+    return math.log1p(math.exp(x))
+
+
+def test_goodness_sum_and_mean_by_hand():
+    h = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 4.0]])
+    assert goodness(h, "sum").tolist() == [5.0, 25.0]
+    assert goodness(h, "mean").tolist() == pytest.approx([5 / 3, 25 / 3])
+
+
+def test_ff_loss_by_hand():
+    g_pos = torch.tensor([3.0, 1.0])
+    g_neg = torch.tensor([0.5, 2.5])
+    theta = 2.0
+    expected = ((sp(theta - 3.0) + sp(0.5 - theta)) + (sp(theta - 1.0) + sp(2.5 - theta))) / 2
+    assert float(ff_loss(g_pos, g_neg, theta)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ff_loss_falls_as_positive_rises_and_negative_falls():
+    base = float(ff_loss(torch.tensor([1.0]), torch.tensor([1.0]), 1.0))
+    assert float(ff_loss(torch.tensor([5.0]), torch.tensor([1.0]), 1.0)) < base
+    assert float(ff_loss(torch.tensor([1.0]), torch.tensor([-3.0]), 1.0)) < base
+
+
+def test_length_normalize_hides_goodness_of_previous_layer():
+    x = torch.tensor([[3.0, 4.0], [30.0, 40.0]])
+    n = length_normalize(x)
+    assert torch.allclose(n[0], n[1])
+    assert float(n[0].pow(2).mean()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_dense_layer_output_is_invariant_to_input_scale():
+    torch.manual_seed(0)
+    layer = FFDense(8, 4)
+    x = torch.rand(3, 8)
+    assert torch.allclose(layer(x), layer(7.5 * x), atol=1e-5)
+    assert (layer(x) >= 0).all()
