@@ -44,10 +44,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=0, metavar="K", help="test after every K chapters too")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--table-only", action="store_true", help="only rewrite the md/README tables from the JSON")
     args = p.parse_args()
-    data = load_dataset("MNIST", data_root(), allow_download=False)
     rows = []
-    for cfg_path in args.configs:
+    data = None if args.table_only else load_dataset("MNIST", data_root(), allow_download=False)
+    for cfg_path in [] if args.table_only else args.configs:
         cfg = load_model_config(REPO / cfg_path, {"threads": args.threads})
         t0 = time.perf_counter()
         result = ReferenceTrainer(cfg, data, eval_every=args.eval_every).fit()

@@ -74,8 +74,8 @@ class TrainConfig:
     splits: int = 20                 # S; chapter length C = epochs / splits
     batch_size: int = 64
     # PFF 5.1 uses Adam 0.01 / 1e-4; with RMS-normalised inputs and sum goodness 0.01 kills
-    # units (measured), 0.003 learns fastest
-    lr: float = 0.003                # FF layers
+    # units and 0.003 stalls; 0.001 measured best (README benchmarks)
+    lr: float = 0.001                # FF layers
     head_lr: float = 0.01            # softmax / PON heads
     optimizer: str = "adam"
     cooldown: bool = True            # linear lr decay over the second half of training
@@ -83,10 +83,10 @@ class TrainConfig:
     # the layer's width for sum goodness (1 for mean), i.e. a mean squared activity of 1
     threshold: float | None = None
     goodness: str = "sum"            # sum | mean of squared activities
-    peer_normalization: float = 0.0  # weight of the peer-normalisation loss (0 = off)
+    peer_normalization: float = 0.03  # weight of the peer-normalisation loss (0 = off)
     negatives: str = "random"        # adaptive | random | fixed
     classifiers: tuple = ("goodness", "softmax")
-    schedule: str = "stream"         # stream: each batch through all layers; chapters: layer by layer
+    schedule: str = "chapters"       # chapters: layer by layer (PFF); stream: each batch through all layers (DFF)
     seed: int = 0
     threads: int = 2
     eval_batch_size: int = 1000
