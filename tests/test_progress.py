@@ -1,0 +1,34 @@
+import io
+
+from dff_ros.progress import Progress
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_plain_lines_when_not_a_terminal():
+    out = io.StringIO()
+    p = Progress(100, "train", stream=out, interval=0.0)
+    p.update(50, loss=0.25)
+    p.update(50, loss=0.125)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in out.getvalue()
+    assert " 50.0% 50/100" in lines[0] and "loss=0.25" in lines[0]
+    assert "100.0% 100/100" in lines[1] and "loss=0.125" in lines[1]
+
+
+def test_live_bar_on_a_terminal():
+    out = FakeTTY()
+    p = Progress(4, "train", stream=out)
+    p.update(4, epoch=1)
+    text = out.getvalue()
+    assert text.startswith("\r########################") and text.endswith("\n")
+    assert "epoch=1" in text
+
+
+def test_disabled_writes_nothing():
+    out = io.StringIO()
+    Progress(10, stream=out, interval=0.0, enabled=False).update(10)
+    assert out.getvalue() == ""
