@@ -15,9 +15,7 @@ Every error names the file, the key and the problem (``ConfigError``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -59,12 +57,6 @@ class LayerSpec:
 
     def build(self):
         return LAYER_TYPES[self.module](self.in_features, *self.args, **dict(self.kwargs))
-
-    def spec_hash(self) -> str:
-        """Stable id of what this layer *is*; weights saved under one hash never load into another."""
-        blob = json.dumps([self.source, self.module, list(self.args), dict(self.kwargs),
-                           self.in_features, self.out_features], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -129,10 +121,6 @@ class ModelConfig:
             "train": {k: (list(v) if isinstance(v, tuple) else v)
                       for k, v in dataclasses.asdict(self.train).items()},
         }
-
-    def replace_train(self, **changes) -> "ModelConfig":
-        train = _validate_train({**self.to_dict()["train"], **changes}, self.source)
-        return dataclasses.replace(self, train=train)
 
 
 # ---------------------------------------------------------------- loading + validation
