@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # tests never reach other hosts
 import pytest
 import torch
 

@@ -43,3 +43,15 @@ def test_dense_layer_output_is_invariant_to_input_scale():
     x = torch.rand(3, 8)
     assert torch.allclose(layer(x), layer(7.5 * x), atol=1e-5)
     assert (layer(x) >= 0).all()
+
+
+def test_length_normalize_has_finite_gradient_on_an_all_zero_row():
+    from dff_ros.ff.layers import length_normalize
+
+    x = torch.zeros(2, 5, requires_grad=True)
+    with torch.no_grad():
+        x[1] = torch.tensor([3.0, 4.0, 0.0, 0.0, 0.0])
+    y = length_normalize(x)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.allclose(y[1].pow(2).mean(), torch.tensor(1.0), atol=1e-6)

@@ -125,18 +125,23 @@ class ModelConfig:
 
 # ---------------------------------------------------------------- loading + validation
 
-def load_model_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
-    """Read and validate a model YAML. ``overrides`` replace keys of ``train``."""
-    source = os.fspath(path)
+def read_yaml(source: str) -> Any:
+    """Parsed YAML of a file; missing files and syntax errors become ConfigErrors."""
     try:
         with open(source, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(source, "<file>", "file not found") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, "<yaml>", f"{where}{getattr(e, 'problem', None) or e}") from None
+
+
+def load_model_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Read and validate a model YAML. ``overrides`` replace keys of ``train``."""
+    source = os.fspath(path)
+    raw = read_yaml(source)
     if overrides:
         if not isinstance(raw, dict):
             raise ConfigError(source, "<root>", "must be a mapping")
@@ -153,8 +158,8 @@ def parse_model_config(raw: Any, source: str = "<dict>") -> ModelConfig:
         raise ConfigError(source, "name", "must be a non-empty string")
     dataset = _validate_dataset(raw.get("dataset") or {}, source)
     spec = DATASETS[dataset.name]
-    layers = _validate_model(raw.get("model"), spec.input_features, source)
-    train = _validate_train(raw.get("train") or {}, source)
+    layers = validate_model_rows(raw.get("model"), spec.input_features, source)
+    train = validate_train(raw.get("train") or {}, source)
     if train.algorithm == "ff" and "goodness" in train.classifiers and len(layers) < 2:
         raise ConfigError(source, "train.classifiers",
                           "the goodness classifier skips the first layer, so it needs at least 2 layers")
@@ -184,7 +189,7 @@ def _validate_dataset(raw: Any, source: str) -> DatasetConfig:
     return DatasetConfig(name=name, root=root)
 
 
-def _validate_model(rows: Any, input_features: int, source: str) -> tuple[LayerSpec, ...]:
+def validate_model_rows(rows: Any, input_features: int, source: str) -> tuple[LayerSpec, ...]:
     if not isinstance(rows, list) or not rows:
         raise ConfigError(source, "model", "must be a non-empty list of [from, module, args] rows")
     layers: list[LayerSpec] = []
@@ -228,7 +233,7 @@ def _check(cond: bool, source: str, key: str, problem: str) -> None:
         raise ConfigError(source, key, problem)
 
 
-def _validate_train(raw: Any, source: str) -> TrainConfig:
+def validate_train(raw: Any, source: str) -> TrainConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, "train", "must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}

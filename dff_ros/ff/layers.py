@@ -26,8 +26,10 @@ def length_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     Hinton's normalisation: the next layer sees only the *direction* of the activity
     vector, so a layer cannot pass its goodness (the length) on. RMS rather than plain L2
     keeps the scale independent of width, so one threshold fits layers of any size.
+    eps sits inside the square root: an all-zero row (every unit dead) then has a finite
+    gradient instead of 0/0 (PON backpropagates through this).
     """
-    return x / (x.pow(2).mean(dim=1, keepdim=True).sqrt() + eps)
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
 
 
 class _ReLUFullGrad(torch.autograd.Function):
@@ -89,7 +91,7 @@ class FFDense(FFLayer):
         """
         x = images.clone()
         x[:, :num_classes] = 0.0
-        r = ((x.pow(2).sum(dim=1, keepdim=True) + 1.0) / x.shape[1]).sqrt() + eps
+        r = ((x.pow(2).sum(dim=1, keepdim=True) + 1.0) / x.shape[1] + eps).sqrt()
         w = self.linear.weight
         z = (x @ w.t()).unsqueeze(1) + w[:, :num_classes].t().unsqueeze(0)   # [N, C, out]
         z = z / r.unsqueeze(1)

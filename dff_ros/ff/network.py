@@ -1,7 +1,7 @@
 """An FF network: layers wired by their ``from`` indices, plus optional softmax / PON heads."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -9,25 +9,46 @@ from torch import nn
 from dff_ros.ff.layers import length_normalize
 from dff_ros.ff.learners import FFLearner, PONLearner, SoftmaxLearner
 
+T = TypeVar("T")
+
+
+def seeded(seed: int, part: int, make: Callable[[], T]) -> T:
+    """Build a part (layer ``part``, or the head) from its own seed, so a server hosting only
+    layer k initialises it exactly as the single-process network does."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + part)
+        return make()
+
+
+def build_layer(spec, seed: int) -> nn.Module:
+    return seeded(seed, spec.index, spec.build)
+
+
+def build_head(widths: Sequence[int], num_classes: int, seed: int) -> nn.Linear:
+    """Softmax head on layers 1..L-1 (all but the first)."""
+    return seeded(seed, 10_000, lambda: nn.Linear(sum(widths[1:]), num_classes))
+
 
 class FFNetwork(nn.Module):
     """``specs`` are resolved layer specs (``dff_ros.config.LayerSpec``): build(), source, out_features."""
 
-    def __init__(self, specs: Sequence, num_classes: int, algorithm: str = "ff", softmax_head: bool = False):
+    def __init__(self, specs: Sequence, num_classes: int, algorithm: str = "ff", softmax_head: bool = False,
+                 seed: int = 0):
         super().__init__()
         self.num_classes, self.algorithm = num_classes, algorithm
         self.sources = [s.source for s in specs]
-        self.layers = nn.ModuleList([s.build() for s in specs])
+        self.layers = nn.ModuleList([build_layer(s, seed) for s in specs])
         widths = [s.out_features for s in specs]
-        self.head = nn.Linear(sum(widths[1:]), num_classes) if softmax_head else None
-        self.pon_heads = (nn.ModuleList([nn.Linear(w, num_classes) for w in widths])
+        self.head = build_head(widths, num_classes, seed) if softmax_head else None
+        self.pon_heads = (nn.ModuleList([seeded(seed, 20_000 + i, lambda w=w: nn.Linear(w, num_classes))
+                                         for i, w in enumerate(widths)])
                           if algorithm == "pon" else None)
 
     @classmethod
     def from_config(cls, config) -> "FFNetwork":
         t = config.train
         return cls(config.layers, config.num_classes, t.algorithm,
-                   softmax_head=t.algorithm == "ff" and "softmax" in t.classifiers)
+                   softmax_head=t.algorithm == "ff" and "softmax" in t.classifiers, seed=t.seed)
 
     def forward_all(self, x: torch.Tensor | None, first: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Activities of every layer for input ``x`` (or from a given first-layer output)."""
@@ -43,13 +64,26 @@ class FFNetwork(nn.Module):
 
     def make_learners(self, train) -> tuple[list, SoftmaxLearner | None]:
         """Per-layer learners and the softmax-head learner for a ``TrainConfig``."""
-        common = dict(optimizer=train.optimizer, total_epochs=train.epochs, cooldown=train.cooldown)
         if self.algorithm == "pon":
-            layer_learners = [PONLearner(l, h, lr=train.lr, head_lr=train.head_lr, **common)
-                              for l, h in zip(self.layers, self.pon_heads)]
+            layer_learners = [make_pon_learner(l, h, train) for l, h in zip(self.layers, self.pon_heads)]
         else:
-            layer_learners = [FFLearner(l, lr=train.lr, threshold=train.threshold,
-                                        goodness_kind=train.goodness,
-                                        peer_normalization=train.peer_normalization, **common) for l in self.layers]
-        head = SoftmaxLearner(self.head, lr=train.head_lr, **common) if self.head is not None else None
+            layer_learners = [make_ff_learner(l, train) for l in self.layers]
+        head = make_head_learner(self.head, train) if self.head is not None else None
         return layer_learners, head
+
+
+def _common(train) -> dict:
+    return dict(optimizer=train.optimizer, total_epochs=train.epochs, cooldown=train.cooldown)
+
+
+def make_ff_learner(layer: nn.Module, train) -> FFLearner:
+    return FFLearner(layer, lr=train.lr, threshold=train.threshold, goodness_kind=train.goodness,
+                     peer_normalization=train.peer_normalization, **_common(train))
+
+
+def make_pon_learner(layer: nn.Module, head: nn.Linear, train) -> PONLearner:
+    return PONLearner(layer, head, lr=train.lr, head_lr=train.head_lr, **_common(train))
+
+
+def make_head_learner(head: nn.Linear, train) -> SoftmaxLearner:
+    return SoftmaxLearner(head, lr=train.head_lr, **_common(train))

@@ -1,0 +1,97 @@
+"""DFF pipeline vs single-process reference on full MNIST: accuracy parity, wall time and
+bytes moved, for the same model config and seed.
+
+    source scripts/env.sh && python bench/pipeline_mnist.py [--pipeline config/mnist_pipeline.yaml]
+        [--servers 2] [--train-set key=value ...] [--skip-reference]
+
+Runs the reference trainer (threads = servers x server_threads, the same cores), then the
+launcher (master + N servers as processes, own ROS domain), and writes
+bench/results/pipeline_mnist.{json,md} and the README table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, data_root, machine, update_readme, write_results  # noqa: E402
+
+from dff_ros.config.pipeline import load_pipeline_config  # noqa: E402
+from dff_ros.config.schema import load_model_config  # noqa: E402
+from dff_ros.data import load_dataset  # noqa: E402
+from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
+from dff_ros.nodes.master import parse_set  # noqa: E402
+
+
+def table(runs):
+    lines = ["| model | schedule | servers | epochs | reference % (goodness / softmax) | pipeline % | "
+             "Δ points | reference s | pipeline s | ratio | MB moved | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        ref, got = r["reference"]["accuracy"], r["pipeline"]["accuracy"]
+        pct = lambda a: " / ".join(f"{100 * a[k]:.2f}" for k in ("goodness", "softmax") if k in a)  # noqa: E731
+        delta = max(abs(ref[k] - got[k]) for k in got) * 100
+        lines.append(f"| {r['model']} | {r['schedule']} | {r['servers']} | {r['epochs']} | {pct(ref)} | {pct(got)} | "
+                     f"{delta:.2f} | {r['reference']['train_seconds']:.0f} | {r['pipeline']['train_seconds']:.0f} | "
+                     f"{r['time_ratio']:.2f} | {r['mb_moved']:.0f} | {r['machine']['cores']}-core "
+                     f"{r['machine']['cpu']}, {r['machine']['date']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--pipeline", default=str(REPO / "config" / "mnist_pipeline.yaml"))
+    a.add_argument("--servers", type=int, default=2)
+    a.add_argument("--train-set", action="append", default=[])
+    a.add_argument("--skip-reference", action="store_true", help="reuse the reference numbers already recorded")
+    a.add_argument("--no-readme", action="store_true")
+    args = a.parse_args()
+    pipe = load_pipeline_config(args.pipeline, {"servers": args.servers})
+    cores = args.servers * pipe.server_threads
+    cfg = load_model_config(pipe.model, {**parse_set(args.train_set), "threads": cores})
+    key = f"{cfg.name}/{cfg.train.schedule}/{args.servers}"
+    old = {r["key"]: r for r in json.loads((RESULTS / "pipeline_mnist.json").read_text())["runs"]} \
+        if (RESULTS / "pipeline_mnist.json").exists() else {}
+    if args.skip_reference and key in old:
+        ref = old[key]["reference"]
+    else:
+        print(f"reference: {cfg.name}, {cores} thread(s)", flush=True)
+        r = ReferenceTrainer(cfg, load_dataset("MNIST", data_root(), allow_download=False)).fit()
+        ref = {"accuracy": r["accuracy"], "train_seconds": r["train_seconds"], "threads": r["threads"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("DFF_BENCH_DOMAIN", "91"),
+               "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+        cmd = [sys.executable, "-m", "dff_ros.launcher", "--pipeline", args.pipeline, "--servers",
+               str(args.servers), "--set", f"data_root={data_root()}", "--set", f"weights_dir={tmp}/w",
+               "--set", f"summary_dir={tmp}/runs", "--set", "restore_weights=false"]
+        for item in args.train_set:
+            cmd += ["--train-set", item]
+        print("pipeline:", " ".join(cmd[2:]), flush=True)
+        proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sys.stdout.write(proc.stdout[-3000:])
+        if proc.returncode:
+            return proc.returncode
+        summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", proc.stdout).group(1)).read_text())
+    moved = summary["master"]["bytes_sent"] + sum(l["bytes_out"] or 0 for l in summary["layers"])
+    row = {"key": key, "model": cfg.name, "schedule": cfg.train.schedule, "servers": args.servers,
+           "epochs": cfg.train.epochs, "server_threads": pipe.server_threads, "reference": ref,
+           "pipeline": {k: summary[k] for k in ("accuracy", "train_seconds", "eval_seconds", "layers", "master")},
+           "time_ratio": round(summary["train_seconds"] / ref["train_seconds"], 3), "mb_moved": moved / 1e6,
+           "machine": machine()}
+    runs = write_results("pipeline_mnist", [row], key="key")
+    text = table(runs)
+    (RESULTS / "pipeline_mnist.md").write_text(text)
+    print(text)
+    if not args.no_readme:
+        update_readme("pipeline_mnist", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

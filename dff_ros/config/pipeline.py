@@ -1,0 +1,151 @@
+"""Pipeline YAML (what the launcher and the master read), the layer-type YAML, and the
+distribution planner (which server hosts which layer)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from dff_ros.config.schema import ConfigError, read_yaml
+from dff_ros.ff.layers import LAYER_TYPES
+
+MESSAGE_TYPES = ("dff_ros/msg/TrainingBatch", "dff_ros/msg/InferenceBatch")
+PATHS = ("train", "infer")
+
+
+# ---------------------------------------------------------------- layer types
+
+def load_layer_types(path: str | os.PathLike) -> dict[str, dict[str, dict[str, str]]]:
+    source = os.fspath(path)
+    raw = read_yaml(source)
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(source, "<root>", "must map layer type names to their train/infer messages")
+    for name, entry in raw.items():
+        if name not in LAYER_TYPES:
+            raise ConfigError(source, str(name), f"unknown layer type (known: {', '.join(sorted(LAYER_TYPES))})")
+        if not isinstance(entry, dict) or set(entry) != set(PATHS):
+            raise ConfigError(source, str(name), "must have exactly the keys train and infer")
+        for path_kind in PATHS:
+            io = entry[path_kind]
+            if not isinstance(io, dict) or set(io) != {"input", "output"}:
+                raise ConfigError(source, f"{name}.{path_kind}", "must be {input: <msg type>, output: <msg type>}")
+            for k, v in io.items():
+                if v not in MESSAGE_TYPES:
+                    raise ConfigError(source, f"{name}.{path_kind}.{k}",
+                                      f"unknown message type {v!r} (known: {', '.join(MESSAGE_TYPES)})")
+    return raw
+
+
+def check_model_layer_types(config, layer_types: Mapping, source: str) -> None:
+    """Every layer's type is known and reads what its source writes (the master's data counts
+    as the source's output type of the first layer)."""
+    for spec in config.layers:
+        if spec.module not in layer_types:
+            raise ConfigError(source, spec.module, f"model {config.name!r} layer {spec.index} uses a type this "
+                                                   "file does not describe")
+        if spec.source >= 0:
+            up = layer_types[config.layers[spec.source].module]
+            for kind in PATHS:
+                if up[kind]["output"] != layer_types[spec.module][kind]["input"]:
+                    raise ConfigError(source, f"{spec.module}.{kind}.input",
+                                      f"layer {spec.index} reads {layer_types[spec.module][kind]['input']} but "
+                                      f"layer {spec.source} writes {up[kind]['output']}")
+
+
+# ---------------------------------------------------------------- pipeline file
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model: str                              # model YAML
+    layer_types: str                        # layer-type YAML
+    servers: int = 2                        # servers the launcher starts / the master waits for
+    placement: Any = "round_robin"          # round_robin, or {layer index: server name}
+    data_root: str | None = None
+    weights_dir: str | None = None
+    summary_dir: str = "runs"
+    chunk_rows: int = 1000                  # rows per message in chapters mode and for inference
+    window: int = 8                         # chunks (stream) / chapters in flight
+    restore_weights: bool = True
+    train: bool = True                      # false: restore and evaluate only
+    keep_layers: bool = False               # leave the layers hosted after the run
+    server_threads: int = 1
+    wait_servers_seconds: float = 60.0
+    service_timeout_seconds: float = 30.0
+    stall_seconds: float = 300.0
+    source: str = "<dict>"
+
+
+def load_pipeline_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Read the pipeline YAML; relative model/layer_types/summary paths are resolved against it."""
+    source = os.fspath(path)
+    raw = read_yaml(source)
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "<root>", "must be a mapping")
+    raw = {**raw, **(overrides or {})}
+    return parse_pipeline_config(raw, source, base=Path(source).parent)
+
+
+def parse_pipeline_config(raw: Mapping, source: str, base: Path | None = None) -> PipelineConfig:
+    fields = {f.name: f for f in dataclasses.fields(PipelineConfig) if f.name != "source"}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(source, unknown[0], f"unknown key (known: {', '.join(sorted(fields))})")
+    for required in ("model", "layer_types"):
+        if not isinstance(raw.get(required), str) or not raw[required]:
+            raise ConfigError(source, required, "must be a path to a YAML file")
+    values = {k: raw.get(k, f.default) for k, f in fields.items()}
+
+    def resolve(p):  # relative to the pipeline file, so it works from the repo and from share/
+        p = os.path.expanduser(p)
+        return p if base is None or os.path.isabs(p) else str((base / p).resolve())
+
+    for k in ("model", "layer_types"):
+        values[k] = resolve(values[k])
+    for k in ("servers", "chunk_rows", "window", "server_threads"):
+        v = values[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(source, k, f"must be a positive integer, got {v!r}")
+    for k in ("wait_servers_seconds", "service_timeout_seconds", "stall_seconds"):
+        v = values[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(source, k, f"must be a positive number, got {v!r}")
+        values[k] = float(v)
+    for k in ("restore_weights", "train", "keep_layers"):
+        if not isinstance(values[k], bool):
+            raise ConfigError(source, k, "must be true or false")
+    for k in ("data_root", "weights_dir"):
+        if values[k] is not None and not isinstance(values[k], str):
+            raise ConfigError(source, k, "must be a path or null")
+    p = values["placement"]
+    if p != "round_robin":
+        if not isinstance(p, dict) or not all(isinstance(i, int) and not isinstance(i, bool) and isinstance(s, str)
+                                              for i, s in p.items()):
+            raise ConfigError(source, "placement", "must be round_robin or a mapping {layer index: server name}")
+    return PipelineConfig(**values, source=source)
+
+
+# ---------------------------------------------------------------- planner
+
+def plan_layers(n_layers: int, servers: list[str], placement: Any = "round_robin",
+                source: str = "<plan>") -> list[str]:
+    """Server for each layer: round robin over the servers in name order, or as placed."""
+    if not servers:
+        raise ConfigError(source, "servers", "no server is running")
+    ordered = sorted(servers, key=lambda s: (len(s), s))  # server_2 before server_10
+    if placement == "round_robin":
+        return [ordered[i % len(ordered)] for i in range(n_layers)]
+    plan = []
+    for i in range(n_layers):
+        if i not in placement:
+            raise ConfigError(source, f"placement.{i}", f"layer {i} has no server (placement names layers "
+                                                       f"{sorted(placement)})")
+        if placement[i] not in servers:
+            raise ConfigError(source, f"placement.{i}", f"server {placement[i]!r} is not running "
+                                                       f"(running: {', '.join(ordered)})")
+        plan.append(placement[i])
+    extra = sorted(set(placement) - set(range(n_layers)))
+    if extra:
+        raise ConfigError(source, f"placement.{extra[0]}", f"the model has only {n_layers} layers")
+    return plan

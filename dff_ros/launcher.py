@@ -1,0 +1,97 @@
+"""Start the MNIST pipeline's nodes as processes, from the same pipeline YAML the ROS 2 launch
+file reads (`launch`/`launch_ros` are not needed):
+
+    python -m dff_ros.launcher [--pipeline config/mnist_pipeline.yaml] [--role all|master|server]
+                              [--servers N] [--set key=value] [--train-set key=value]
+
+role all: N servers and the master on this machine; server: one server (per robot);
+master: the master only, using the servers already running in the ROS domain.
+Output of every process is prefixed with its name; the exit code is the master's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from dff_ros.config.pipeline import load_pipeline_config
+from dff_ros.config.schema import ConfigError
+from dff_ros.nodes.master import default_pipeline, parse_set
+
+
+def _pump(proc: subprocess.Popen, prefix: str) -> None:
+    for line in proc.stdout:
+        sys.stdout.write(f"[{prefix}] {line}" if not line.startswith("[") else line)
+        sys.stdout.flush()
+
+
+def start(cmd: list[str], prefix: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    threading.Thread(target=_pump, args=(proc, prefix), daemon=True).start()
+    return proc
+
+
+def stop(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def main(argv=None) -> int:
+    a = argparse.ArgumentParser(prog="dff_ros launcher", description=__doc__.split("\n\n")[0])
+    a.add_argument("--pipeline", default=None)
+    a.add_argument("--role", choices=("all", "master", "server"), default="all")
+    a.add_argument("--servers", type=int, default=None, help="servers to start (role all; default from the YAML)")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--no-progress", action="store_true")
+    args = a.parse_args(argv)
+    path = args.pipeline or default_pipeline()
+    overrides = parse_set(args.set)
+    if args.servers is not None:
+        overrides["servers"] = args.servers
+    try:
+        cfg = load_pipeline_config(path, overrides)
+    except ConfigError as e:
+        print(f"[launcher] config error: {e}", file=sys.stderr)
+        return 2
+    py = sys.executable
+    server_cmd = [py, "-m", "dff_ros.nodes.server", "--threads", str(cfg.server_threads)]
+    if cfg.weights_dir:
+        server_cmd += ["--weights-dir", cfg.weights_dir]
+    master_cmd = [py, "-m", "dff_ros.nodes.master", "--pipeline", path]
+    for item in args.set + ([f"servers={args.servers}"] if args.servers is not None else []):
+        master_cmd += ["--set", item]
+    for item in args.train_set:
+        master_cmd += ["--train-set", item]
+    if args.no_progress:
+        master_cmd.append("--no-progress")
+
+    servers: list[subprocess.Popen] = []
+    try:
+        if args.role == "server":
+            proc = start(server_cmd, "server")
+            return proc.wait()
+        if args.role == "all":
+            servers = [start(server_cmd, f"server#{i + 1}") for i in range(cfg.servers)]
+        master = start(master_cmd, "master")
+        rc = master.wait()
+        return rc
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop(servers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

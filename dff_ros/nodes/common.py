@@ -1,0 +1,48 @@
+"""Names, topics, paths and QoS shared by the master and the servers."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+SERVER_NAME = re.compile(r"^server_(\d+)$")
+STATUS_TOPIC = "/dff/status"
+CLAIMS_TOPIC = "/dff/server_claims"
+
+# Training/inference chunks: lossless and in order. KEEP_ALL makes a full writer wait instead
+# of overwriting; the master bounds what is in flight, so nothing piles up.
+DATA_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+CLAIMS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def topic_token(name: str) -> str:
+    """A model name as one valid ROS name token: [A-Za-z0-9_], not starting with a digit."""
+    token = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "model"
+    return token if not token[0].isdigit() else f"m_{token}"
+
+
+def path_token(name: str) -> str:
+    """A name safe as one path component (no separators, no leading dot, bounded length)."""
+    token = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100]
+    return token or "_"
+
+
+def layer_topics(model: str, index: int, last_index: int) -> dict[str, str]:
+    base = f"/dff/{topic_token(model)}"
+    src = f"{base}/input" if index == 0 else f"{base}/layer_{index - 1}"
+    dst = f"{base}/output" if index == last_index else f"{base}/layer_{index}"
+    return {"train_input": f"{src}/train", "infer_input": f"{src}/infer",
+            "train_output": f"{dst}/train", "infer_output": f"{dst}/infer"}
+
+
+def default_weights_dir() -> Path:
+    base = os.environ.get("DFF_WEIGHTS_DIR")
+    if base:
+        return Path(base)
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "dff_ros" / "weights"

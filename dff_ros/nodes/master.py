@@ -1,0 +1,332 @@
+"""Master node: plans a model over the running servers, has them host its layers, streams
+MNIST through the DFF activation pipeline, trains the softmax head on what comes out, tests,
+and writes a run summary.
+
+    ros2 run dff_ros master --ros-args -p pipeline:=/path/mnist_pipeline.yaml
+    python -m dff_ros.nodes.master --pipeline config/mnist_pipeline.yaml [--set key=value]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import queue
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import rclpy
+import yaml
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from dff_ros.checkpoint import load_weights, save_atomic
+from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, load_pipeline_config,
+                                     plan_layers)
+from dff_ros.config.schema import ConfigError, load_model_config
+from dff_ros.data.datasets import DatasetMissing, load_dataset
+from dff_ros.msg import InferenceBatch, LayerStatus, TrainingBatch
+from dff_ros.nodes.common import (DATA_QOS, SERVER_NAME, STATUS_QOS, STATUS_TOPIC, default_weights_dir,
+                                  layer_topics, path_token)
+from dff_ros.pipeline.chunks import ChunkError
+from dff_ros.pipeline.driver import PipelineDriver, check_supported
+from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
+from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
+                                     train_from_msg, train_to_msg)
+from dff_ros.transport.tensors import nbytes
+
+HEAD_FORMAT = "dff_ros.head/1"
+
+
+class RunError(RuntimeError):
+    """The run cannot go on; the message says why and what to do."""
+
+
+class MasterNode(Node):
+    def __init__(self, pipeline, model, *, run_id: str, progress: bool = True):
+        super().__init__("dff_master")
+        self.p, self.model, self.run_id, self.show_progress = pipeline, model, run_id, progress
+        self.results: queue.Queue = queue.Queue()
+        self.status: dict[int, LayerStatus] = {}
+        self.bytes_sent = self.bytes_received = 0
+        self.dropped = 0
+        self.create_subscription(LayerStatus, STATUS_TOPIC, self._on_status, STATUS_QOS)
+
+    def log(self, text: str) -> None:
+        self.get_logger().info(text)
+
+    # ------------------------------------------------------------------ servers
+    def wait_for_servers(self) -> list[str]:
+        want, deadline = self.p.servers, time.monotonic() + self.p.wait_servers_seconds
+        while True:
+            names = sorted({n for n, ns in self.get_node_names_and_namespaces() if SERVER_NAME.match(n)})
+            ready = [n for n in names if self.count_services_ready(n)]
+            if len(ready) >= want:
+                return ready
+            if time.monotonic() > deadline:
+                raise RunError(f"waited {self.p.wait_servers_seconds:.0f} s for {want} server(s), found "
+                               f"{len(ready)} ({', '.join(ready) or 'none'}); start them with "
+                               "`ros2 run dff_ros server` (same ROS_DOMAIN_ID) or lower `servers`")
+            time.sleep(0.2)
+
+    def count_services_ready(self, server: str) -> bool:
+        services = {n for n, _ in self.get_service_names_and_types_by_node(server, "/")}
+        return f"/{server}/create_layers" in services
+
+    def call(self, srv_type, name: str, request):
+        client = self.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=self.p.service_timeout_seconds):
+                raise RunError(f"service {name} is not available")
+            future = client.call_async(request)
+            deadline = time.monotonic() + self.p.service_timeout_seconds
+            while not future.done():
+                if time.monotonic() > deadline:
+                    raise RunError(f"service {name} did not answer in {self.p.service_timeout_seconds:.0f} s")
+                time.sleep(0.01)
+            return future.result()
+        finally:
+            self.destroy_client(client)
+
+    # ------------------------------------------------------------------ layers
+    def distribute(self, servers: list[str]) -> dict[int, dict]:
+        m, layers = self.model, self.model.layers
+        plan = plan_layers(len(layers), servers, self.p.placement, self.p.source)
+        last = len(layers) - 1
+        train = {k: v for k, v in m.to_dict()["train"].items()}
+        placed: dict[int, dict] = {}
+        for server in sorted(set(plan), key=plan.index):
+            req = CreateLayers.Request(run_id=self.run_id, model=m.name, num_classes=m.num_classes,
+                                       restore_weights=self.p.restore_weights, train=to_parameters(train))
+            mine = [s for s in layers if plan[s.index] == server]
+            req.layers = [spec_to_msg(s, layer_topics(m.name, s.index, last), s.index == last) for s in mine]
+            res = self.call(CreateLayers, f"/{server}/create_layers", req)
+            if not res.success:
+                raise RunError(f"{server} refused layers {[s.index for s in mine]}: {res.message}")
+            if len(res.weights_restored) != len(mine):
+                raise RunError(f"{server} confirmed {len(res.weights_restored)} of {len(mine)} layers")
+            for s, restored in zip(mine, res.weights_restored):
+                placed[s.index] = {"server": server, "restored": bool(restored)}
+            self.log(f"{server}: {res.message}")
+        return placed
+
+    def delete(self, servers) -> None:
+        for server in servers:
+            try:
+                self.call(DeleteModel, f"/{server}/delete_model", DeleteModel.Request(model=self.model.name))
+            except RunError as e:
+                self.get_logger().warning(f"could not delete the layers on {server}: {e}")
+
+    # ------------------------------------------------------------------ data path
+    def connect(self) -> PipelineDriver:
+        m = self.model
+        first = layer_topics(m.name, 0, len(m.layers) - 1)
+        out = layer_topics(m.name, len(m.layers) - 1, len(m.layers) - 1)
+        train_pub = self.create_publisher(TrainingBatch, first["train_input"], DATA_QOS)
+        infer_pub = self.create_publisher(InferenceBatch, first["infer_input"], DATA_QOS)
+        self.create_subscription(TrainingBatch, out["train_output"], lambda msg: self._on_result(msg, True), DATA_QOS)
+        self.create_subscription(InferenceBatch, out["infer_output"], lambda msg: self._on_result(msg, False), DATA_QOS)
+        self._wait_connected([layer_topics(m.name, i, len(m.layers) - 1) for i in range(len(m.layers))])
+
+        def send(pub, encode):
+            def go(chunk):
+                msg = encode(chunk, run_id=self.run_id, model=m.name, layer=-1, node=self)
+                self.bytes_sent += nbytes(msg)
+                pub.publish(msg)
+            return go
+
+        return PipelineDriver(m, self.data, send_train=send(train_pub, train_to_msg),
+                              send_infer=send(infer_pub, infer_to_msg), results=self.results,
+                              chunk_rows=self.p.chunk_rows, window=self.p.window,
+                              stall_seconds=self.p.stall_seconds, progress=self.show_progress, log=self.log)
+
+    def _wait_connected(self, topics: list[dict], timeout: float = 30.0) -> None:
+        """Every hop has its reader and writer matched before the first chunk goes out
+        (volatile topics drop what is published before a reader is there)."""
+        deadline = time.monotonic() + timeout
+        names = [t[k] for t in topics for k in ("train_input", "infer_input")]
+        names += [topics[-1]["train_output"], topics[-1]["infer_output"]]
+        while True:
+            missing = [n for n in names if self.count_publishers(n) < 1 or self.count_subscribers(n) < 1]
+            if not missing:
+                time.sleep(0.5)  # graph info is seen before the remote endpoints finish matching
+                return
+            if time.monotonic() > deadline:
+                raise RunError(f"topics not connected after {timeout:.0f} s: {', '.join(missing)}")
+            time.sleep(0.1)
+
+    def _on_result(self, msg, training: bool) -> None:
+        if msg.model != self.model.name or msg.run_id != self.run_id:
+            return
+        self.bytes_received += nbytes(msg)
+        try:
+            self.results.put(train_from_msg(msg) if training else infer_from_msg(msg))
+        except ChunkError as e:
+            self.dropped += 1
+            self.get_logger().warning(f"dropped a malformed result ({e})", throttle_duration_sec=5.0)
+
+    def _on_status(self, msg: LayerStatus) -> None:
+        if msg.model != self.model.name or msg.run_id != self.run_id:
+            return
+        self.status[msg.layer] = msg
+        if msg.phase == "error":
+            self.get_logger().error(f"{msg.server} layer {msg.layer}: {msg.message}")
+
+    # ------------------------------------------------------------------ head weights
+    def head_path(self) -> Path:
+        widths = [s.out_features for s in self.model.layers]
+        h = hashlib.sha256(json.dumps([self.model.name, widths, self.model.num_classes]).encode()).hexdigest()[:12]
+        root = Path(self.p.weights_dir).expanduser() if self.p.weights_dir else default_weights_dir()
+        return root / path_token(self.model.name) / f"head-{h}.pt"
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        m, p = self.model, self.p
+        try:
+            self.data = load_dataset(m.dataset.name, p.data_root or m.dataset.root)
+        except DatasetMissing as e:
+            raise RunError(str(e)) from None
+        servers = self.wait_for_servers()
+        self.log(f"servers: {', '.join(servers)}")
+        placed = self.distribute(servers)
+        try:
+            return self._train_and_test(placed)
+        finally:
+            if not p.keep_layers:
+                self.delete(sorted({v["server"] for v in placed.values()}))
+
+    def _train_and_test(self, placed: dict) -> dict:
+        m, p = self.model, self.p
+        driver = self.connect()
+        head_restored = False
+        if driver.head is not None and p.restore_weights and self.head_path().exists():
+            blob = load_weights(self.head_path())
+            if isinstance(blob, dict) and blob.get("format") == HEAD_FORMAT:
+                driver.head.load_state_dict(blob["state_dict"])
+                head_restored = True
+        restored = all(v["restored"] for v in placed.values()) and (driver.head is None or head_restored)
+        if not p.train and not restored:
+            raise RunError("train: false needs saved weights for every layer and the head; "
+                           "none found for this model spec (run once with train: true)")
+        fit = {}
+        if p.train:
+            self.log(f"training {m.name}: {m.train.epochs} epochs, schedule {m.train.schedule}, "
+                     f"{len(driver.train_y)} samples, layers on {[placed[i]['server'] for i in sorted(placed)]}")
+            fit = driver.fit()
+            if driver.head is not None:
+                save_atomic({"format": HEAD_FORMAT, "state_dict": driver.head.state_dict()}, self.head_path())
+        result = driver.evaluate()
+        paths = {}
+        for server in sorted({v["server"] for v in placed.values()}):
+            res = self.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=m.name))
+            if not res.success:
+                raise RunError(f"{server} could not save weights: {res.message}")
+            paths[server] = list(res.paths)
+        time.sleep(0.3)  # last status messages
+        layers = []
+        for i in sorted(placed):
+            st = self.status.get(i)
+            layers.append({"index": i, "server": placed[i]["server"], "weights_restored": placed[i]["restored"],
+                           "busy_seconds": round(st.busy_seconds, 2) if st else None,
+                           "bytes_in": st.bytes_in if st else None, "bytes_out": st.bytes_out if st else None,
+                           "dropped": st.dropped if st else None, "samples": st.samples if st else None})
+        return {"run_id": self.run_id, "model": m.name, "mode": "dff", "schedule": m.train.schedule,
+                "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"], **fit,
+                "trained": p.train, "weights_restored": restored, "head_weights": str(self.head_path()),
+                "layers": layers, "weights": paths,
+                "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+                           "dropped": self.dropped},
+                "train_samples": len(driver.train_y), "test_samples": len(driver.test_y),
+                "config": m.to_dict(), "pipeline": {k: v for k, v in vars(p).items()}}
+
+
+def parse_set(items) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    a = argparse.ArgumentParser(prog="dff_ros master", description=__doc__.split("\n\n")[0])
+    a.add_argument("--pipeline", help="pipeline YAML (default: the package's config/mnist_pipeline.yaml)")
+    a.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a pipeline key")
+    a.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="override a model train key")
+    a.add_argument("--run-id", default="", help="run id (default: random)")
+    a.add_argument("--no-progress", action="store_true")
+    return a
+
+
+def default_pipeline() -> str:
+    here = Path(__file__).resolve().parents[2] / "config" / "mnist_pipeline.yaml"
+    if here.exists():
+        return str(here)
+    from ament_index_python.packages import get_package_share_directory
+    return str(Path(get_package_share_directory("dff_ros")) / "config" / "mnist_pipeline.yaml")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    args = build_arg_parser().parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    executor = spinner = None
+    try:
+        probe = rclpy.create_node("dff_master_params", start_parameter_services=False, enable_rosout=False)
+        pipeline_param = probe.declare_parameter("pipeline", "").value
+        probe.destroy_node()
+        try:
+            pipeline = load_pipeline_config(args.pipeline or pipeline_param or default_pipeline(), parse_set(args.set))
+            model = load_model_config(pipeline.model, parse_set(args.train_set))
+            check_model_layer_types(model, load_layer_types(pipeline.layer_types), pipeline.layer_types)
+            check_supported(model)
+        except (ConfigError, ValueError) as e:
+            print(f"[master] config error: {e}", file=sys.stderr)
+            return 2
+        node = MasterNode(pipeline, model, run_id=args.run_id or uuid.uuid4().hex[:8], progress=not args.no_progress)
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
+        spinner.start()
+        try:
+            summary = node.run()
+        except (RunError, ConfigError) as e:
+            node.get_logger().error(str(e))
+            return 1
+        out = Path(pipeline.summary_dir) / f"{path_token(model.name)}-{node.run_id}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2, default=str))
+        acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["accuracy"].items())
+        print(f"[master] {model.name}: test accuracy {acc}"
+              + (f"; trained in {summary['train_seconds']} s" if summary.get("train_seconds") else " (restored weights)"),
+              flush=True)
+        print(f"[master] summary: {out}", flush=True)
+        for server, paths in summary["weights"].items():
+            for path in paths:
+                print(f"[master] weights on {server}: {path}", flush=True)
+        print(f"[master] head weights: {summary['head_weights']}", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()  # ends the spinner's spin()
+        if spinner is not None:
+            spinner.join(timeout=5.0)
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+
+
+def _spin(executor) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

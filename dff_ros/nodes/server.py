@@ -1,0 +1,353 @@
+"""Server node: hosts FF layers for any number of models and trains them on the chunks that
+reach them (DFF activation pipeline).
+
+    ros2 run dff_ros server [--ros-args -p name:=server_3 -p weights_dir:=/data/w -p threads:=1]
+    python -m dff_ros.nodes.server [--name NAME] [--weights-dir DIR] [--threads N]
+
+Services (under the node's name): create_layers, delete_model, list_layers, save_weights.
+Each hosted layer subscribes to its input topics and publishes its outputs; a worker thread
+per layer does the compute so that receiving never waits for training.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rclpy
+import torch
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from dff_ros.checkpoint import load_weights, save_atomic
+from dff_ros.config.schema import ConfigError, LayerSpec, validate_model_rows, validate_train
+from dff_ros.msg import InferenceBatch, LayerInfo, LayerStatus, ServerClaim, TrainingBatch
+from dff_ros.nodes.common import (CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS, STATUS_QOS, STATUS_TOPIC,
+                                  default_weights_dir, path_token)
+from dff_ros.nodes.naming import claim_server_name
+from dff_ros.pipeline.chunks import ChunkError
+from dff_ros.pipeline.host import LayerHost
+from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
+from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, spec_hash,
+                                     train_from_msg, train_to_msg)
+from dff_ros.transport.tensors import nbytes
+from rclpy.parameter import parameter_value_to_python
+
+WEIGHTS_FORMAT = "dff_ros.layer/1"
+_STOP = object()
+
+
+@dataclass
+class Hosted:
+    model: str
+    run_id: str
+    spec: LayerSpec
+    host: LayerHost
+    hash: str
+    topics: dict
+    restored: bool
+    total_epochs: int
+    splits: int
+    inbox: queue.Queue = field(default_factory=queue.Queue)
+    entities: list = field(default_factory=list)
+    worker: threading.Thread | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    dropped: int = 0
+    phase: str = "created"
+    saved_path: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)  # compute vs. save
+
+
+class ServerNode(Node):
+    def __init__(self, name: str, token: int, *, weights_dir: Path, threads: int, **kwargs):
+        super().__init__(name, **kwargs)
+        self.token, self.weights_dir, self.threads = token, weights_dir, threads
+        torch.set_num_threads(threads)
+        self.lock = threading.RLock()
+        self.layers: dict[tuple[str, int], Hosted] = {}
+        self.status_pub = self.create_publisher(LayerStatus, STATUS_TOPIC, STATUS_QOS)
+        self.claims_pub = self.create_publisher(ServerClaim, CLAIMS_TOPIC, CLAIMS_QOS)
+        self.claims_pub.publish(ServerClaim(name=name, token=token, hostname=socket.gethostname(),
+                                            pid=os.getpid(), held=True))
+        self.conflict = False
+        self.create_subscription(ServerClaim, CLAIMS_TOPIC, self._on_claim, CLAIMS_QOS)
+        self.create_service(CreateLayers, "~/create_layers", self.on_create)
+        self.create_service(DeleteModel, "~/delete_model", self.on_delete)
+        self.create_service(ListLayers, "~/list_layers", self.on_list)
+        self.create_service(SaveWeights, "~/save_weights", self.on_save)
+        self.get_logger().info(f"ready: weights in {weights_dir}, {threads} torch thread(s)")
+
+    def _on_claim(self, msg) -> None:
+        # same name claimed by another server with a lower token: it keeps the name
+        if msg.name == self.get_name() and msg.token != self.token and msg.token < self.token and not self.layers:
+            self.conflict = True
+
+    # ------------------------------------------------------------------ services
+    def on_create(self, req: CreateLayers.Request, res: CreateLayers.Response):
+        try:
+            hosted = self._build(req)
+        except (ConfigError, ValueError, TypeError, KeyError) as e:
+            res.success, res.message = False, f"create_layers for model {req.model!r} refused: {e}"
+            self.get_logger().warning(res.message)
+            return res
+        with self.lock:
+            for h in hosted:
+                old = self.layers.pop((h.model, h.spec.index), None)
+                if old is not None:
+                    self._stop(old)
+                self._start(h)
+                self.layers[(h.model, h.spec.index)] = h
+        res.success = True
+        res.weights_restored = [h.restored for h in hosted]
+        res.message = (f"hosting layer(s) {[h.spec.index for h in hosted]} of {req.model!r}"
+                       + (f"; restored {sum(res.weights_restored)} from {self.weights_dir}" if any(res.weights_restored) else ""))
+        self.get_logger().info(res.message)
+        return res
+
+    def _build(self, req) -> list[Hosted]:
+        where = f"create_layers({req.model!r})"
+        if not req.model.strip():
+            raise ValueError("model name is empty")
+        if not req.layers:
+            raise ValueError("no layers requested")
+        if not 2 <= req.num_classes <= 1000:
+            raise ValueError(f"num_classes must be 2..1000, got {req.num_classes}")
+        train_raw = from_parameters(req.train)
+        if "classifiers" in train_raw and isinstance(train_raw["classifiers"], list):
+            train_raw["classifiers"] = list(train_raw["classifiers"])
+        train = validate_train(train_raw, where)
+        out = []
+        for m in req.layers:
+            args = [parameter_value_to_python(v) for v in m.args]
+            kwargs = from_parameters(m.kwargs)
+            # validate the row exactly like a model YAML row (names the layer and the problem)
+            row = [-1, m.module, kwargs if kwargs else args]
+            (spec,) = validate_model_rows([row], int(m.in_features), f"{where} layer {m.index}")
+            spec = LayerSpec(index=m.index, source=m.source, module=spec.module, args=spec.args,
+                             kwargs=spec.kwargs, in_features=spec.in_features, out_features=spec.out_features)
+            if m.index < 0 or m.source >= m.index:
+                raise ValueError(f"layer {m.index}: source {m.source} must be an earlier layer or -1")
+            if spec.out_features != m.out_features:
+                raise ValueError(f"layer {m.index}: out_features {m.out_features} does not match "
+                                 f"{m.module}{list(args)} ({spec.out_features})")
+            for key in ("train_input", "train_output", "infer_input", "infer_output"):
+                if not getattr(m, key).startswith("/"):
+                    raise ValueError(f"layer {m.index}: {key} must be an absolute topic name, got {getattr(m, key)!r}")
+            host = LayerHost(spec, train, int(req.num_classes), last=m.last)
+            h = Hosted(req.model, req.run_id, spec, host, spec_hash(req.model, spec, train_raw),
+                       {k: getattr(m, k) for k in ("train_input", "train_output", "infer_input", "infer_output")},
+                       False, train.epochs, train.splits)
+            if req.restore_weights:
+                h.restored = self._restore(h)
+            out.append(h)
+        return out
+
+    def on_delete(self, req, res):
+        with self.lock:
+            gone = [k for k in self.layers if k[0] == req.model]
+            for k in gone:
+                self._stop(self.layers.pop(k))
+        res.success, res.deleted = True, len(gone)
+        res.message = f"deleted {len(gone)} layer(s) of {req.model!r}"
+        self.get_logger().info(res.message)
+        return res
+
+    def on_list(self, req, res):
+        res.server, res.hostname, res.pid = self.get_name(), socket.gethostname(), os.getpid()
+        res.threads, res.weights_dir = self.threads, str(self.weights_dir)
+        with self.lock:
+            for h in self.layers.values():
+                res.layers.append(LayerInfo(
+                    model=h.model, run_id=h.run_id, index=h.spec.index, module=h.spec.module,
+                    in_features=h.spec.in_features, out_features=h.spec.out_features, spec_hash=h.hash,
+                    weights_restored=h.restored, samples=h.host.samples, dropped=h.dropped,
+                    input_topic=h.topics["train_input"], output_topic=h.topics["train_output"]))
+        return res
+
+    def on_save(self, req, res):
+        with self.lock:
+            chosen = [h for h in self.layers.values() if not req.model or h.model == req.model]
+        try:
+            res.paths = [self._save(h) for h in chosen]
+            res.success, res.message = True, f"saved {len(res.paths)} layer(s)"
+        except OSError as e:
+            res.success, res.message = False, f"saving failed: {e}"
+        return res
+
+    # ------------------------------------------------------------------ weights
+    def weights_path(self, h: Hosted) -> Path:
+        return self.weights_dir / path_token(h.model) / f"layer{h.spec.index}-{path_token(h.spec.module)}-{h.hash}.pt"
+
+    def _save(self, h: Hosted) -> str:
+        with h.lock:
+            state = {"format": WEIGHTS_FORMAT, "model": h.model, "index": h.spec.index,
+                     "spec_hash": h.hash, "state": h.host.state_dict()}
+        path = save_atomic(state, self.weights_path(h))
+        h.saved_path = str(path)
+        return str(path)
+
+    def _restore(self, h: Hosted) -> bool:
+        path = self.weights_path(h)
+        if not path.exists():
+            return False
+        blob = load_weights(path)
+        if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT or blob.get("spec_hash") != h.hash:
+            raise ValueError(f"{path}: not weights of this layer spec")
+        h.host.load_state_dict(blob["state"])
+        return True
+
+    # ------------------------------------------------------------------ data path
+    def _start(self, h: Hosted) -> None:
+        h.entities = [
+            self.create_publisher(TrainingBatch, h.topics["train_output"], DATA_QOS),
+            self.create_publisher(InferenceBatch, h.topics["infer_output"], DATA_QOS),
+        ]
+        train_pub, infer_pub = h.entities
+        h.entities += [
+            self.create_subscription(TrainingBatch, h.topics["train_input"],
+                                     lambda m, h=h: self._receive(h, m, True), DATA_QOS),
+            self.create_subscription(InferenceBatch, h.topics["infer_input"],
+                                     lambda m, h=h: self._receive(h, m, False), DATA_QOS),
+        ]
+        h.worker = threading.Thread(target=self._work, args=(h, train_pub, infer_pub), daemon=True,
+                                    name=f"layer{h.spec.index}-{h.model}")
+        h.worker.start()
+        self._status(h, "created", f"{h.spec.module} {h.spec.in_features}->{h.spec.out_features}")
+
+    def _stop(self, h: Hosted) -> None:
+        h.inbox.put(_STOP)
+        for e in h.entities:
+            if hasattr(e, "topic_name") and hasattr(e, "publish"):
+                self.destroy_publisher(e)
+            else:
+                self.destroy_subscription(e)
+        h.entities = []
+
+    def _receive(self, h: Hosted, msg, training: bool) -> None:
+        if msg.model != h.model:
+            return self._drop(h, f"chunk for model {msg.model!r} on {h.model!r}'s topic")
+        h.bytes_in += nbytes(msg)
+        try:
+            chunk = train_from_msg(msg) if training else infer_from_msg(msg)
+        except ChunkError as e:
+            return self._drop(h, str(e))
+        h.inbox.put((training, msg.run_id, chunk, msg))
+
+    def _drop(self, h: Hosted, why: str) -> None:
+        h.dropped += 1
+        self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped a malformed chunk "
+                                  f"({why}); {h.dropped} dropped so far", throttle_duration_sec=5.0)
+
+    def _work(self, h: Hosted, train_pub, infer_pub) -> None:
+        last_status = 0.0
+        while True:
+            item = h.inbox.get()
+            if item is _STOP:
+                return
+            training, run_id, chunk, _msg = item
+            try:
+                if training:
+                    h.phase = "training"
+                    with h.lock:
+                        outs = h.host.train(chunk)
+                    for out in outs:
+                        m = train_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self)
+                        h.bytes_out += nbytes(m)
+                        train_pub.publish(m)
+                    if self._finished(h, chunk, outs):
+                        h.phase = "trained"
+                        self._save(h)
+                        self._status(h, "trained", f"weights saved to {h.saved_path}")
+                        continue
+                else:
+                    h.phase = "inference"
+                    with h.lock:
+                        out = h.host.infer(chunk)
+                    m = infer_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self)
+                    h.bytes_out += nbytes(m)
+                    infer_pub.publish(m)
+            except ChunkError as e:
+                self._drop(h, str(e))
+                continue
+            except Exception as e:  # a bug or a bad tensor must not take the server down
+                self.get_logger().error(f"layer {h.spec.index} of {h.model!r}: {type(e).__name__}: {e}")
+                self._status(h, "error", f"{type(e).__name__}: {e}")
+                continue
+            now = time.monotonic()
+            if now - last_status >= 1.0:
+                last_status = now
+                self._status(h, h.phase)
+
+    def _finished(self, h: Hosted, chunk, outs) -> bool:
+        if h.host.train_cfg.schedule == "stream":
+            return chunk.epoch == h.total_epochs and chunk.seq == chunk.count - 1
+        return bool(outs) and chunk.chapter == h.splits - 1
+
+    def _status(self, h: Hosted, phase: str, message: str = "") -> None:
+        host = h.host
+        loss = host.mean_loss
+        self.status_pub.publish(LayerStatus(
+            run_id=h.run_id, model=h.model, server=self.get_name(), layer=h.spec.index, phase=phase,
+            chapter=host.chapter, epoch=host.epoch, loss=float(loss), samples=host.samples,
+            busy_seconds=host.busy_seconds, bytes_in=h.bytes_in, bytes_out=h.bytes_out, dropped=h.dropped,
+            message=message))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="dff_ros server", description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", default="", help="server name (default: the next free server_<n>)")
+    p.add_argument("--weights-dir", default="", help=f"where layer weights go (default {default_weights_dir()})")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: 1)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    args = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    context = rclpy.get_default_context()
+    try:
+        # ROS parameters (ros2 run / launch) take the same settings as the flags
+        probe = rclpy.create_node("dff_server_params", context=context, start_parameter_services=False,
+                                  enable_rosout=False)
+        params = {k: probe.declare_parameter(k, v).value for k, v in
+                  (("name", ""), ("weights_dir", ""), ("threads", 0))}
+        probe.destroy_node()
+        fixed_name = args.name or params.get("name") or ""
+        weights_dir = Path(args.weights_dir or params.get("weights_dir") or default_weights_dir()).expanduser()
+        threads = int(args.threads or params.get("threads") or 1)
+        executor = MultiThreadedExecutor(num_threads=2)
+        lost: set[int] = set()
+        log = lambda s: print(f"[server] {s}", file=sys.stderr, flush=True)  # noqa: E731
+        while True:
+            if fixed_name:
+                name, token = fixed_name, 0  # an explicit name always wins
+            else:
+                name, token = claim_server_name(context, log=log, exclude=lost)
+            node = ServerNode(name, token, weights_dir=weights_dir, threads=threads)
+            executor.add_node(node)
+            while rclpy.ok() and not node.conflict:
+                executor.spin_once(timeout_sec=0.1)
+            if not node.conflict:
+                break
+            log(f"{name} was claimed first by another server; claiming a new name")
+            lost.add(int(name.rsplit("_", 1)[1]))
+            executor.remove_node(node)
+            node.destroy_node()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

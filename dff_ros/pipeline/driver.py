@@ -1,0 +1,194 @@
+"""The master's side of a DFF activation pipeline, independent of the transport: feed
+training chunks with bounded in-flight work, train the softmax head on what comes out of
+the last layer, run test-set inference and score it.
+
+The transport gives two callables (send a TrainChunk / InferChunk to the first layer) and
+puts what the last layer publishes into ``results`` (a queue.Queue).
+"""
+from __future__ import annotations
+
+import queue
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dff_ros.ff.network import build_head, make_head_learner
+from dff_ros.ff.negatives import NegativeLabels
+from dff_ros.ff.schedule import chapters
+from dff_ros.pipeline.chunks import InferChunk, TrainChunk
+from dff_ros.progress import Progress
+
+
+class PipelineStalled(RuntimeError):
+    """Nothing came out of the pipeline for too long (a server died or a message was lost)."""
+
+
+def check_supported(config) -> None:
+    t = config.train
+    if t.algorithm != "ff":
+        raise ValueError(f"{config.source}: train.algorithm: the DFF pipeline runs 'ff' (got {t.algorithm!r})")
+    if t.negatives == "adaptive":
+        raise ValueError(f"{config.source}: train.negatives: adaptive negatives need a scoring pass over the "
+                         "training set between chapters, not yet in the DFF pipeline; use random or fixed")
+    for spec in config.layers:
+        if spec.source != spec.index - 1:
+            raise ValueError(f"{config.source}: model[{spec.index}].from: the DFF pipeline runs sequential "
+                             "models (every layer reads the one before it)")
+
+
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Pixels go over the wire as bytes (4x less than float32); x/255 is restored exactly."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class PipelineDriver:
+    def __init__(self, config, data: dict[str, torch.Tensor], *, send_train: Callable[[TrainChunk], None],
+                 send_infer: Callable[[InferChunk], None], results: "queue.Queue", chunk_rows: int = 1000,
+                 window: int = 8, stall_seconds: float = 120.0, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        check_supported(config)
+        t = config.train
+        self.config, self.t, self.log = config, t, log
+        self.send_train, self.send_infer, self.results = send_train, send_infer, results
+        self.chunk_rows, self.window, self.stall_seconds = chunk_rows, window, stall_seconds
+        self.show_progress = progress
+        x, y = data["train_images"], data["train_labels"]
+        tx, ty = data["test_images"], data["test_labels"]
+        if t.train_subset:
+            x, y = x[:t.train_subset], y[:t.train_subset]
+        if t.test_subset:
+            tx, ty = tx[:t.test_subset], ty[:t.test_subset]
+        self.train_x, self.train_y = as_uint8(x), y
+        self.test_x, self.test_y = as_uint8(tx), ty
+        c = config.num_classes
+        self.negatives = NegativeLabels(t.negatives, self.train_y, c, t.seed + 1)
+        self.generator = torch.Generator().manual_seed(t.seed)
+        widths = [s.out_features for s in config.layers]
+        self.head = build_head(widths, c, t.seed) if "softmax" in t.classifiers else None
+        self.head_learner = make_head_learner(self.head, t) if self.head is not None else None
+        self.head_losses: dict[int, list[float]] = {}
+        self._pending: dict[int, dict[int, TrainChunk]] = {}
+        self.head_seconds = 0.0
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> dict:
+        t, n = self.t, len(self.train_y)
+        self.progress = Progress(t.epochs * n, f"train {self.config.name} (DFF pipeline)",
+                                 enabled=self.show_progress)
+        start = time.perf_counter()
+        self._in_flight = 0
+        for chapter in chapters(t.epochs, t.splits):
+            neg = self.negatives.for_chapter(chapter.index)
+            if t.schedule == "stream":
+                self._stream_chapter(chapter, neg)
+            else:
+                self._send_chapter(chapter, neg)
+        while self._in_flight:
+            self._take_train_result()
+        seconds = time.perf_counter() - start
+        return {"train_seconds": round(seconds, 2), "samples_per_second": round(n * t.epochs / seconds, 1),
+                "head_seconds": round(self.head_seconds, 2),
+                "head_loss": {e: round(sum(v) / len(v), 5) for e, v in sorted(self.head_losses.items())}}
+
+    def _stream_chapter(self, chapter, neg: torch.Tensor) -> None:
+        for epoch in chapter.epochs:
+            batches = torch.randperm(len(self.train_y), generator=self.generator).split(self.t.batch_size)
+            for seq, idx in enumerate(batches):
+                while self._in_flight >= self.window:
+                    self._take_train_result()
+                self.send_train(TrainChunk(chapter.index, epoch, seq, len(batches), self.train_y[idx],
+                                           images=self.train_x[idx], neg_labels=neg[idx]))
+                self._in_flight += 1
+
+    def _send_chapter(self, chapter, neg: torch.Tensor) -> None:
+        # every layer can hold one chapter while the next one arrives: a pipeline of L layers
+        # keeps L chapters in flight, one per layer
+        rows = torch.arange(len(self.train_y)).split(self.chunk_rows)
+        while self._in_flight >= self.window:
+            self._take_train_result()
+        for seq, idx in enumerate(rows):
+            self.send_train(TrainChunk(chapter.index, chapter.epochs[0], seq, len(rows), self.train_y[idx],
+                                       images=self.train_x[idx], neg_labels=neg[idx]))
+        self._in_flight += 1
+
+    def _next_result(self, kind: type):
+        deadline = time.monotonic() + self.stall_seconds
+        while True:
+            try:
+                r = self.results.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise PipelineStalled(f"no output from the last layer for {self.stall_seconds:.0f} s "
+                                      "(is every server still running? see /dff/status)") from None
+            if isinstance(r, Exception):
+                raise r
+            if isinstance(r, kind):
+                return r
+            self.log(f"ignoring a {type(r).__name__} while waiting for a {kind.__name__}")
+
+    def _take_train_result(self) -> None:
+        r = self._next_result(TrainChunk)
+        if self.t.schedule == "stream":
+            self._head_step(r.epoch, r.features, r.labels)
+            self._in_flight -= 1
+            self.progress.update(len(r), epoch=r.epoch)
+            return
+        got = self._pending.setdefault(r.chapter, {})
+        got[r.seq] = r
+        self.progress.update(len(r) * self.t.chapter_epochs, epoch=r.epoch)
+        if len(got) == r.count:
+            del self._pending[r.chapter]
+            parts = [got[i] for i in range(r.count)]
+            self._head_chapter(r.chapter, parts)
+            self._in_flight -= 1
+
+    def _head_step(self, epoch: int, features, labels) -> None:
+        if self.head_learner is None:
+            return
+        start = time.perf_counter()
+        self.head_learner.set_epoch(epoch)
+        loss = float(self.head_learner.train_step(features, labels)["loss"])
+        self.head_losses.setdefault(epoch, []).append(loss)
+        self.head_seconds += time.perf_counter() - start
+
+    def _head_chapter(self, chapter: int, parts: list[TrainChunk]) -> None:
+        if self.head_learner is None:
+            return
+        feats = torch.cat([p.features for p in parts])
+        labels = torch.cat([p.labels for p in parts])
+        epochs = chapters(self.t.epochs, self.t.splits)[chapter].epochs
+        for epoch in epochs:
+            for idx in torch.randperm(len(labels), generator=self.generator).split(self.t.batch_size):
+                self._head_step(epoch, feats[idx], labels[idx])
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict:
+        images = self.test_x if images is None else as_uint8(images)
+        labels = self.test_y if labels is None else labels
+        rows = torch.arange(len(labels)).split(self.t.eval_batch_size)
+        got: dict[int, InferChunk] = {}
+        sent = 0
+        start = time.perf_counter()
+        for seq, idx in enumerate(rows):
+            while sent - len(got) >= self.window:
+                r = self._next_result(InferChunk)
+                got[r.seq] = r
+            self.send_infer(InferChunk(seq, len(rows), labels[idx], images=images[idx]))
+            sent += 1
+        while len(got) < len(rows):
+            r = self._next_result(InferChunk)
+            got[r.seq] = r
+        parts = [got[i] for i in range(len(rows))]
+        acc = {}
+        if "goodness" in self.t.classifiers:
+            pred = torch.cat([p.goodness for p in parts]).argmax(dim=1)
+            acc["goodness"] = round(float((pred == labels).float().mean()), 5)
+        if "softmax" in self.t.classifiers:
+            feats = torch.cat([p.features for p in parts])
+            pred = F.log_softmax(self.head(feats), dim=1).argmax(dim=1)
+            acc["softmax"] = round(float((pred == labels).float().mean()), 5)
+        return {"accuracy": acc, "eval_seconds": round(time.perf_counter() - start, 2)}

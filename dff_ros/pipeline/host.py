@@ -1,0 +1,212 @@
+"""One hosted layer of a DFF activation pipeline: trains on the chunks that reach it and
+returns the chunks to pass downstream. The server node is a thin ROS adapter around this.
+
+Schedules (same meaning as the reference trainer, so results match it):
+  stream:   each chunk is one minibatch: one local update, then its activities go on;
+  chapters: a chapter's chunks are collected, the layer trains C epochs on them, then the
+            whole chapter goes on, recomputed with the updated layer.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dff_ros.ff.layers import length_normalize
+from dff_ros.ff.learners import Activities
+from dff_ros.ff.network import build_layer, make_ff_learner
+from dff_ros.ff.objectives import goodness
+from dff_ros.ff.overlay import overlay, overlay_all_labels, overlay_neutral
+from dff_ros.ff.schedule import chapters
+from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
+
+
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels on the wire -> the float32 [0, 1] the reference trainer uses."""
+    return images.to(torch.float32).div_(255.0) if images.dtype == torch.uint8 else images.to(torch.float32)
+
+
+class LayerHost:
+    def __init__(self, spec, train, num_classes: int, *, last: bool):
+        if train.algorithm != "ff":
+            raise ValueError(f"algorithm {train.algorithm!r} is not served by the DFF pipeline yet (use ff)")
+        self.spec, self.train_cfg, self.num_classes, self.last = spec, train, num_classes, last
+        self.first = spec.source < 0
+        self.neutral = "softmax" in train.classifiers  # the neutral pass feeds the softmax head
+        self.layer = build_layer(spec, train.seed)
+        self.learner = make_ff_learner(self.layer, train)
+        self.generator = torch.Generator().manual_seed(train.seed * 7919 + spec.index)
+        self._chapter_epochs = {c.index: c.epochs for c in chapters(train.epochs, train.splits)}
+        self._pending: dict[int, dict[int, TrainChunk]] = {}   # chapter -> seq -> chunk
+        self.samples = 0
+        self.busy_seconds = 0.0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.epoch = 0
+        self.chapter = 0
+
+    # ------------------------------------------------------------------ training
+    def train(self, chunk: TrainChunk) -> list[TrainChunk]:
+        """Process one incoming chunk; return the chunks to publish downstream (maybe none)."""
+        self._check_train(chunk)
+        start = time.perf_counter()
+        try:
+            if self.train_cfg.schedule == "stream":
+                return [self._train_stream(chunk)]
+            return self._collect_chapter(chunk)
+        finally:
+            self.busy_seconds += time.perf_counter() - start
+
+    def _inputs(self, chunk: TrainChunk) -> Activities:
+        if not self.first:
+            return chunk.acts
+        x = images_to_float(chunk.images)
+        c = self.num_classes
+        return Activities(pos=overlay(x, chunk.labels, c), neg=overlay(x, chunk.neg_labels, c),
+                          neutral=overlay_neutral(x, c) if self.neutral else None,
+                          labels=chunk.labels)
+
+    def _train_stream(self, chunk: TrainChunk) -> TrainChunk:
+        if chunk.epoch != self.epoch:
+            self.epoch, self.loss_sum, self.loss_count = chunk.epoch, 0.0, 0
+            self.learner.set_epoch(chunk.epoch)
+        self.chapter = chunk.chapter
+        out, metrics = self.learner.train_step(self._inputs(chunk))
+        self.loss_sum += float(metrics["loss"])
+        self.loss_count += 1
+        self.samples += len(chunk)
+        return self._downstream(chunk, out, chunk.seq, chunk.count)
+
+    def _collect_chapter(self, chunk: TrainChunk) -> list[TrainChunk]:
+        got = self._pending.setdefault(chunk.chapter, {})
+        if chunk.seq in got:
+            raise ChunkError(f"chapter {chunk.chapter}: chunk {chunk.seq} arrived twice")
+        got[chunk.seq] = chunk
+        if len(got) < chunk.count:
+            return []
+        del self._pending[chunk.chapter]
+        parts = [got[i] for i in range(chunk.count)]
+        return self._train_chapter(chunk.chapter, parts)
+
+    def _train_chapter(self, chapter: int, parts: list[TrainChunk]) -> list[TrainChunk]:
+        t = self.train_cfg
+        inputs = [self._inputs(p) for p in parts]
+        full = Activities(torch.cat([a.pos for a in inputs]), torch.cat([a.neg for a in inputs]), None,
+                          torch.cat([a.labels for a in inputs]))
+        n = len(full)
+        self.chapter, self.loss_sum, self.loss_count = chapter, 0.0, 0
+        for epoch in self._chapter_epochs[chapter]:
+            self.epoch = epoch
+            self.learner.set_epoch(epoch)
+            for idx in torch.randperm(n, generator=self.generator).split(t.batch_size):
+                _, metrics = self.learner.train_step(full.select(idx))
+                self.loss_sum += float(metrics["loss"])
+                self.loss_count += 1
+            self.samples += n
+        out = []
+        with torch.no_grad():
+            for p, a in zip(parts, inputs):
+                run = lambda x: None if x is None else self.layer(x)  # noqa: E731
+                acts = Activities(run(a.pos), run(a.neg), run(a.neutral), a.labels)
+                out.append(self._downstream(p, acts, p.seq, p.count))
+        return out
+
+    def _downstream(self, chunk: TrainChunk, out: Activities, seq: int, count: int) -> TrainChunk:
+        features = self._features(chunk.features, out.neutral)
+        if self.last:  # nothing reads the last layer's pos/neg: only the head features go on
+            out = None
+        return TrainChunk(chunk.chapter, chunk.epoch, seq, count, chunk.labels, acts=out, features=features)
+
+    def _features(self, so_far: torch.Tensor | None, neutral: torch.Tensor | None) -> torch.Tensor | None:
+        """Softmax-head features: normalised neutral activities of every layer but the first."""
+        if neutral is None or self.spec.index == 0:
+            return so_far
+        mine = length_normalize(neutral)
+        return mine if so_far is None else torch.cat([so_far, mine], dim=1)
+
+    def _check_train(self, chunk: TrainChunk) -> None:
+        n = len(chunk)
+        if self.first:
+            if chunk.images is None or chunk.neg_labels is None:
+                raise ChunkError("the first layer needs images and neg_labels")
+            x = chunk.images
+            if x.dim() != 2 or x.shape[1] != self.spec.in_features or x.shape[0] != n:
+                raise ChunkError(f"images {list(x.shape)}, expected [{n}, {self.spec.in_features}]")
+            labels = [chunk.labels, chunk.neg_labels]
+        else:
+            a = chunk.acts
+            if a is None or a.pos is None or a.neg is None:
+                raise ChunkError(f"layer {self.spec.index} needs pos and neg activities")
+            if self.neutral and a.neutral is None:
+                raise ChunkError(f"layer {self.spec.index} needs neutral activities (softmax head)")
+            for name, t in (("pos", a.pos), ("neg", a.neg), ("neutral", a.neutral)):
+                if t is not None and (t.dim() != 2 or t.shape[1] != self.spec.in_features or t.shape[0] != n):
+                    raise ChunkError(f"{name} {list(t.shape)}, expected [{n}, {self.spec.in_features}]")
+            labels = [chunk.labels]
+        for lab in labels:
+            if lab.dim() != 1 or lab.shape[0] != n or lab.dtype != torch.int64 or \
+                    (n and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes)):
+                raise ChunkError(f"labels must be int64 [{n}] in 0..{self.num_classes - 1}")
+        if chunk.chapter not in self._chapter_epochs:
+            raise ChunkError(f"chapter {chunk.chapter} outside 0..{len(self._chapter_epochs) - 1}")
+        if not 0 <= chunk.seq < chunk.count:
+            raise ChunkError(f"seq {chunk.seq} outside 0..{chunk.count - 1}")
+        if n == 0:
+            raise ChunkError("empty chunk")
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def infer(self, chunk: InferChunk) -> InferChunk:
+        start = time.perf_counter()
+        try:
+            return self._infer(chunk)
+        finally:
+            self.busy_seconds += time.perf_counter() - start
+
+    def _infer(self, chunk: InferChunk) -> InferChunk:
+        c = self.num_classes
+        n = len(chunk)
+        if n == 0:
+            raise ChunkError("empty chunk")
+        if self.first:
+            if chunk.images is None or chunk.images.dim() != 2 or chunk.images.shape[1] != self.spec.in_features:
+                raise ChunkError(f"the first layer needs images [B, {self.spec.in_features}]")
+            x = images_to_float(chunk.images)
+            if hasattr(self.layer, "forward_label_candidates"):
+                candidates = self.layer.forward_label_candidates(x, c)
+            else:
+                candidates = self.layer(overlay_all_labels(x, c))
+            neutral = self.layer(overlay_neutral(x, c))
+            good = torch.zeros(n, c)  # the goodness classifier skips the first layer
+        else:
+            w = self.spec.in_features
+            if chunk.candidates is None or tuple(chunk.candidates.shape) != (n * c, w):
+                raise ChunkError(f"candidates must be [{n * c}, {w}]")
+            if chunk.neutral is None or tuple(chunk.neutral.shape) != (n, w):
+                raise ChunkError(f"neutral must be [{n}, {w}]")
+            if chunk.goodness is None or tuple(chunk.goodness.shape) != (n, c):
+                raise ChunkError(f"goodness must be [{n}, {c}]")
+            candidates = self.layer(chunk.candidates)
+            neutral = self.layer(chunk.neutral)
+            good = chunk.goodness + goodness(candidates, self.train_cfg.goodness).view(n, c)
+        features = self._features(chunk.features, neutral)
+        if self.last:
+            return InferChunk(chunk.seq, chunk.count, chunk.labels, goodness=good, features=features)
+        return InferChunk(chunk.seq, chunk.count, chunk.labels, candidates=candidates, goodness=good,
+                          neutral=neutral, features=features)
+
+    # ------------------------------------------------------------------ weights
+    def state_dict(self) -> dict:
+        state = {"layer": self.layer.state_dict(), "samples": self.samples}
+        if self.learner.running_mean is not None:
+            state["running_mean"] = self.learner.running_mean
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.layer.load_state_dict(state["layer"])
+        self.samples = int(state.get("samples", 0))
+        if "running_mean" in state:
+            self.learner.running_mean = state["running_mean"]
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.loss_count if self.loss_count else float("nan")

@@ -1,0 +1,70 @@
+"""torch.Tensor <-> dff_ros/Tensor with raw bytes in uint8[].
+
+Filling uint8[] from an ``array.array('B')`` skips rosidl's per-element checks, and a received
+uint8[] field arrives as ``array.array('B')``, which ``torch.frombuffer`` wraps without a copy.
+"""
+from __future__ import annotations
+
+import array
+
+import torch
+
+from dff_ros.msg import Tensor
+
+DTYPES = {name: getattr(torch, name) for name in
+          ("float32", "float64", "float16", "bfloat16", "uint8", "int8", "int16", "int32", "int64", "bool")}
+MAX_DIMS = 8
+
+
+class TensorDecodeError(ValueError):
+    """A tensor message that does not describe a tensor (dropped by the receiver)."""
+
+
+def to_msg(t: torch.Tensor | None, msg: Tensor | None = None) -> Tensor:
+    """Fill (or create) a Tensor message; ``None`` gives the empty (absent) tensor."""
+    msg = msg if msg is not None else Tensor()
+    if t is None:
+        return msg
+    t = t.detach().contiguous()
+    name = str(t.dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise TypeError(f"dtype {t.dtype} cannot be sent")
+    msg.dtype = name
+    msg.shape = array.array("I", t.shape)
+    raw = array.array("B")
+    # one copy: tensor memory -> array (bfloat16 has no numpy twin, so view it as bytes in torch)
+    raw.frombytes(t.view(torch.uint8).numpy() if t.element_size() and t.numel() else b"")
+    msg.data = raw
+    return msg
+
+
+def from_msg(msg: Tensor, *, expect_dtype: torch.dtype | None = None, name: str = "tensor") -> torch.Tensor | None:
+    """Tensor sharing the message's memory, or None when absent. Raises TensorDecodeError."""
+    if not msg.dtype:
+        if len(msg.data) or len(msg.shape):
+            raise TensorDecodeError(f"{name}: data without a dtype")
+        return None
+    dtype = DTYPES.get(msg.dtype)
+    if dtype is None:
+        raise TensorDecodeError(f"{name}: unknown dtype {msg.dtype!r}")
+    if expect_dtype is not None and dtype != expect_dtype:
+        raise TensorDecodeError(f"{name}: dtype {msg.dtype}, expected {str(expect_dtype).removeprefix('torch.')}")
+    shape = tuple(int(s) for s in msg.shape)
+    if len(shape) > MAX_DIMS:
+        raise TensorDecodeError(f"{name}: {len(shape)} dimensions (at most {MAX_DIMS})")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel * itemsize != len(msg.data):
+        raise TensorDecodeError(f"{name}: shape {list(shape)} of {msg.dtype} needs {numel * itemsize} bytes, "
+                                f"got {len(msg.data)}")
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(msg.data, dtype=dtype).view(shape)
+
+
+def nbytes(msg) -> int:
+    """Payload bytes of the Tensor fields of a message (for bandwidth accounting)."""
+    return sum(len(getattr(msg, f).data) for f in msg.get_fields_and_field_types()
+               if msg.get_fields_and_field_types()[f] == "dff_ros/Tensor")

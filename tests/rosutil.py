@@ -1,0 +1,94 @@
+"""Helpers for the ROS integration tests: real nodes in separate processes, one ROS domain
+per test, localhost discovery."""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_domains = itertools.count(40 + (os.getpid() % 50) * 3)
+
+
+def ros_env(**extra) -> dict:
+    env = {**os.environ, "ROS_DOMAIN_ID": str(next(_domains)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "PYTHONUNBUFFERED": "1"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Proc:
+    """A node process whose output is collected to a file (read it with .output())."""
+
+    def __init__(self, args: list[str], env: dict, log: Path):
+        self.log = log
+        self._f = open(log, "w")
+        self.p = subprocess.Popen([sys.executable, *args], stdout=self._f, stderr=subprocess.STDOUT, env=env,
+                                  cwd=REPO)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in self.output():
+                return
+            if self.p.poll() is not None:
+                raise AssertionError(f"process exited ({self.p.returncode}) before {text!r}:\n{self.output()}")
+            time.sleep(0.1)
+        raise AssertionError(f"no {text!r} within {timeout} s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(2)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._f.close()
+
+
+def start_server(env: dict, tmp: Path, name: str = "", weights: Path | None = None) -> Proc:
+    args = ["-m", "dff_ros.nodes.server", "--weights-dir", str(weights or tmp / "weights")]
+    if name:
+        args += ["--name", name]
+    return Proc(args, env, tmp / f"server-{name or time.monotonic_ns()}.log")
+
+
+class Client:
+    """An rclpy node in the test process, on the test's domain."""
+
+    def __init__(self, env: dict):
+        import rclpy
+        from rclpy.context import Context
+
+        self.rclpy = rclpy
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]))
+        self.node = rclpy.create_node("test_client", context=self.context)
+        from rclpy.executors import SingleThreadedExecutor
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, srv_type, name: str, request, timeout: float = 20.0):
+        client = self.node.create_client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
+        future = client.call_async(request)
+        self.executor.spin_until_future_complete(future, timeout_sec=timeout)
+        assert future.done(), f"{name} did not answer"
+        return future.result()
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.context)

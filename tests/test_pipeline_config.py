@@ -1,0 +1,61 @@
+"""Pipeline YAML, layer-type YAML and the distribution planner."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dff_ros.config import ConfigError, load_model_config
+from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, load_pipeline_config,
+                                     plan_layers)
+from dff_ros.nodes.common import layer_topics, path_token, topic_token
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_pipeline_resolves_paths_and_checks():
+    p = load_pipeline_config(REPO / "config" / "mnist_pipeline.yaml")
+    model = load_model_config(p.model)
+    check_model_layer_types(model, load_layer_types(p.layer_types), p.layer_types)
+    assert p.servers == 2 and Path(p.model).is_absolute()
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"servers": 0}, "servers"), ({"placement": "random"}, "placement"), ({"train": "yes"}, "train"),
+    ({"bogus": 1}, "bogus"), ({"stall_seconds": -1}, "stall_seconds")])
+def test_pipeline_errors_name_file_and_key(tmp_path, raw, key):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"model": "m.yaml", "layer_types": "l.yaml", **raw}))
+    with pytest.raises(ConfigError) as e:
+        load_pipeline_config(f)
+    assert e.value.source == str(f) and e.value.key == key
+
+
+def test_layer_types_errors(tmp_path):
+    f = tmp_path / "l.yaml"
+    f.write_text(yaml.safe_dump({"FFDense": {"train": {"input": "x/msg/Y", "output": "dff_ros/msg/TrainingBatch"},
+                                             "infer": {"input": "dff_ros/msg/InferenceBatch",
+                                                       "output": "dff_ros/msg/InferenceBatch"}}}))
+    with pytest.raises(ConfigError, match="FFDense.train.input: unknown message type"):
+        load_layer_types(f)
+    f.write_text(yaml.safe_dump({"Conv9": {}}))
+    with pytest.raises(ConfigError, match="Conv9: unknown layer type"):
+        load_layer_types(f)
+
+
+def test_round_robin_and_explicit_placement():
+    servers = ["server_10", "server_2", "server_1"]
+    assert plan_layers(4, servers) == ["server_1", "server_2", "server_10", "server_1"]
+    assert plan_layers(2, servers, {0: "server_10", 1: "server_10"}) == ["server_10", "server_10"]
+    with pytest.raises(ConfigError, match="placement.1: layer 1 has no server"):
+        plan_layers(2, servers, {0: "server_1"})
+    with pytest.raises(ConfigError, match="not running"):
+        plan_layers(1, servers, {0: "server_7"})
+    with pytest.raises(ConfigError, match="no server"):
+        plan_layers(1, [])
+
+
+def test_names_are_sanitized():
+    assert topic_token("9 lives/../x") == "m_9_lives____x"
+    assert path_token("../../etc/passwd") == "_.._etc_passwd"
+    t = layer_topics("my model", 1, 1)
+    assert t["train_input"] == "/dff/my_model/layer_0/train" and t["train_output"] == "/dff/my_model/output/train"

@@ -1,0 +1,43 @@
+"""Tensor <-> dff_ros/Tensor and config <-> ROS parameter conversion."""
+import array
+
+import pytest
+import torch
+
+from dff_ros.msg import Tensor
+from dff_ros.transport.codec import from_parameters, to_parameters
+from dff_ros.transport.tensors import TensorDecodeError, from_msg, to_msg
+
+
+@pytest.mark.parametrize("t", [torch.randn(64, 2000), torch.arange(10), torch.randint(0, 255, (3, 784), dtype=torch.uint8),
+                               torch.randn(4, 5).to(torch.bfloat16), torch.zeros(0, 7)])
+def test_round_trip(t):
+    m = to_msg(t)
+    assert isinstance(m.data, array.array) and len(m.data) == t.numel() * t.element_size()
+    back = from_msg(m)
+    assert back.dtype == t.dtype and back.shape == t.shape and torch.equal(back, t)
+
+
+def test_received_tensor_shares_the_message_buffer():
+    m = to_msg(torch.zeros(4))
+    t = from_msg(m)
+    m.data[0:4] = array.array("B", torch.tensor([1.5]).view(torch.uint8).tolist())
+    assert float(t[0]) == 1.5
+
+
+def test_absent_and_malformed():
+    assert from_msg(Tensor()) is None
+    with pytest.raises(TensorDecodeError, match="needs 16 bytes"):
+        from_msg(Tensor(dtype="float32", shape=[2, 2], data=bytes(3)))
+    with pytest.raises(TensorDecodeError, match="unknown dtype"):
+        from_msg(Tensor(dtype="complex", shape=[1], data=bytes(8)))
+    with pytest.raises(TensorDecodeError, match="expected int64"):
+        from_msg(to_msg(torch.zeros(2)), expect_dtype=torch.int64, name="labels")
+    with pytest.raises(TensorDecodeError, match="without a dtype"):
+        from_msg(Tensor(shape=[1], data=bytes(1)))
+
+
+def test_parameters_keep_types():
+    values = {"epochs": 3, "lr": 0.001, "cooldown": True, "threshold": None, "classifiers": ["goodness"],
+              "schedule": "stream"}
+    assert from_parameters(to_parameters(values)) == values
