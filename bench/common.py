@@ -52,3 +52,13 @@ def update_readme(name: str, table: str) -> None:
     if not pattern.search(text):
         raise SystemExit(f"README.md has no <!-- bench:{name} --> block")
     readme.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
+
+
+def machine_cell(m: dict) -> str:
+    return f"{m['cores']}-core {m['cpu']}, {m['date']}"
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, data_root, machine, update_readme, write_results  # noqa: E402
+from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
 
 from dff_ros.config.pipeline import load_pipeline_config  # noqa: E402
 from dff_ros.config.schema import load_model_config  # noqa: E402
@@ -30,18 +30,17 @@ from dff_ros.nodes.master import parse_set  # noqa: E402
 
 
 def table(runs):
-    lines = ["| model | schedule | servers | epochs | reference % (goodness / softmax) | pipeline % | "
-             "Δ points | reference s | pipeline s | ratio | MB moved | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    headers = ["model", "schedule", "servers", "epochs", "reference % (goodness / softmax)", "pipeline %",
+               "Δ points", "reference s", "pipeline s", "ratio", "MB moved", "machine"]
+    pct = lambda a: " / ".join(f"{100 * a[k]:.2f}" for k in ("goodness", "softmax") if k in a)  # noqa: E731
+    rows = []
     for r in runs:
         ref, got = r["reference"]["accuracy"], r["pipeline"]["accuracy"]
-        pct = lambda a: " / ".join(f"{100 * a[k]:.2f}" for k in ("goodness", "softmax") if k in a)  # noqa: E731
-        delta = max(abs(ref[k] - got[k]) for k in got) * 100
-        lines.append(f"| {r['model']} | {r['schedule']} | {r['servers']} | {r['epochs']} | {pct(ref)} | {pct(got)} | "
-                     f"{delta:.2f} | {r['reference']['train_seconds']:.0f} | {r['pipeline']['train_seconds']:.0f} | "
-                     f"{r['time_ratio']:.2f} | {r['mb_moved']:.0f} | {r['machine']['cores']}-core "
-                     f"{r['machine']['cpu']}, {r['machine']['date']} |")
-    return "\n".join(lines) + "\n"
+        rows.append([r["model"], r["schedule"], r["servers"], r["epochs"], pct(ref), pct(got),
+                     f"{max(abs(ref[k] - got[k]) for k in got) * 100:.2f}", f"{r['reference']['train_seconds']:.0f}",
+                     f"{r['pipeline']['train_seconds']:.0f}", f"{r['time_ratio']:.2f}", f"{r['mb_moved']:.0f}",
+                     machine_cell(r["machine"])])
+    return markdown_table(headers, rows)
 
 
 def main() -> int:

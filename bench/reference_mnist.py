@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, data_root, machine, update_readme, write_results  # noqa: E402
+from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
@@ -24,18 +24,17 @@ DEFAULT_CONFIGS = ["config/models/mnist_default.yaml"]
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| config | layers | epochs (splits) | batch | negatives | schedule | threads | train s | "
-             "eval s | samples/s | goodness % | softmax % | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    headers = ["config", "layers", "epochs (splits)", "batch", "negatives", "schedule", "threads", "train s",
+               "eval s", "samples/s", "goodness %", "softmax %", "machine"]
+    rows = []
     for r in runs:
         acc = r["accuracy"]
         cell = lambda c: f"{100 * acc[c]:.2f}" if c in acc else "–"  # noqa: E731
-        lines.append(f"| `{r['config_file']}` | {r['layers']} | {r['epochs']} ({r['splits']}) | {r['batch_size']} | "
-                     f"{r['negatives']} | {r['schedule']} | {r['threads']} | {r['train_seconds']:.0f} | "
-                     f"{r['eval_seconds']:.0f} | {r['samples_per_second']:.0f} | {cell('goodness')} | "
-                     f"{cell('softmax')} | {r['machine']['cores']}-core {r['machine']['cpu']}, "
-                     f"{r['machine']['date']} |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"`{r['config_file']}`", r["layers"], f"{r['epochs']} ({r['splits']})", r["batch_size"],
+                     r["negatives"], r["schedule"], r["threads"], f"{r['train_seconds']:.0f}",
+                     f"{r['eval_seconds']:.0f}", f"{r['samples_per_second']:.0f}", cell("goodness"),
+                     cell("softmax"), machine_cell(r["machine"])])
+    return markdown_table(headers, rows)
 
 
 def main() -> int:

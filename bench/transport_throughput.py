@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, update_readme, write_results  # noqa: E402
+from common import machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
 
 
 def role_sub(args) -> None:
@@ -115,10 +115,9 @@ def main() -> None:
            "MB_per_s": round(mb / s["seconds"], 1), "msgs_per_s": round(s["received"] / s["seconds"], 1),
            "fill_ms_per_msg": round(1000 * p["fill_seconds"] / p["sent"], 3), "machine": machine()}
     runs = write_results("transport_throughput", [row], key="case")
-    lines = ["| case | RMW | MB/s | msgs/s | fill ms/msg |", "|---|---|---|---|---|"]
-    lines += [f"| {r['case']} | {r['rmw']} | {r['MB_per_s']} | {r['msgs_per_s']} | {r['fill_ms_per_msg']} |"
-              for r in runs]
-    table = "\n".join(lines) + "\n"
+    table = markdown_table(["case", "RMW", "MB/s", "msgs/s", "fill ms/msg", "machine"],
+                           [[r["case"], r["rmw"], r["MB_per_s"], r["msgs_per_s"], r["fill_ms_per_msg"],
+                             machine_cell(r["machine"])] for r in runs])
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "transport_throughput.md"), "w") as f:
         f.write(table)
     print(table)
