@@ -95,7 +95,7 @@ class MasterNode(Node):
         m, layers = self.model, self.model.layers
         plan = plan_layers(len(layers), servers, self.p.placement, self.p.source)
         last = len(layers) - 1
-        train = {k: v for k, v in m.to_dict()["train"].items()}
+        train = m.to_dict()["train"]
         placed: dict[int, dict] = {}
         for server in sorted(set(plan), key=plan.index):
             req = CreateLayers.Request(run_id=self.run_id, model=m.name, num_classes=m.num_classes,

@@ -238,7 +238,7 @@ class ServerNode(Node):
             chunk = train_from_msg(msg) if training else infer_from_msg(msg)
         except ChunkError as e:
             return self._drop(h, str(e))
-        h.inbox.put((training, msg.run_id, chunk, msg))
+        h.inbox.put((training, msg.run_id, chunk))
 
     def _drop(self, h: Hosted, why: str) -> None:
         h.dropped += 1
@@ -251,7 +251,7 @@ class ServerNode(Node):
             item = h.inbox.get()
             if item is _STOP:
                 return
-            training, run_id, chunk, _msg = item
+            training, run_id, chunk = item  # chunk tensors keep the message buffers alive
             try:
                 if training:
                     h.phase = "training"
