@@ -9,6 +9,14 @@ from dff_ros.ff.objectives import goodness
 from dff_ros.ff.overlay import overlay_all_labels, overlay_neutral
 
 
+def label_candidates(layer, images: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[N*C, out]: a first layer's output for every image with every label overlaid; one matmul
+    per image when the layer has the shortcut, else C overlays."""
+    if hasattr(layer, "forward_label_candidates"):
+        return layer.forward_label_candidates(images, num_classes)
+    return layer(overlay_all_labels(images, num_classes))
+
+
 @torch.no_grad()
 def goodness_scores(net, images: torch.Tensor, goodness_kind: str = "sum",
                     batch_size: int = 1000) -> torch.Tensor:
@@ -17,13 +25,12 @@ def goodness_scores(net, images: torch.Tensor, goodness_kind: str = "sum",
     One forward over [batch*C] rows instead of C passes.
     """
     c = net.num_classes
-    first = net.layers[0]
-    # only layer 0 reads the input, so it alone may take the one-matmul-per-image shortcut
-    shortcut = hasattr(first, "forward_label_candidates") and all(s >= 0 for s in net.sources[1:])
+    # only layer 0 may read the input, so its output stands for the input of every other layer
+    only_first_reads_input = all(s >= 0 for s in net.sources[1:])
     out = []
     for chunk in images.split(batch_size):
-        if shortcut:
-            acts = net.forward_all(None, first=first.forward_label_candidates(chunk, c))
+        if only_first_reads_input:
+            acts = net.forward_all(None, first=label_candidates(net.layers[0], chunk, c))
         else:
             acts = net.forward_all(overlay_all_labels(chunk, c))
         g = sum(goodness(a, goodness_kind) for a in acts[1:])

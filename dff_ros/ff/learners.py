@@ -14,6 +14,7 @@ from torch import nn
 
 from dff_ros.ff.layers import length_normalize
 from dff_ros.ff.objectives import ff_loss, goodness
+from dff_ros.ff.overlay import overlay, overlay_neutral
 from dff_ros.ff.schedule import lr_factor
 
 
@@ -36,6 +37,25 @@ class Activities:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @torch.no_grad()
+    def map(self, fn, chunk: int = 4096) -> "Activities":
+        """``fn`` applied to pos, neg and neutral (in row chunks, to bound memory); labels kept."""
+        def run(t):
+            return None if t is None else torch.cat([fn(c) for c in t.split(chunk)])
+
+        return Activities(run(self.pos), run(self.neg), run(self.neutral), self.labels)
+
+
+def make_inputs(images: torch.Tensor, labels: torch.Tensor, neg_labels: torch.Tensor | None,
+                num_classes: int, neutral: bool) -> Activities:
+    """Label-overlaid first-layer inputs: positive, negative (FF) and neutral (heads, PON)."""
+    return Activities(
+        pos=overlay(images, labels, num_classes) if neg_labels is not None else None,
+        neg=overlay(images, neg_labels, num_classes) if neg_labels is not None else None,
+        neutral=overlay_neutral(images, num_classes) if neutral else None,
+        labels=labels,
+    )
 
 
 def make_optimizer(name: str, groups: Iterable[dict]) -> torch.optim.Optimizer:

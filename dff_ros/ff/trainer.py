@@ -16,33 +16,13 @@ import torch
 
 from dff_ros.checkpoint import load_weights, save_atomic
 from dff_ros.ff.classifiers import accuracy, goodness_scores
-from dff_ros.ff.learners import Activities
+from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
-from dff_ros.ff.overlay import overlay, overlay_neutral
 from dff_ros.ff.schedule import chapters
 from dff_ros.progress import Progress
 
 WEIGHTS_FORMAT = "dff_ros.ffnetwork/1"
-
-
-def make_inputs(images: torch.Tensor, labels: torch.Tensor, neg_labels: torch.Tensor | None,
-                num_classes: int, neutral: bool) -> Activities:
-    """Label-overlaid first-layer inputs: positive, negative (FF) and neutral (heads, PON)."""
-    return Activities(
-        pos=overlay(images, labels, num_classes) if neg_labels is not None else None,
-        neg=overlay(images, neg_labels, num_classes) if neg_labels is not None else None,
-        neutral=overlay_neutral(images, num_classes) if neutral else None,
-        labels=labels,
-    )
-
-
-@torch.no_grad()
-def forward_activities(layer: torch.nn.Module, a: Activities, chunk: int = 4096) -> Activities:
-    def run(t):
-        return None if t is None else torch.cat([layer(c) for c in t.split(chunk)])
-
-    return Activities(run(a.pos), run(a.neg), run(a.neutral), a.labels)
 
 
 class ReferenceTrainer:
@@ -163,7 +143,7 @@ class ReferenceTrainer:
                     _, metrics = learner.train_step(train_view.select(idx))
                     self._record(epoch, i, metrics["loss"])
                     self.progress.update(len(idx), epoch=epoch, layer=i)
-            acts[i] = forward_activities(learner.layer, inputs)
+            acts[i] = inputs.map(learner.layer)
         if self.head_learner is not None:
             feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))])
             for epoch in chapter.epochs:

@@ -13,10 +13,11 @@ import time
 import torch
 
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.learners import Activities
+from dff_ros.ff.classifiers import label_candidates
+from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.network import build_layer, make_ff_learner
 from dff_ros.ff.objectives import goodness
-from dff_ros.ff.overlay import overlay, overlay_all_labels, overlay_neutral
+from dff_ros.ff.overlay import overlay_neutral
 from dff_ros.ff.schedule import chapters
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 
@@ -59,11 +60,8 @@ class LayerHost:
     def _inputs(self, chunk: TrainChunk) -> Activities:
         if not self.first:
             return chunk.acts
-        x = images_to_float(chunk.images)
-        c = self.num_classes
-        return Activities(pos=overlay(x, chunk.labels, c), neg=overlay(x, chunk.neg_labels, c),
-                          neutral=overlay_neutral(x, c) if self.neutral else None,
-                          labels=chunk.labels)
+        return make_inputs(images_to_float(chunk.images), chunk.labels, chunk.neg_labels, self.num_classes,
+                           self.neutral)
 
     def _train_stream(self, chunk: TrainChunk) -> TrainChunk:
         if chunk.epoch != self.epoch:
@@ -102,13 +100,7 @@ class LayerHost:
                 self.loss_sum += float(metrics["loss"])
                 self.loss_count += 1
             self.samples += n
-        out = []
-        with torch.no_grad():
-            for p, a in zip(parts, inputs):
-                run = lambda x: None if x is None else self.layer(x)  # noqa: E731
-                acts = Activities(run(a.pos), run(a.neg), run(a.neutral), a.labels)
-                out.append(self._downstream(p, acts, p.seq, p.count))
-        return out
+        return [self._downstream(p, a.map(self.layer), p.seq, p.count) for p, a in zip(parts, inputs)]
 
     def _downstream(self, chunk: TrainChunk, out: Activities, seq: int, count: int) -> TrainChunk:
         features = self._features(chunk.features, out.neutral)
@@ -171,10 +163,7 @@ class LayerHost:
             if chunk.images is None or chunk.images.dim() != 2 or chunk.images.shape[1] != self.spec.in_features:
                 raise ChunkError(f"the first layer needs images [B, {self.spec.in_features}]")
             x = images_to_float(chunk.images)
-            if hasattr(self.layer, "forward_label_candidates"):
-                candidates = self.layer.forward_label_candidates(x, c)
-            else:
-                candidates = self.layer(overlay_all_labels(x, c))
+            candidates = label_candidates(self.layer, x, c)
             neutral = self.layer(overlay_neutral(x, c))
             good = torch.zeros(n, c)  # the goodness classifier skips the first layer
         else:

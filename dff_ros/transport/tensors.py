@@ -66,5 +66,5 @@ def from_msg(msg: Tensor, *, expect_dtype: torch.dtype | None = None, name: str 
 
 def nbytes(msg) -> int:
     """Payload bytes of the Tensor fields of a message (for bandwidth accounting)."""
-    return sum(len(getattr(msg, f).data) for f in msg.get_fields_and_field_types()
-               if msg.get_fields_and_field_types()[f] == "dff_ros/Tensor")
+    return sum(len(getattr(msg, f).data) for f, kind in msg.get_fields_and_field_types().items()
+               if kind == "dff_ros/Tensor")
