@@ -26,13 +26,14 @@ class NegativeLabels:
               (the first chapter uses random ones: an untrained network rates nothing);
     random:   a random wrong label, redrawn per chapter;
     fixed:    a random wrong label drawn once.
+    Random draws depend only on (seed, chapter), so every node of a distributed run that
+    starts at chapter j draws the labels the sequential run uses there.
     """
 
     def __init__(self, strategy: str, labels: torch.Tensor, num_classes: int, seed: int):
         if strategy not in ("adaptive", "random", "fixed"):
             raise ValueError(f"unknown negative strategy {strategy!r}")
-        self.strategy, self.labels, self.num_classes = strategy, labels, num_classes
-        self.generator = torch.Generator().manual_seed(seed)
+        self.strategy, self.labels, self.num_classes, self.seed = strategy, labels, num_classes, seed
         self.current: torch.Tensor | None = None
 
     def for_chapter(self, chapter: int, scores_fn: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
@@ -42,5 +43,7 @@ class NegativeLabels:
                 raise ValueError("adaptive negatives need the network's goodness scores")
             self.current = hardest_wrong_labels(scores_fn(), self.labels)
         elif self.current is None or self.strategy != "fixed":
-            self.current = random_wrong_labels(self.labels, self.num_classes, self.generator)
+            draw = 0 if self.strategy == "fixed" else chapter
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + draw)
+            self.current = random_wrong_labels(self.labels, self.num_classes, generator)
         return self.current

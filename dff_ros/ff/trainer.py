@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from dff_ros.checkpoint import load_weights, save_atomic
+from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import accuracy, goodness_scores
 from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
@@ -102,8 +103,8 @@ class ReferenceTrainer:
             if learner is not None:
                 learner.set_epoch(epoch)
 
-    def _record(self, epoch: int, column: int, loss: torch.Tensor) -> None:
-        self._loss_sum[epoch - 1, column] += float(loss)
+    def _record(self, epoch: int, column: int, loss: float) -> None:
+        self._loss_sum[epoch - 1, column] += loss
         self._loss_count[epoch - 1, column] += 1
 
     def _stream_chapter(self, chapter, neg: torch.Tensor | None) -> None:
@@ -130,28 +131,25 @@ class ReferenceTrainer:
                 self._loss_count[epoch - 1, col] += batches
 
     def _layerwise_chapter(self, chapter, neg: torch.Tensor | None) -> None:
-        t, n = self.t, len(self.train_y)
+        t = self.t
         acts: dict[int, Activities] = {-1: make_inputs(self.train_x, self.train_y, neg, self.num_classes,
                                                        self.needs_neutral)}
         for i, (learner, src) in enumerate(zip(self.learners, self.net.sources)):
             inputs = acts[src]
-            # FF steps need no neutral pass here: neutral activities are recomputed once below
-            train_view = inputs if t.algorithm == "pon" else Activities(inputs.pos, inputs.neg, None, inputs.labels)
-            for epoch in chapter.epochs:
-                learner.set_epoch(epoch)
-                for idx in torch.randperm(n, generator=self.generator).split(t.batch_size):
-                    _, metrics = learner.train_step(train_view.select(idx))
-                    self._record(epoch, i, metrics["loss"])
-                    self.progress.update(len(idx), epoch=epoch, layer=i)
+            train_chapter(learner, layer_step(learner, inputs), len(inputs), chapter, seed=t.seed, part=i,
+                          batch_size=t.batch_size, on_batch=self._on_batch(i, i))
             acts[i] = inputs.map(learner.layer)
         if self.head_learner is not None:
-            feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))])
-            for epoch in chapter.epochs:
-                self.head_learner.set_epoch(epoch)
-                for idx in torch.randperm(n, generator=self.generator).split(t.batch_size):
-                    metrics = self.head_learner.train_step(feats[idx], self.train_y[idx])
-                    self._record(epoch, len(self.learners), metrics["loss"])
-                    self.progress.update(len(idx), epoch=epoch, layer="head")
+            n = len(self.learners)
+            feats = self.net.head_features([acts[i].neutral for i in range(n)])
+            train_chapter(self.head_learner, head_step(self.head_learner, feats, self.train_y), len(feats),
+                          chapter, seed=t.seed, part=n, batch_size=t.batch_size, on_batch=self._on_batch(n, "head"))
+
+    def _on_batch(self, column: int, name):
+        def done(epoch: int, loss: float, rows: int) -> None:
+            self._record(epoch, column, loss)
+            self.progress.update(rows, epoch=epoch, layer=name)
+        return done
 
     def history(self) -> list[dict]:
         mean = self._loss_sum / self._loss_count.clamp(min=1)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dff_ros.ff.chapter import head_step, train_chapter
 from dff_ros.ff.network import build_head, make_head_learner
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.schedule import chapters
@@ -159,10 +160,15 @@ class PipelineDriver:
             return
         feats = torch.cat([p.features for p in parts])
         labels = torch.cat([p.labels for p in parts])
-        epochs = chapters(self.t.epochs, self.t.splits)[chapter].epochs
-        for epoch in epochs:
-            for idx in torch.randperm(len(labels), generator=self.generator).split(self.t.batch_size):
-                self._head_step(epoch, feats[idx], labels[idx])
+        start = time.perf_counter()
+
+        def done(epoch: int, loss: float, rows: int) -> None:
+            self.head_losses.setdefault(epoch, []).append(loss)
+
+        train_chapter(self.head_learner, head_step(self.head_learner, feats, labels), len(labels),
+                      chapters(self.t.epochs, self.t.splits)[chapter], seed=self.t.seed,
+                      part=len(self.config.layers), batch_size=self.t.batch_size, on_batch=done)
+        self.head_seconds += time.perf_counter() - start
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

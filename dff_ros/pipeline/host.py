@@ -12,8 +12,9 @@ import time
 
 import torch
 
-from dff_ros.ff.layers import length_normalize
+from dff_ros.ff.chapter import layer_step, train_chapter
 from dff_ros.ff.classifiers import label_candidates
+from dff_ros.ff.layers import length_normalize
 from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.network import build_layer, make_ff_learner
 from dff_ros.ff.objectives import goodness
@@ -36,8 +37,7 @@ class LayerHost:
         self.neutral = "softmax" in train.classifiers  # the neutral pass feeds the softmax head
         self.layer = build_layer(spec, train.seed)
         self.learner = make_ff_learner(self.layer, train)
-        self.generator = torch.Generator().manual_seed(train.seed * 7919 + spec.index)
-        self._chapter_epochs = {c.index: c.epochs for c in chapters(train.epochs, train.splits)}
+        self._chapters = {c.index: c for c in chapters(train.epochs, train.splits)}
         self._pending: dict[int, dict[int, TrainChunk]] = {}   # chapter -> seq -> chunk
         self.samples = 0
         self.busy_seconds = 0.0
@@ -90,16 +90,15 @@ class LayerHost:
         inputs = [self._inputs(p) for p in parts]
         full = Activities(torch.cat([a.pos for a in inputs]), torch.cat([a.neg for a in inputs]), None,
                           torch.cat([a.labels for a in inputs]))
-        n = len(full)
         self.chapter, self.loss_sum, self.loss_count = chapter, 0.0, 0
-        for epoch in self._chapter_epochs[chapter]:
-            self.epoch = epoch
-            self.learner.set_epoch(epoch)
-            for idx in torch.randperm(n, generator=self.generator).split(t.batch_size):
-                _, metrics = self.learner.train_step(full.select(idx))
-                self.loss_sum += float(metrics["loss"])
-                self.loss_count += 1
-            self.samples += n
+
+        def done(epoch: int, loss: float, rows: int) -> None:
+            if epoch != self.epoch:
+                self.epoch, self.loss_sum, self.loss_count = epoch, 0.0, 0
+            self.loss_sum, self.loss_count, self.samples = self.loss_sum + loss, self.loss_count + 1, self.samples + rows
+
+        train_chapter(self.learner, layer_step(self.learner, full), len(full), self._chapters[chapter],
+                      seed=t.seed, part=self.spec.index, batch_size=t.batch_size, on_batch=done)
         return [self._downstream(p, a.map(self.layer), p.seq, p.count) for p, a in zip(parts, inputs)]
 
     def _downstream(self, chunk: TrainChunk, out: Activities, seq: int, count: int) -> TrainChunk:
@@ -138,8 +137,8 @@ class LayerHost:
             if lab.dim() != 1 or lab.shape[0] != n or lab.dtype != torch.int64 or \
                     (n and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes)):
                 raise ChunkError(f"labels must be int64 [{n}] in 0..{self.num_classes - 1}")
-        if chunk.chapter not in self._chapter_epochs:
-            raise ChunkError(f"chapter {chunk.chapter} outside 0..{len(self._chapter_epochs) - 1}")
+        if chunk.chapter not in self._chapters:
+            raise ChunkError(f"chapter {chunk.chapter} outside 0..{len(self._chapters) - 1}")
         if not 0 <= chunk.seq < chunk.count:
             raise ChunkError(f"seq {chunk.seq} outside 0..{chunk.count - 1}")
         if n == 0:

@@ -1,0 +1,51 @@
+"""One chapter of one part (a layer or the softmax head): C epochs of minibatch updates on
+inputs the layers before it computed (PFF Algorithms 1-2, lines 6-9).
+
+The sequential reference, the DFF chapters host and the PFF workers all train a
+(part, chapter) task through ``train_chapter`` with a generator seeded by (seed, part,
+chapter), so a task draws the same minibatches wherever it runs and the distributed
+schedules reproduce the sequential one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from dff_ros.ff.learners import Activities, PONLearner
+from dff_ros.ff.schedule import Chapter
+
+Step = Callable[[torch.Tensor], torch.Tensor]   # minibatch row indices -> loss
+
+
+def task_generator(seed: int, part: int, chapter: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + part) * 100_003 + chapter)
+
+
+def layer_step(learner, inputs: Activities) -> Step:
+    # FF layers train on the positive/negative passes only (their neutral pass is recomputed
+    # once per chapter by whoever needs it); PON layers train on the neutral pass
+    view = inputs if isinstance(learner, PONLearner) else Activities(inputs.pos, inputs.neg, None, inputs.labels)
+    return lambda idx: learner.train_step(view.select(idx))[1]["loss"]
+
+
+def head_step(head_learner, features: torch.Tensor, labels: torch.Tensor) -> Step:
+    return lambda idx: head_learner.train_step(features[idx], labels[idx])["loss"]
+
+
+def train_chapter(learner, step: Step, rows: int, chapter: Chapter, *, seed: int, part: int, batch_size: int,
+                  on_batch: Callable[[int, float, int], None] | None = None) -> float:
+    """Train ``learner`` for the chapter's epochs; returns the mean loss of its last epoch.
+    ``on_batch(epoch, loss, batch_rows)`` after every update (progress, loss history)."""
+    generator = task_generator(seed, part, chapter.index)
+    mean = float("nan")
+    for epoch in chapter.epochs:
+        learner.set_epoch(epoch)
+        total, batches = 0.0, 0
+        for idx in torch.randperm(rows, generator=generator).split(batch_size):
+            loss = float(step(idx))
+            total, batches = total + loss, batches + 1
+            if on_batch is not None:
+                on_batch(epoch, loss, len(idx))
+        mean = total / max(batches, 1)
+    return mean

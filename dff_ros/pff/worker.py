@@ -1,0 +1,148 @@
+"""One PFF node: for every chapter in which the plan gives it parts, prepare that chapter's
+inputs (label overlays with the chapter's negatives), run them forward through the layers
+below, taking those layers' parameters from the store, train its parts for C epochs and put
+the new versions in the store (PFF Algorithms 1 and 2).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from dff_ros.ff.chapter import head_step, layer_step, train_chapter
+from dff_ros.ff.learners import Activities, make_inputs
+from dff_ros.ff.negatives import NegativeLabels
+from dff_ros.ff.network import FFNetwork
+from dff_ros.ff.schedule import chapters
+from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.state import load_part_state, part_state
+from dff_ros.pff.store import ParameterStore, Parameters
+
+
+class WorkerStopped(RuntimeError):
+    pass
+
+
+def check_pff_supported(config) -> None:
+    t = config.train
+    if t.algorithm == "ff" and t.negatives == "adaptive":
+        raise ValueError(f"{config.source}: train.negatives: adaptive negatives are not in the PFF pipeline yet "
+                         "(they need the whole network between chapters); use random or fixed")
+    if t.schedule != "chapters":
+        raise ValueError(f"{config.source}: train.schedule: PFF trains layer by layer per chapter; "
+                         f"use schedule: chapters (got {t.schedule!r})")
+
+
+def part_names(config) -> dict[int, str]:
+    names = {s.index: f"layer {s.index}" for s in config.layers}
+    names[len(config.layers)] = "softmax head"
+    return names
+
+
+def network_from_parts(config, parts: dict[int, dict[str, torch.Tensor]]) -> FFNetwork:
+    """The trained network from each part's final tensors (what the master evaluates)."""
+    net = FFNetwork.from_config(config)
+    learners, head = net.make_learners(config.train)
+    for part, learner in enumerate([*learners, *([head] if head is not None else [])]):
+        if part not in parts:
+            raise KeyError(f"no parameters for {part_names(config)[part]}")
+        load_part_state(learner, {k: v for k, v in parts[part].items() if not k.startswith("optim.")})
+    return net
+
+
+class PFFWorker:
+    def __init__(self, config, images: torch.Tensor, labels: torch.Tensor, plan: PFFPlan, node: int,
+                 store: ParameterStore, *, wait_seconds: float = 600.0,
+                 on_batch: Callable[[int, int, int, float, int], None] | None = None):
+        """``images`` float32 [N, D] in [0, 1] (this node's data: the whole set, or its shard);
+        ``on_batch(part, chapter, epoch, loss, rows)`` after every update."""
+        check_pff_supported(config)
+        t = config.train
+        self.config, self.t, self.plan, self.node, self.store = config, t, plan, node, store
+        self.wait_seconds, self.on_batch = wait_seconds, on_batch
+        self.net = FFNetwork.from_config(config)
+        self.learners, self.head_learner = self.net.make_learners(t)
+        self.parts = [*self.learners, *([self.head_learner] if self.head_learner is not None else [])]
+        if plan.parts != len(self.parts) or plan.num_layers != len(self.learners):
+            raise ValueError(f"plan has {plan.parts} parts, the model {len(self.parts)}")
+        self.images, self.labels = images, labels
+        self.negatives = (NegativeLabels(t.negatives, labels, config.num_classes, t.seed + 1)
+                          if t.algorithm == "ff" else None)
+        self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
+        self.held: dict[int, int] = {}          # part -> version this node's learner holds (0 = init)
+        self.timeline: list[dict] = []          # one entry per trained task
+        self.idle_seconds = self.busy_seconds = 0.0
+        self.chapter = self.part = -1
+        self._stop = threading.Event()
+
+    def stop(self, why: str) -> None:
+        self._stop.set()
+        self.store.close(why)
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        try:
+            for chapter in chapters(self.t.epochs, self.t.splits):
+                mine = self.plan.parts_for(self.node, chapter.index)
+                if mine:
+                    self._chapter(chapter, mine)
+        finally:
+            self.busy_seconds = time.perf_counter() - start - self.idle_seconds
+
+    def _chapter(self, chapter, mine: list[int]) -> None:
+        self.chapter = chapter.index
+        last_layer = len(self.learners) - 1
+        top = max(mine)
+        neg = self.negatives.for_chapter(chapter.index) if self.negatives is not None else None
+        acts: dict[int, Activities] = {-1: make_inputs(self.images, self.labels, neg, self.config.num_classes,
+                                                       self.needs_neutral)}
+        used: dict[int, int] = {}               # part -> version its outputs came from
+        for i in range(min(top, last_layer) + 1):
+            src = self.net.sources[i]
+            if i in mine:
+                self._train(i, chapter, layer_step(self.learners[i], acts[src]), len(acts[src]), used)
+            else:  # a layer below ours: its version for this chapter, or newer
+                p = self._wait(i, chapter.index + 1, exact=False)
+                load_part_state(self.learners[i], p.tensors)
+                used[i] = p.version
+            if i < top:
+                acts[i] = acts[src].map(self.learners[i].layer)
+        if self.head_learner is not None and len(self.learners) in mine:
+            feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))])
+            self._train(len(self.learners), chapter, head_step(self.head_learner, feats, self.labels),
+                        len(feats), used)
+
+    def _wait(self, part: int, version: int, *, exact: bool) -> Parameters:
+        start = time.perf_counter()
+        try:
+            return self.store.get(part, version, exact=exact, timeout=self.wait_seconds)
+        finally:
+            self.idle_seconds += time.perf_counter() - start
+
+    def _train(self, part: int, chapter, step, rows: int, used: dict[int, int]) -> None:
+        learner = self.parts[part]
+        self.part = part
+        waited = 0.0
+        if self.held.get(part, 0) != chapter.index:
+            # chapter j continues from version j, trained on another node
+            before = self.idle_seconds
+            load_part_state(learner, self._wait(part, chapter.index, exact=True).tensors)
+            waited = self.idle_seconds - before
+        start = time.time()
+
+        def done(epoch: int, loss: float, n: int) -> None:
+            if self._stop.is_set():
+                raise WorkerStopped("stopped")
+            if self.on_batch is not None:
+                self.on_batch(part, chapter.index, epoch, loss, n)
+
+        loss = train_chapter(learner, step, rows, chapter, seed=self.t.seed, part=part,
+                             batch_size=self.t.batch_size, on_batch=done)
+        meta = {"node": self.node, "part": part, "chapter": chapter.index, "start": start, "end": time.time(),
+                "wait": round(waited, 4), "loss": loss, "inputs": dict(used)}
+        self.store.put(Parameters(part, chapter.index + 1, part_state(learner, optimizer=self.plan.passes_optimizer),
+                                  meta))
+        self.held[part] = chapter.index + 1
+        self.timeline.append(meta)

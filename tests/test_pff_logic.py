@@ -1,0 +1,169 @@
+"""PFF parameter passing as plain logic: plans, shards, part state, the parameter store, and
+workers run as threads over one in-memory store, checked against the sequential reference."""
+import threading
+
+import pytest
+import torch
+
+from dff_ros.config import parse_model_config
+from dff_ros.ff.classifiers import accuracy
+from dff_ros.ff.negatives import NegativeLabels
+from dff_ros.ff.network import FFNetwork
+from dff_ros.ff.trainer import ReferenceTrainer
+from dff_ros.pff.plan import PFFPlan, shard_indices
+from dff_ros.pff.state import load_part_state, part_state
+from dff_ros.pff.store import ParameterStore, Parameters, ParametersTimeout
+from dff_ros.pff.worker import PFFWorker, check_pff_supported, network_from_parts
+
+
+def config(layers=3, **train):
+    return parse_model_config({
+        "name": "t", "model": [[-1, "FFDense", [120]] for _ in range(layers)],
+        "train": {"epochs": 4, "splits": 4, "lr": 0.003, "schedule": "chapters", "train_subset": 3000,
+                  "test_subset": 1000, "threads": 2, **train}}, "test")
+
+
+def test_plan_assigns_tasks_like_the_paper():
+    single = PFFPlan("single_layer", 3, 3, head=True, layer_nodes=(0, 1, 2))
+    assert [single.parts_for(n, 5) for n in range(3)] == [[0], [1], [2, 3]]  # head with the last layer
+    assert not single.passes_optimizer
+    every = PFFPlan("all_layers", 2, 3, head=True)
+    assert every.parts_for(0, 0) == [0, 1, 2, 3] and every.parts_for(1, 0) == []
+    assert every.parts_for(1, 3) == [0, 1, 2, 3] and every.passes_optimizer
+    assert every.last_chapter_of(0, 2, splits=5) == 4 and every.last_chapter_of(1, 2, splits=5) == 3
+    assert not PFFPlan("all_layers", 1, 2, head=False).passes_optimizer
+    with pytest.raises(ValueError, match="a node for each"):
+        PFFPlan("single_layer", 2, 3, head=False, layer_nodes=(0, 1))
+    with pytest.raises(ValueError, match="nodes must be 0..1"):
+        PFFPlan("single_layer", 2, 2, head=False, layer_nodes=(0, 2))
+    with pytest.raises(ValueError, match="unknown PFF variant"):
+        PFFPlan("ring", 2, 2, head=False)
+
+
+def test_federated_shards_are_disjoint_and_cover_the_data():
+    shards = [shard_indices(1001, n, 3, seed=4) for n in range(3)]
+    assert sum(len(s) for s in shards) == 1001
+    assert torch.equal(torch.cat(shards).sort().values, torch.arange(1001))
+    assert all(abs(len(s) - 1001 / 3) < 1 for s in shards)
+    assert torch.equal(shards[1], shard_indices(1001, 1, 3, seed=4))   # every node computes the same split
+
+
+def test_random_negatives_depend_only_on_seed_and_chapter():
+    labels = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(0))
+    walked = NegativeLabels("random", labels, 10, seed=5)
+    for j in range(4):
+        last = walked.for_chapter(j).clone()
+    assert torch.equal(last, NegativeLabels("random", labels, 10, seed=5).for_chapter(3))
+    assert not torch.equal(last, NegativeLabels("random", labels, 10, seed=5).for_chapter(2))
+    fixed = NegativeLabels("fixed", labels, 10, seed=5)
+    assert torch.equal(fixed.for_chapter(0), NegativeLabels("fixed", labels, 10, seed=5).for_chapter(3))
+
+
+def test_part_state_moves_training_to_another_learner(mnist):
+    """Training chapter 2 on a copy loaded from part_state equals going on in place."""
+    cfg = config(layers=2, peer_normalization=0.03)
+    x, y = mnist["train_images"][:512], mnist["train_labels"][:512]
+
+    def fresh():
+        net = FFNetwork.from_config(cfg)
+        return net.make_learners(cfg.train)[0][0]
+
+    from dff_ros.ff.learners import make_inputs
+    inputs = make_inputs(x, y, (y + 1) % 10, 10, False)
+    a, b = fresh(), fresh()
+    for learner in (a,):
+        for idx in torch.arange(512).split(64):
+            learner.train_step(inputs.select(idx))
+    load_part_state(b, part_state(a, optimizer=True))
+    for learner in (a, b):
+        for idx in torch.arange(512).split(64):
+            learner.train_step(inputs.select(idx))
+    assert torch.equal(a.layer.linear.weight, b.layer.linear.weight) and torch.equal(a.running_mean, b.running_mean)
+    with pytest.raises(ValueError, match="layer"):
+        load_part_state(b, {"layer.linear.weight": torch.zeros(3, 3), "layer.linear.bias": torch.zeros(3)})
+
+
+def test_store_waits_for_versions_and_says_what_it_waited_for():
+    store = ParameterStore(names={0: "layer 0"})
+    store.put(Parameters(0, 2, {}))
+    store.put(Parameters(0, 4, {}))
+    assert store.get(0, 3, exact=False, timeout=0.1).version == 4     # the oldest allowed
+    with pytest.raises(ParametersTimeout, match="layer 0 version 2 .*have \\[4\\]"):
+        store.get(0, 2, exact=True, timeout=0.2)                       # older versions were dropped
+    threading.Timer(0.2, lambda: store.add(Parameters(0, 5, {}))).start()
+    assert store.get(0, 5, exact=True, timeout=5).version == 5
+    threading.Timer(0.2, lambda: store.close("deleted")).start()
+    with pytest.raises(ParametersTimeout, match="deleted"):
+        store.get(1, 1, exact=True, timeout=5)
+
+
+def run_workers(cfg, data, plan, federated=False):
+    """Every node a thread, all on one in-memory store (the ROS transport is tested elsewhere)."""
+    t = cfg.train
+    x, y = data["train_images"][:t.train_subset], data["train_labels"][:t.train_subset]
+    store = ParameterStore()
+    workers = []
+    for node in range(plan.nodes):
+        idx = shard_indices(len(y), node, plan.nodes, t.seed) if federated else torch.arange(len(y))
+        workers.append(PFFWorker(cfg, x[idx], y[idx], plan, node, store, wait_seconds=120))
+    errors = []
+
+    def go(w):
+        try:
+            w.run()
+        except Exception as e:  # surfaced below
+            errors.append(e)
+            store.close(repr(e))
+
+    threads = [threading.Thread(target=go, args=(w,)) for w in workers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    final = {p: store.latest(p) for p in range(plan.parts)}
+    assert all(f.version == t.splits for f in final.values())
+    return network_from_parts(cfg, {p: f.tensors for p, f in final.items()}), workers
+
+
+def test_pff_checks_what_it_supports():
+    with pytest.raises(ValueError, match="train.negatives: adaptive"):
+        check_pff_supported(config(negatives="adaptive"))
+    with pytest.raises(ValueError, match="train.schedule"):
+        check_pff_supported(config(schedule="stream"))
+
+
+@pytest.mark.parametrize("plan", [
+    PFFPlan("single_layer", 3, 3, head=True, layer_nodes=(0, 1, 2)),
+    PFFPlan("single_layer", 2, 3, head=True, layer_nodes=(0, 1, 1)),
+    PFFPlan("all_layers", 2, 3, head=True),
+    PFFPlan("all_layers", 3, 3, head=True),
+], ids=["single3", "single2", "all2", "all3"])
+def test_pff_variants_reproduce_the_sequential_run(mnist, plan):
+    cfg = config()
+    ref = ReferenceTrainer(cfg, mnist, progress=False)
+    ref.fit()
+    net, workers = run_workers(cfg, mnist, plan)
+    for mine, theirs in zip(net.state_dict().values(), ref.net.state_dict().values()):
+        assert torch.allclose(mine, theirs, atol=1e-5), "same tasks, same order: same parameters"
+    for c in ("goodness", "softmax"):
+        assert accuracy(net, ref.test_x, ref.test_y, c) == pytest.approx(ref.evaluate()[c], abs=0.002)
+    # schedule order: task (p, j) ran on version j of p and version >= j+1 of every layer below it
+    tasks = [e for w in workers for e in w.timeline]
+    assert len(tasks) == plan.parts * cfg.train.splits
+    for e in tasks:
+        assert all(v >= e["chapter"] + 1 for v in e["inputs"].values()), e
+    if plan.variant == "all_layers":  # N chapters in flight: the nodes overlapped
+        spans = sorted((e["start"], e["end"]) for e in tasks)
+        assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def test_federated_and_pon(mnist):
+    cfg = config(layers=2, epochs=8, splits=8)   # each chapter sees half the data
+    net, workers = run_workers(cfg, mnist, PFFPlan("federated", 2, 2, head=True), federated=True)
+    assert len(workers[0].labels) + len(workers[1].labels) == 3000
+    test_x, test_y = mnist["test_images"][:1000], mnist["test_labels"][:1000]
+    assert accuracy(net, test_x, test_y, "softmax") > 0.8
+    pon = config(layers=2, algorithm="pon", classifiers=["pon_last", "pon_all"])
+    net, _ = run_workers(pon, mnist, PFFPlan("all_layers", 2, 2, head=False))
+    assert accuracy(net, test_x, test_y, "pon_all") > 0.8
