@@ -30,7 +30,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing into $VENV (torch CPU 2.13.0, numpy, pyyaml, pytest, ROS 2 Kilted wheels unless DFF_NO_ROS, colcon)" >&2
   "${PIP[@]}" --upgrade pip
   # torch==2.13.0 exactly: this machine has its CPU wheel; any other spec pulls GBs of CUDA.
-  "${PIP[@]}" torch==2.13.0 numpy pyyaml pytest
+  # matplotlib: run timelines and benchmark charts (PNG)
+  "${PIP[@]}" torch==2.13.0 numpy pyyaml pytest matplotlib
   [ -n "${DFF_NO_ROS:-}" ] || "${PIP[@]}" "${ROS_WHEELS[@]}"
   "${PIP[@]}" --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"

@@ -3,11 +3,15 @@ per test, localhost discovery."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 _domains = itertools.count(40 + (os.getpid() % 50) * 3)
@@ -92,3 +96,30 @@ class Client:
     def close(self) -> None:
         self.node.destroy_node()
         self.rclpy.shutdown(context=self.context)
+
+
+def write_pipeline(tmp_path, data_root, widths=(300, 300), pipeline=None, **train):
+    """A small model + pipeline YAML in tmp_path (MNIST subset, 2 servers)."""
+    model = {"name": "pipe test", "model": [[-1, "FFDense", [w]] for w in widths],
+             "train": {"epochs": 4, "splits": 2, "lr": 0.003, "train_subset": 4000, "test_subset": 1000,
+                       "schedule": "chapters", **train}}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    pipe = {"model": "model.yaml", "layer_types": str(REPO / "config" / "layer_types.yaml"), "servers": 2,
+            "data_root": str(data_root), "weights_dir": str(tmp_path / "weights"),
+            "summary_dir": str(tmp_path / "runs"), "chunk_rows": 500, "stall_seconds": 60, **(pipeline or {})}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
+    return tmp_path / "pipeline.yaml"
+
+
+def run_launcher(env, tmp_path, pipeline, *extra, name="run"):
+    """Run the launcher (servers + master) to the end; its summary and output."""
+    proc = Proc(["-m", "dff_ros.launcher", "--pipeline", str(pipeline), "--no-progress", *extra], env,
+                tmp_path / f"{name}.log")
+    try:
+        rc = proc.p.wait(240)
+    finally:
+        proc.stop()
+    out = proc.output()
+    assert rc == 0, out
+    summary = json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
+    return summary, out

@@ -84,9 +84,12 @@ def test_part_state_moves_training_to_another_learner(mnist):
 
 
 def test_store_waits_for_versions_and_says_what_it_waited_for():
-    store = ParameterStore(names={0: "layer 0"})
-    store.put(Parameters(0, 2, {}))
-    store.put(Parameters(0, 4, {}))
+    sent = []
+    store = ParameterStore(publish=sent.append, names={0: "layer 0"})
+    store.put(Parameters(0, 9, {}))
+    assert [p.version for p in sent] == [9] and store.latest(0) is None   # own versions only go out
+    store.add(Parameters(0, 2, {}))
+    store.add(Parameters(0, 4, {}))
     assert store.get(0, 3, exact=False, timeout=0.1).version == 4     # the oldest allowed
     with pytest.raises(ParametersTimeout, match="layer 0 version 2 .*have \\[4\\]"):
         store.get(0, 2, exact=True, timeout=0.2)                       # older versions were dropped
@@ -98,12 +101,23 @@ def test_store_waits_for_versions_and_says_what_it_waited_for():
 
 
 def run_workers(cfg, data, plan, federated=False):
-    """Every node a thread, all on one in-memory store (the ROS transport is tested elsewhere)."""
+    """Every node a thread with its own store; a put reaches every other node's store, like a
+    publish (the ROS transport is tested in test_ros_pff)."""
     t = cfg.train
     x, y = data["train_images"][:t.train_subset], data["train_labels"][:t.train_subset]
-    store = ParameterStore()
+    stores = []
+    seen = ParameterStore()  # what a listener on every params topic gets (the master)
+
+    def broadcast(params, sender):
+        for s in [*stores, seen]:
+            if s is not sender:
+                s.add(params)
+
     workers = []
     for node in range(plan.nodes):
+        store = ParameterStore()
+        store.publish = lambda params, store=store: broadcast(params, store)
+        stores.append(store)
         idx = shard_indices(len(y), node, plan.nodes, t.seed) if federated else torch.arange(len(y))
         workers.append(PFFWorker(cfg, x[idx], y[idx], plan, node, store, wait_seconds=120))
     errors = []
@@ -113,7 +127,8 @@ def run_workers(cfg, data, plan, federated=False):
             w.run()
         except Exception as e:  # surfaced below
             errors.append(e)
-            store.close(repr(e))
+            for s in stores:
+                s.close(repr(e))
 
     threads = [threading.Thread(target=go, args=(w,)) for w in workers]
     for th in threads:
@@ -121,7 +136,7 @@ def run_workers(cfg, data, plan, federated=False):
     for th in threads:
         th.join()
     assert not errors, errors
-    final = {p: store.latest(p) for p in range(plan.parts)}
+    final = {p: seen.latest(p) for p in range(plan.parts)}
     assert all(f.version == t.splits for f in final.values())
     return network_from_parts(cfg, {p: f.tensors for p, f in final.items()}), workers
 

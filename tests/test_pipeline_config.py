@@ -21,7 +21,8 @@ def test_shipped_pipeline_resolves_paths_and_checks():
 
 @pytest.mark.parametrize("raw, key", [
     ({"servers": 0}, "servers"), ({"placement": "random"}, "placement"), ({"train": "yes"}, "train"),
-    ({"bogus": 1}, "bogus"), ({"stall_seconds": -1}, "stall_seconds")])
+    ({"bogus": 1}, "bogus"), ({"stall_seconds": -1}, "stall_seconds"), ({"transport": "sockets"}, "transport"),
+    ({"pff_variant": "ring"}, "pff_variant"), ({"param_history": 0}, "param_history")])
 def test_pipeline_errors_name_file_and_key(tmp_path, raw, key):
     f = tmp_path / "p.yaml"
     f.write_text(yaml.safe_dump({"model": "m.yaml", "layer_types": "l.yaml", **raw}))

@@ -1,13 +1,10 @@
 """Server and master nodes as separate processes over real DDS (each test: its own domain)."""
-import json
-import re
 import time
 
 import pytest
 import torch
-import yaml
 
-from rosutil import REPO, Client, Proc, ros_env, start_server
+from rosutil import Client, Proc, ros_env, run_launcher, start_server, write_pipeline
 
 from dff_ros.msg import LayerSpec, TrainingBatch
 from dff_ros.nodes.common import DATA_QOS, SERVER_NAME, layer_topics
@@ -121,31 +118,6 @@ def test_bad_requests_and_malformed_chunks_are_answered_not_fatal(env, tmp_path)
     finally:
         server.stop()
         client.close()
-
-
-def write_pipeline(tmp_path, data_root, **train):
-    model = {"name": "pipe test", "model": [[-1, "FFDense", [300]], [-1, "FFDense", [300]]],
-             "train": {"epochs": 4, "splits": 2, "lr": 0.003, "train_subset": 4000, "test_subset": 1000,
-                       "schedule": "chapters", **train}}
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
-    pipe = {"model": "model.yaml", "layer_types": str(REPO / "config" / "layer_types.yaml"), "servers": 2,
-            "data_root": str(data_root), "weights_dir": str(tmp_path / "weights"),
-            "summary_dir": str(tmp_path / "runs"), "chunk_rows": 500, "stall_seconds": 60}
-    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
-    return tmp_path / "pipeline.yaml"
-
-
-def run_launcher(env, tmp_path, pipeline, *extra, name="run"):
-    proc = Proc(["-m", "dff_ros.launcher", "--pipeline", str(pipeline), "--no-progress", *extra], env,
-                tmp_path / f"{name}.log")
-    try:
-        rc = proc.p.wait(240)
-    finally:
-        proc.stop()
-    out = proc.output()
-    assert rc == 0, out
-    summary = json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
-    return summary, out
 
 
 def test_two_servers_train_then_restore(env, tmp_path, data_root):

@@ -10,7 +10,9 @@ from typing import Any, Mapping
 
 from dff_ros.config.schema import ConfigError, read_yaml
 from dff_ros.ff.layers import LAYER_TYPES
+from dff_ros.pff.plan import VARIANTS
 
+TRANSPORTS = ("activations", "parameters")
 MESSAGE_TYPES = ("dff_ros/msg/TrainingBatch", "dff_ros/msg/InferenceBatch")
 PATHS = ("train", "infer")
 
@@ -61,6 +63,9 @@ class PipelineConfig:
     model: str                              # model YAML
     layer_types: str                        # layer-type YAML
     servers: int = 2                        # servers the launcher starts / the master waits for
+    transport: str = "activations"          # activations: DFF pipeline; parameters: PFF parameter passing
+    pff_variant: str = "all_layers"         # parameters: single_layer | all_layers | federated
+    param_history: int = 4                  # parameters: versions per part kept for late joiners
     placement: Any = "round_robin"          # round_robin, or {layer index: server name}
     data_root: str | None = None
     weights_dir: str | None = None
@@ -103,7 +108,11 @@ def parse_pipeline_config(raw: Mapping, source: str, base: Path | None = None) -
 
     for k in ("model", "layer_types"):
         values[k] = resolve(values[k])
-    for k in ("servers", "chunk_rows", "window", "server_threads"):
+    if values["transport"] not in TRANSPORTS:
+        raise ConfigError(source, "transport", f"must be one of {', '.join(TRANSPORTS)}, got {values['transport']!r}")
+    if values["pff_variant"] not in VARIANTS:
+        raise ConfigError(source, "pff_variant", f"must be one of {', '.join(VARIANTS)}, got {values['pff_variant']!r}")
+    for k in ("servers", "chunk_rows", "window", "server_threads", "param_history"):
         v = values[k]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(source, k, f"must be a positive integer, got {v!r}")

@@ -1,12 +1,16 @@
 """Names, topics, paths and QoS shared by the master and the servers."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+LAYER_WEIGHTS_FORMAT = "dff_ros.layer/1"   # one layer, saved by the server hosting or training it
+HEAD_WEIGHTS_FORMAT = "dff_ros.head/1"     # a softmax head
 SERVER_NAME = re.compile(r"^server_(\d+)$")
 STATUS_TOPIC = "/dff/status"
 CLAIMS_TOPIC = "/dff/server_claims"
@@ -18,6 +22,13 @@ DATA_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPol
 STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
 CLAIMS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+
+def params_qos(depth: int) -> QoSProfile:
+    """PFF parameter versions: lossless, and the last ``depth`` kept for late joiners."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(1, depth), reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def topic_token(name: str) -> str:
@@ -38,6 +49,17 @@ def layer_topics(model: str, index: int, last_index: int) -> dict[str, str]:
     dst = f"{base}/output" if index == last_index else f"{base}/layer_{index}"
     return {"train_input": f"{src}/train", "infer_input": f"{src}/infer",
             "train_output": f"{dst}/train", "infer_output": f"{dst}/infer"}
+
+
+def params_topic(model: str, part: int, num_layers: int) -> str:
+    """Where versions of one part go: /dff/<model>/params/layer_<i>, or .../head (part L)."""
+    return f"/dff/{topic_token(model)}/params/" + ("head" if part == num_layers else f"layer_{part}")
+
+
+def head_weights_file(model: str, widths, num_classes: int) -> str:
+    """File name of a model's softmax head weights (keyed by what shapes the head)."""
+    h = hashlib.sha256(json.dumps([model, list(widths), num_classes]).encode()).hexdigest()[:12]
+    return f"head-{h}.pt"
 
 
 def default_weights_dir() -> Path:

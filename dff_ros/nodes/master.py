@@ -1,6 +1,6 @@
 """Master node: plans a model over the running servers, has them host its layers, streams
-MNIST through the DFF activation pipeline, trains the softmax head on what comes out, tests,
-and writes a run summary.
+MNIST through the DFF activation pipeline (transport: activations) or has them train by
+parameter passing (transport: parameters, PFF), tests, and writes a run summary.
 
     ros2 run dff_ros master --ros-args -p pipeline:=/path/mnist_pipeline.yaml
     python -m dff_ros.nodes.master --pipeline config/mnist_pipeline.yaml [--set key=value]
@@ -8,7 +8,6 @@ and writes a run summary.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import queue
 import sys
@@ -28,17 +27,16 @@ from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, 
 from dff_ros.config.schema import ConfigError, load_model_config
 from dff_ros.data.datasets import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerStatus, TrainingBatch
-from dff_ros.nodes.common import (DATA_QOS, SERVER_NAME, STATUS_QOS, STATUS_TOPIC, default_weights_dir,
-                                  layer_topics, path_token)
+from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC, default_weights_dir,
+                                  head_weights_file, layer_topics, path_token)
+from dff_ros.nodes.master_pff import ParameterRun, plot_path
+from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.driver import PipelineDriver, check_supported
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
 from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
                                      train_from_msg, train_to_msg)
 from dff_ros.transport.tensors import nbytes
-
-HEAD_FORMAT = "dff_ros.head/1"
-
 
 class RunError(RuntimeError):
     """The run cannot go on; the message says why and what to do."""
@@ -49,7 +47,8 @@ class MasterNode(Node):
         super().__init__("dff_master")
         self.p, self.model, self.run_id, self.show_progress = pipeline, model, run_id, progress
         self.results: queue.Queue = queue.Queue()
-        self.status: dict[int, LayerStatus] = {}
+        self.status: dict[int, LayerStatus] = {}          # DFF: by layer
+        self.server_status: dict[str, LayerStatus] = {}   # latest per server
         self.bytes_sent = self.bytes_received = 0
         self.dropped = 0
         self.create_subscription(LayerStatus, STATUS_TOPIC, self._on_status, STATUS_QOS)
@@ -76,19 +75,28 @@ class MasterNode(Node):
         return f"/{server}/create_layers" in services
 
     def call(self, srv_type, name: str, request):
-        client = self.create_client(srv_type, name)
+        return self.call_all(srv_type, [(name, request)])[0]
+
+    def call_all(self, srv_type, calls: list[tuple[str, object]]) -> list:
+        """Call several services at once (servers load data or build layers in parallel); every
+        answer is awaited with the service timeout."""
+        clients = [self.create_client(srv_type, name) for name, _ in calls]
         try:
-            if not client.wait_for_service(timeout_sec=self.p.service_timeout_seconds):
-                raise RunError(f"service {name} is not available")
-            future = client.call_async(request)
+            futures = []
+            for client, (name, request) in zip(clients, calls):
+                if not client.wait_for_service(timeout_sec=self.p.service_timeout_seconds):
+                    raise RunError(f"service {name} is not available")
+                futures.append(client.call_async(request))
             deadline = time.monotonic() + self.p.service_timeout_seconds
-            while not future.done():
+            while not all(f.done() for f in futures):
                 if time.monotonic() > deadline:
-                    raise RunError(f"service {name} did not answer in {self.p.service_timeout_seconds:.0f} s")
+                    late = [name for f, (name, _) in zip(futures, calls) if not f.done()]
+                    raise RunError(f"service {', '.join(late)} did not answer in {self.p.service_timeout_seconds:.0f} s")
                 time.sleep(0.01)
-            return future.result()
+            return [f.result() for f in futures]
         finally:
-            self.destroy_client(client)
+            for client in clients:
+                self.destroy_client(client)
 
     # ------------------------------------------------------------------ layers
     def distribute(self, servers: list[str]) -> dict[int, dict]:
@@ -171,15 +179,29 @@ class MasterNode(Node):
         if msg.model != self.model.name or msg.run_id != self.run_id:
             return
         self.status[msg.layer] = msg
+        self.server_status[msg.server] = msg
         if msg.phase == "error":
             self.get_logger().error(f"{msg.server} layer {msg.layer}: {msg.message}")
 
+    def errors_of(self, servers) -> list[str]:
+        return [f"{s}: {st.message}" for s, st in self.server_status.items() if s in servers and st.phase == "error"]
+
+    def wait_phase(self, servers, phase: str, timeout: float) -> dict[str, LayerStatus]:
+        """Latest status of each server once all report ``phase`` (or whatever came by the timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(s in self.server_status and self.server_status[s].phase == phase for s in servers):
+                break
+            time.sleep(0.1)
+        else:
+            self.get_logger().warning(f"not every server reported {phase!r} within {timeout:.0f} s")
+        return {s: self.server_status[s] for s in servers if s in self.server_status}
+
     # ------------------------------------------------------------------ head weights
     def head_path(self) -> Path:
-        widths = [s.out_features for s in self.model.layers]
-        h = hashlib.sha256(json.dumps([self.model.name, widths, self.model.num_classes]).encode()).hexdigest()[:12]
+        m = self.model
         root = Path(self.p.weights_dir).expanduser() if self.p.weights_dir else default_weights_dir()
-        return root / path_token(self.model.name) / f"head-{h}.pt"
+        return root / path_token(m.name) / head_weights_file(m.name, [s.out_features for s in m.layers], m.num_classes)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
@@ -190,6 +212,8 @@ class MasterNode(Node):
             raise RunError(str(e)) from None
         servers = self.wait_for_servers()
         self.log(f"servers: {', '.join(servers)}")
+        if p.transport == "parameters":
+            return ParameterRun(self, RunError).run(servers, self.data)
         placed = self.distribute(servers)
         try:
             return self._train_and_test(placed)
@@ -203,7 +227,7 @@ class MasterNode(Node):
         head_restored = False
         if driver.head is not None and p.restore_weights and self.head_path().exists():
             blob = load_weights(self.head_path())
-            if isinstance(blob, dict) and blob.get("format") == HEAD_FORMAT:
+            if isinstance(blob, dict) and blob.get("format") == HEAD_WEIGHTS_FORMAT:
                 driver.head.load_state_dict(blob["state_dict"])
                 head_restored = True
         restored = all(v["restored"] for v in placed.values()) and (driver.head is None or head_restored)
@@ -216,7 +240,7 @@ class MasterNode(Node):
                      f"{len(driver.train_y)} samples, layers on {[placed[i]['server'] for i in sorted(placed)]}")
             fit = driver.fit()
             if driver.head is not None:
-                save_atomic({"format": HEAD_FORMAT, "state_dict": driver.head.state_dict()}, self.head_path())
+                save_atomic({"format": HEAD_WEIGHTS_FORMAT, "state_dict": driver.head.state_dict()}, self.head_path())
         result = driver.evaluate()
         paths = {}
         for server in sorted({v["server"] for v in placed.values()}):
@@ -283,7 +307,7 @@ def main(argv=None) -> int:
             pipeline = load_pipeline_config(args.pipeline or pipeline_param or default_pipeline(), parse_set(args.set))
             model = load_model_config(pipeline.model, parse_set(args.train_set))
             check_model_layer_types(model, load_layer_types(pipeline.layer_types), pipeline.layer_types)
-            check_supported(model)
+            (check_pff_supported if pipeline.transport == "parameters" else check_supported)(model)
         except (ConfigError, ValueError) as e:
             print(f"[master] config error: {e}", file=sys.stderr)
             return 2
@@ -300,6 +324,12 @@ def main(argv=None) -> int:
         out = Path(pipeline.summary_dir) / f"{path_token(model.name)}-{node.run_id}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2, default=str))
+        if summary.get("timeline"):
+            try:
+                png = ParameterRun(node, RunError).plot(summary, plot_path(pipeline.summary_dir, model.name, node.run_id))
+                print(f"[master] timeline: {png}", flush=True)
+            except ImportError as e:
+                print(f"[master] no timeline plot ({e}); pip install matplotlib", flush=True)
         acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["accuracy"].items())
         print(f"[master] {model.name}: test accuracy {acc}"
               + (f"; trained in {summary['train_seconds']} s" if summary.get("train_seconds") else " (restored weights)"),
@@ -308,7 +338,8 @@ def main(argv=None) -> int:
         for server, paths in summary["weights"].items():
             for path in paths:
                 print(f"[master] weights on {server}: {path}", flush=True)
-        print(f"[master] head weights: {summary['head_weights']}", flush=True)
+        if summary.get("head_weights"):
+            print(f"[master] head weights: {summary['head_weights']}", flush=True)
         return 0
     except KeyboardInterrupt:
         return 130

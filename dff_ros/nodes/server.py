@@ -26,11 +26,16 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from dff_ros.checkpoint import load_weights, save_atomic
-from dff_ros.config.schema import ConfigError, LayerSpec, validate_model_rows, validate_train
+from dff_ros.config.schema import (ConfigError, DatasetConfig, LayerSpec, ModelConfig, validate_model_rows,
+                                   validate_train)
+from dff_ros.data.datasets import DATASETS, DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerStatus, ServerClaim, TrainingBatch
-from dff_ros.nodes.common import (CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS, STATUS_QOS, STATUS_TOPIC,
+from dff_ros.nodes.common import (LAYER_WEIGHTS_FORMAT, CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS, STATUS_QOS, STATUS_TOPIC,
                                   default_weights_dir, path_token)
 from dff_ros.nodes.naming import claim_server_name
+from dff_ros.nodes.pff_job import PFFJob
+from dff_ros.pff.plan import PFFPlan, shard_indices
+from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.host import LayerHost
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
@@ -39,7 +44,6 @@ from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_m
 from dff_ros.transport.tensors import nbytes
 from rclpy.parameter import parameter_value_to_python
 
-WEIGHTS_FORMAT = "dff_ros.layer/1"
 _STOP = object()
 
 
@@ -66,12 +70,16 @@ class Hosted:
 
 
 class ServerNode(Node):
-    def __init__(self, name: str, token: int, *, weights_dir: Path, threads: int, **kwargs):
+    def __init__(self, name: str, token: int, *, weights_dir: Path, threads: int, data_root: str = "",
+                 wait_seconds: float = 600.0, **kwargs):
         super().__init__(name, **kwargs)
         self.token, self.weights_dir, self.threads = token, weights_dir, threads
+        self.data_root, self.wait_seconds = data_root, wait_seconds
         torch.set_num_threads(threads)
         self.lock = threading.RLock()
-        self.layers: dict[tuple[str, int], Hosted] = {}
+        self.layers: dict[tuple[str, int], Hosted] = {}   # DFF: (model, layer) -> hosted layer
+        self.jobs: dict[str, PFFJob] = {}                   # PFF: model -> this node's share
+        self._datasets: dict[tuple, dict] = {}
         self.status_pub = self.create_publisher(LayerStatus, STATUS_TOPIC, STATUS_QOS)
         self.claims_pub = self.create_publisher(ServerClaim, CLAIMS_TOPIC, CLAIMS_QOS)
         self.claims_pub.publish(ServerClaim(name=name, token=token, hostname=socket.gethostname(),
@@ -82,7 +90,18 @@ class ServerNode(Node):
         self.create_service(DeleteModel, "~/delete_model", self.on_delete)
         self.create_service(ListLayers, "~/list_layers", self.on_list)
         self.create_service(SaveWeights, "~/save_weights", self.on_save)
+        self.create_timer(1.0, self._jobs_status)
         self.get_logger().info(f"ready: weights in {weights_dir}, {threads} torch thread(s)")
+
+    def publish_status(self, msg: LayerStatus) -> None:
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.status_pub.publish(msg)
+
+    def _jobs_status(self) -> None:
+        with self.lock:
+            running = [j for j in self.jobs.values() if j.phase == "training"]
+        for job in running:
+            self.publish_status(job.status())
 
     def _on_claim(self, msg) -> None:
         # same name claimed by another server with a lower token: it keeps the name
@@ -91,28 +110,38 @@ class ServerNode(Node):
 
     # ------------------------------------------------------------------ services
     def on_create(self, req: CreateLayers.Request, res: CreateLayers.Response):
+        pff = req.transport == "parameters"
         try:
-            hosted = self._build(req)
-        except (ConfigError, ValueError, TypeError, KeyError) as e:
+            if req.transport not in ("", "activations", "parameters"):
+                raise ValueError(f"transport must be activations or parameters, got {req.transport!r}")
+            built = self._build_pff(req) if pff else self._build(req)
+        except (ConfigError, ValueError, TypeError, KeyError, DatasetMissing) as e:
             res.success, res.message = False, f"create_layers for model {req.model!r} refused: {e}"
             self.get_logger().warning(res.message)
             return res
         with self.lock:
-            for h in hosted:
-                old = self.layers.pop((h.model, h.spec.index), None)
-                if old is not None:
-                    self._stop(old)
-                self._start(h)
-                self.layers[(h.model, h.spec.index)] = h
+            self._drop_model(req.model)
+            if pff:
+                self.jobs[req.model] = built
+                built.start()
+            else:
+                for h in built:
+                    self._start(h)
+                    self.layers[(h.model, h.spec.index)] = h
         res.success = True
-        res.weights_restored = [h.restored for h in hosted]
-        res.message = (f"hosting layer(s) {[h.spec.index for h in hosted]} of {req.model!r}"
-                       + (f"; restored {sum(res.weights_restored)} from {self.weights_dir}" if any(res.weights_restored) else ""))
+        if pff:
+            res.weights_restored = [False] * len(built.trains)
+            res.message = (f"PFF {req.pff_variant} node {req.node_index}/{req.num_nodes}: trains "
+                           f"{[built.names[p] for p in built.trains]} of {req.model!r} on {len(built.worker.labels)} samples")
+        else:
+            res.weights_restored = [h.restored for h in built]
+            res.message = (f"hosting layer(s) {[h.spec.index for h in built]} of {req.model!r}"
+                           + (f"; restored {sum(res.weights_restored)} from {self.weights_dir}"
+                              if any(res.weights_restored) else ""))
         self.get_logger().info(res.message)
         return res
 
-    def _build(self, req) -> list[Hosted]:
-        where = f"create_layers({req.model!r})"
+    def _train_config(self, req, where: str):
         if not req.model.strip():
             raise ValueError("model name is empty")
         if not req.layers:
@@ -122,7 +151,9 @@ class ServerNode(Node):
         train_raw = from_parameters(req.train)
         if "classifiers" in train_raw and isinstance(train_raw["classifiers"], list):
             train_raw["classifiers"] = list(train_raw["classifiers"])
-        train = validate_train(train_raw, where)
+        return train_raw, validate_train(train_raw, where)
+
+    def _specs(self, req, where: str) -> list[LayerSpec]:
         out = []
         for m in req.layers:
             args = [parameter_value_to_python(v) for v in m.args]
@@ -137,6 +168,14 @@ class ServerNode(Node):
             if spec.out_features != m.out_features:
                 raise ValueError(f"layer {m.index}: out_features {m.out_features} does not match "
                                  f"{m.module}{list(args)} ({spec.out_features})")
+            out.append(spec)
+        return out
+
+    def _build(self, req) -> list[Hosted]:
+        where = f"create_layers({req.model!r})"
+        train_raw, train = self._train_config(req, where)
+        out = []
+        for m, spec in zip(req.layers, self._specs(req, where)):
             for key in ("train_input", "train_output", "infer_input", "infer_output"):
                 if not getattr(m, key).startswith("/"):
                     raise ValueError(f"layer {m.index}: {key} must be an absolute topic name, got {getattr(m, key)!r}")
@@ -149,13 +188,56 @@ class ServerNode(Node):
             out.append(h)
         return out
 
+    def _build_pff(self, req) -> PFFJob:
+        where = f"create_layers({req.model!r}, parameters)"
+        train_raw, train = self._train_config(req, where)
+        specs = sorted(self._specs(req, where), key=lambda s: s.index)
+        if [s.index for s in specs] != list(range(len(specs))):
+            raise ValueError(f"PFF nodes need every layer of the model (0..{len(specs) - 1}), "
+                             f"got {[s.index for s in specs]}")
+        dataset = DatasetConfig(req.dataset or "MNIST", req.data_root or None)
+        if dataset.name not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset.name!r} (known: {', '.join(DATASETS)})")
+        config = ModelConfig(req.model, tuple(specs), train, dataset, where)
+        if config.num_classes != req.num_classes:
+            raise ValueError(f"num_classes {req.num_classes}, but {dataset.name} has {config.num_classes}")
+        check_pff_supported(config)
+        if not 0 <= req.node_index < req.num_nodes:
+            raise ValueError(f"node_index {req.node_index} outside 0..{req.num_nodes - 1}")
+        head = train.algorithm == "ff" and "softmax" in train.classifiers
+        plan = PFFPlan(req.pff_variant, int(req.num_nodes), len(specs), head, tuple(int(n) for n in req.layer_nodes))
+        data = self._dataset(dataset.name, req.data_root)
+        x, y = data["train_images"], data["train_labels"]
+        if train.train_subset:
+            x, y = x[:train.train_subset], y[:train.train_subset]
+        if plan.variant == "federated":  # this node's own shard; the other rows never leave their nodes
+            idx = shard_indices(len(y), int(req.node_index), plan.nodes, train.seed)
+            x, y = x[idx], y[idx]
+        hashes = {s.index: spec_hash(req.model, s, train_raw) for s in specs}
+        return PFFJob(self, run_id=req.run_id, config=config, plan=plan, index=int(req.node_index), images=x,
+                      labels=y, hashes=hashes, history=int(req.param_history) or 4, wait_seconds=self.wait_seconds)
+
+    def _dataset(self, name: str, root: str) -> dict:
+        key = (name, root or self.data_root or "")
+        if key not in self._datasets:
+            self._datasets[key] = load_dataset(name, root or self.data_root or None)
+        return self._datasets[key]
+
+    def _drop_model(self, model: str) -> int:
+        """Stop and forget everything of ``model`` (DFF layers, PFF job); caller holds the lock."""
+        gone = [k for k in self.layers if k[0] == model]
+        for k in gone:
+            self._stop(self.layers.pop(k))
+        job = self.jobs.pop(model, None)
+        if job is not None:
+            job.stop(f"model {model!r} deleted on {self.get_name()}")
+        return len(gone) + (len(job.trains) if job is not None else 0)
+
     def on_delete(self, req, res):
         with self.lock:
-            gone = [k for k in self.layers if k[0] == req.model]
-            for k in gone:
-                self._stop(self.layers.pop(k))
-        res.success, res.deleted = True, len(gone)
-        res.message = f"deleted {len(gone)} layer(s) of {req.model!r}"
+            gone = self._drop_model(req.model)
+        res.success, res.deleted = True, gone
+        res.message = f"deleted {gone} layer(s) of {req.model!r}"
         self.get_logger().info(res.message)
         return res
 
@@ -169,13 +251,16 @@ class ServerNode(Node):
                     in_features=h.spec.in_features, out_features=h.spec.out_features, spec_hash=h.hash,
                     weights_restored=h.restored, samples=h.host.samples, dropped=h.dropped,
                     input_topic=h.topics["train_input"], output_topic=h.topics["train_output"]))
+            for job in self.jobs.values():
+                res.layers.extend(job.infos())
         return res
 
     def on_save(self, req, res):
         with self.lock:
             chosen = [h for h in self.layers.values() if not req.model or h.model == req.model]
+            jobs = [j for j in self.jobs.values() if not req.model or j.model == req.model]
         try:
-            res.paths = [self._save(h) for h in chosen]
+            res.paths = [self._save(h) for h in chosen] + [p for j in jobs for p in j.save()]
             res.success, res.message = True, f"saved {len(res.paths)} layer(s)"
         except OSError as e:
             res.success, res.message = False, f"saving failed: {e}"
@@ -187,7 +272,7 @@ class ServerNode(Node):
 
     def _save(self, h: Hosted) -> str:
         with h.lock:
-            state = {"format": WEIGHTS_FORMAT, "model": h.model, "index": h.spec.index,
+            state = {"format": LAYER_WEIGHTS_FORMAT, "model": h.model, "index": h.spec.index,
                      "spec_hash": h.hash, "state": h.host.state_dict()}
         path = save_atomic(state, self.weights_path(h))
         h.saved_path = str(path)
@@ -198,7 +283,7 @@ class ServerNode(Node):
         if not path.exists():
             return False
         blob = load_weights(path)
-        if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT or blob.get("spec_hash") != h.hash:
+        if not isinstance(blob, dict) or blob.get("format") != LAYER_WEIGHTS_FORMAT or blob.get("spec_hash") != h.hash:
             raise ValueError(f"{path}: not weights of this layer spec")
         h.host.load_state_dict(blob["state"])
         return True
@@ -305,6 +390,8 @@ def parse_args(argv):
     p.add_argument("--name", default="", help="server name (default: the next free server_<n>)")
     p.add_argument("--weights-dir", default="", help=f"where layer weights go (default {default_weights_dir()})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: 1)")
+    p.add_argument("--data-root", default="", help="PFF: where this node reads its training data "
+                   "(default: the master's data_root, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)")
     return p.parse_args(argv)
 
 
@@ -318,11 +405,12 @@ def main(argv=None) -> int:
         probe = rclpy.create_node("dff_server_params", context=context, start_parameter_services=False,
                                   enable_rosout=False)
         params = {k: probe.declare_parameter(k, v).value for k, v in
-                  (("name", ""), ("weights_dir", ""), ("threads", 0))}
+                  (("name", ""), ("weights_dir", ""), ("threads", 0), ("data_root", ""))}
         probe.destroy_node()
         fixed_name = args.name or params.get("name") or ""
         weights_dir = Path(args.weights_dir or params.get("weights_dir") or default_weights_dir()).expanduser()
         threads = int(args.threads or params.get("threads") or 1)
+        data_root = args.data_root or params.get("data_root") or ""
         executor = MultiThreadedExecutor(num_threads=2)
         lost: set[int] = set()
         log = lambda s: print(f"[server] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -331,7 +419,7 @@ def main(argv=None) -> int:
                 name, token = fixed_name, 0  # an explicit name always wins
             else:
                 name, token = claim_server_name(context, log=log, exclude=lost)
-            node = ServerNode(name, token, weights_dir=weights_dir, threads=threads)
+            node = ServerNode(name, token, weights_dir=weights_dir, threads=threads, data_root=data_root)
             executor.add_node(node)
             while rclpy.ok() and not node.conflict:
                 executor.spin_once(timeout_sec=0.1)

@@ -23,8 +23,8 @@ class Parameters:
 
 
 class ParameterStore:
-    """Thread-safe. ``publish`` (optional) sends what this node puts to the other nodes; the
-    transport calls ``add`` with what arrives. Versions below the last one taken are dropped."""
+    """Thread-safe. ``publish`` sends what this node puts to the other nodes; the transport
+    calls ``add`` with what arrives. Versions below the last one taken are dropped."""
 
     def __init__(self, publish: Callable[[Parameters], None] | None = None, names: dict[int, str] | None = None):
         self.publish = publish
@@ -34,7 +34,8 @@ class ParameterStore:
         self._closed: str | None = None
 
     def put(self, params: Parameters) -> None:
-        self.add(params)
+        """Send a version this node trained to the others (its own state stays in its learners,
+        so it is not kept here)."""
         if self.publish is not None:
             self.publish(params)
 

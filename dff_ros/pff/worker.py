@@ -81,6 +81,10 @@ class PFFWorker:
         self._stop.set()
         self.store.close(why)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def run(self) -> None:
         start = time.perf_counter()
         try:

@@ -10,7 +10,8 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rclpy.parameter import parameter_value_to_python
 
 from dff_ros.ff.learners import Activities
-from dff_ros.msg import InferenceBatch, LayerSpec as LayerSpecMsg, TrainingBatch
+from dff_ros.msg import InferenceBatch, LayerParameters, LayerSpec as LayerSpecMsg, TrainingBatch
+from dff_ros.pff.store import Parameters
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 from dff_ros.transport.tensors import TensorDecodeError, from_msg, to_msg
 
@@ -69,6 +70,46 @@ def infer_from_msg(m: InferenceBatch) -> InferChunk:
     t = _decode(m, {"images": None, "labels": torch.int64, "candidates": torch.float32,
                     "goodness": torch.float32, "neutral": torch.float32, "features": torch.float32})
     return InferChunk(m.seq, m.count, **t)
+
+
+# ---------------------------------------------------------------- PFF parameters
+
+def params_to_msg(p: Parameters, *, run_id: str, model: str, node_name: str, node=None) -> LayerParameters:
+    m = LayerParameters()
+    if node is not None:
+        m.header.stamp = node.get_clock().now().to_msg()
+    m.header.frame_id = model
+    m.run_id, m.model, m.node = run_id, model, node_name
+    m.part, m.chapter, m.version = p.part, p.version - 1, p.version
+    m.names = list(p.tensors)
+    m.tensors = [to_msg(t) for t in p.tensors.values()]
+    metrics = {k: float(v) for k, v in p.meta.items() if isinstance(v, (int, float)) and k not in ("part", "chapter")}
+    metrics.update({f"input_{k}": float(v) for k, v in p.meta.get("inputs", {}).items()})
+    m.metric_names, m.metric_values = list(metrics), list(metrics.values())
+    return m
+
+
+def params_from_msg(m: LayerParameters) -> Parameters:
+    """Raises ChunkError for a message that does not describe a parameter version."""
+    if len(m.names) != len(m.tensors) or len(set(m.names)) != len(m.names):
+        raise ChunkError(f"{len(m.names)} names for {len(m.tensors)} tensors (or a name twice)")
+    if len(m.metric_names) != len(m.metric_values):
+        raise ChunkError("metric names and values differ in number")
+    if m.part < 0 or m.version != m.chapter + 1:
+        raise ChunkError(f"part {m.part}, chapter {m.chapter}, version {m.version}: not a trained version")
+    try:
+        tensors = {n: from_msg(t, name=n) for n, t in zip(m.names, m.tensors)}
+    except TensorDecodeError as e:
+        raise ChunkError(str(e)) from None
+    if any(t is None for t in tensors.values()):
+        raise ChunkError("an absent tensor in a parameters message")
+    meta: dict = {"node_name": m.node, "part": m.part, "chapter": m.chapter, "inputs": {}}
+    for k, v in zip(m.metric_names, m.metric_values):
+        if k.startswith("input_") and k[6:].isdigit():
+            meta["inputs"][int(k[6:])] = int(v)
+        else:
+            meta[k] = v
+    return Parameters(m.part, m.version, tensors, meta)
 
 
 # ---------------------------------------------------------------- parameters, specs

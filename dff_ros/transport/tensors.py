@@ -33,7 +33,7 @@ def to_msg(t: torch.Tensor | None, msg: Tensor | None = None) -> Tensor:
     msg.shape = array.array("I", t.shape)
     raw = array.array("B")
     # one copy: tensor memory -> array (bfloat16 has no numpy twin, so view it as bytes in torch)
-    raw.frombytes(t.view(torch.uint8).numpy() if t.element_size() and t.numel() else b"")
+    raw.frombytes(t.reshape(-1).view(torch.uint8).numpy() if t.element_size() and t.numel() else b"")
     msg.data = raw
     return msg
 
@@ -66,5 +66,10 @@ def from_msg(msg: Tensor, *, expect_dtype: torch.dtype | None = None, name: str 
 
 def nbytes(msg) -> int:
     """Payload bytes of the Tensor fields of a message (for bandwidth accounting)."""
-    return sum(len(getattr(msg, f).data) for f, kind in msg.get_fields_and_field_types().items()
-               if kind == "dff_ros/Tensor")
+    total = 0
+    for f, kind in msg.get_fields_and_field_types().items():
+        if kind == "dff_ros/Tensor":
+            total += len(getattr(msg, f).data)
+        elif kind == "sequence<dff_ros/Tensor>":
+            total += sum(len(t.data) for t in getattr(msg, f))
+    return total

@@ -1,0 +1,202 @@
+"""The master's side of a PFF run (transport: parameters): plan nodes, have each server start
+its share, follow the parameter versions they publish, then assemble the final network and
+test it. Servers read their own training data; only parameters cross the network.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from rclpy.serialization import serialize_message
+
+from dff_ros.config.pipeline import plan_layers
+from dff_ros.ff.classifiers import accuracy
+from dff_ros.msg import LayerParameters
+from dff_ros.nodes.common import params_qos, params_topic, path_token
+from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.store import Parameters
+from dff_ros.pff.worker import network_from_parts, part_names
+from dff_ros.pipeline.chunks import ChunkError
+from dff_ros.progress import Progress
+from dff_ros.srv import CreateLayers, SaveWeights
+from dff_ros.transport.codec import params_from_msg, spec_to_msg, to_parameters
+
+
+class ParameterRun:
+    def __init__(self, master, run_error: type[Exception]):
+        self.master, self.RunError = master, run_error
+        self.p, self.model = master.p, master.model
+        t = self.model.train
+        self.L = len(self.model.layers)
+        self.head = t.algorithm == "ff" and "softmax" in t.classifiers
+        self.names = part_names(self.model)
+        self.parts = self.L + int(self.head)
+        self.latest: dict[int, Parameters] = {}
+        self.bytes: dict[str, int] = {}          # serialized bytes per params topic
+        self.tasks: list[dict] = []
+        self.dropped = 0
+        self.cond = threading.Condition()
+        self.last_news = time.monotonic()
+
+    # ------------------------------------------------------------------ plan, create
+    def plan(self, servers: list[str]) -> tuple[PFFPlan, list[str]]:
+        p = self.p
+        if p.pff_variant == "single_layer":
+            per_layer = plan_layers(self.L, servers, p.placement, p.source)
+            nodes = sorted(set(per_layer), key=per_layer.index)
+            return PFFPlan("single_layer", len(nodes), self.L, self.head,
+                           tuple(nodes.index(s) for s in per_layer)), nodes
+        nodes = sorted(servers, key=lambda s: (len(s), s))[:p.servers]
+        return PFFPlan(p.pff_variant, len(nodes), self.L, self.head), nodes
+
+    def subscribe(self) -> None:
+        qos = params_qos(self.p.param_history)
+        for part in range(self.parts):
+            topic = params_topic(self.model.name, part, self.L)
+            self.bytes[topic] = 0
+            self.master.create_subscription(LayerParameters, topic,
+                                            lambda msg, part=part, topic=topic: self._on_params(part, topic, msg), qos)
+
+    def create(self, plan: PFFPlan, nodes: list[str]) -> None:
+        m, p = self.model, self.p
+        train = m.to_dict()["train"]
+        no_topics = dict.fromkeys(("train_input", "train_output", "infer_input", "infer_output"), "")
+        calls = []
+        for index, server in enumerate(nodes):
+            req = CreateLayers.Request(
+                run_id=self.master.run_id, model=m.name, num_classes=m.num_classes, restore_weights=False,
+                train=to_parameters(train), transport="parameters", pff_variant=plan.variant, node_index=index,
+                num_nodes=plan.nodes, layer_nodes=list(plan.layer_nodes), dataset=m.dataset.name,
+                data_root=p.data_root or m.dataset.root or "", param_history=p.param_history)
+            req.layers = [spec_to_msg(s, no_topics, s.index == self.L - 1) for s in m.layers]
+            calls.append((f"/{server}/create_layers", req))
+        for server, res in zip(nodes, self.master.call_all(CreateLayers, calls)):
+            if not res.success:
+                raise self.RunError(f"{server} refused its PFF share: {res.message}")
+            self.master.log(f"{server}: {res.message}")
+
+    # ------------------------------------------------------------------ following the run
+    def _on_params(self, part: int, topic: str, msg) -> None:
+        if msg.model != self.model.name or msg.run_id != self.master.run_id:
+            return
+        size = len(serialize_message(msg))
+        try:
+            params = params_from_msg(msg)
+        except ChunkError as e:
+            self.dropped += 1
+            self.master.get_logger().warning(f"dropped a parameters message on {topic} ({e})",
+                                             throttle_duration_sec=5.0)
+            return
+        with self.cond:
+            self.bytes[topic] += size
+            if part not in self.latest or params.version > self.latest[part].version:
+                self.latest[part] = params
+            self.tasks.append({**{k: v for k, v in params.meta.items() if k != "inputs"}, "part": part,
+                               "inputs": params.meta["inputs"], "bytes": size})
+            self.last_news = time.monotonic()
+            self.cond.notify_all()
+
+    def wait_trained(self, nodes: list[str]) -> None:
+        final = self.model.train.splits
+        progress = Progress(self.parts * final, f"train {self.model.name} (PFF {self.p.pff_variant}, "
+                            f"{len(nodes)} nodes)", enabled=self.master.show_progress)
+        seen = 0
+        with self.cond:
+            while not (len(self.latest) == self.parts and all(v.version == final for v in self.latest.values())):
+                self.cond.wait(1.0)
+                if len(self.tasks) > seen:
+                    last = self.tasks[-1]
+                    progress.update(len(self.tasks) - seen, chapter=int(last["chapter"]) + 1,
+                                    part=self.names[last["part"]], loss=float(last.get("loss", float("nan"))))
+                    seen = len(self.tasks)
+                errors = self.master.errors_of(nodes)
+                if errors:
+                    raise self.RunError("a node failed: " + "; ".join(errors))
+                quiet = time.monotonic() - self.last_news
+                if quiet > self.p.stall_seconds:
+                    missing = [f"{self.names[p]} v{final}" for p in range(self.parts)
+                               if p not in self.latest or self.latest[p].version < final]
+                    raise self.RunError(f"no parameters for {quiet:.0f} s while waiting for {', '.join(missing)} "
+                                        f"(are {', '.join(nodes)} still running? see /dff/status)")
+
+    # ------------------------------------------------------------------ the run
+    def run(self, servers: list[str], data: dict) -> dict:
+        m, p, master = self.model, self.p, self.master
+        plan, nodes = self.plan(servers)
+        self.subscribe()
+        master.log(f"PFF {plan.variant}: {len(nodes)} node(s) {', '.join(nodes)}; "
+                   + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
+        start = time.perf_counter()
+        try:
+            self.create(plan, nodes)
+            self.wait_trained(nodes)
+            train_seconds = time.perf_counter() - start
+            status = master.wait_phase(nodes, "trained", timeout=30.0)
+            result = self.evaluate(data)
+            paths = {}
+            for server in nodes:
+                res = master.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=m.name))
+                if not res.success:
+                    raise self.RunError(f"{server} could not save weights: {res.message}")
+                paths[server] = [x for x in res.paths]
+        finally:
+            if not p.keep_layers:
+                master.delete(nodes)
+        return self.summary(plan, nodes, train_seconds, result, status, paths)
+
+    def evaluate(self, data: dict) -> dict:
+        t = self.model.train
+        x, y = data["test_images"], data["test_labels"]
+        if t.test_subset:
+            x, y = x[:t.test_subset], y[:t.test_subset]
+        net = network_from_parts(self.model, {p: v.tensors for p, v in self.latest.items()})
+        start = time.perf_counter()
+        acc = {c: round(accuracy(net, x, y, c, t.goodness, t.eval_batch_size), 5) for c in t.classifiers}
+        return {"accuracy": acc, "eval_seconds": round(time.perf_counter() - start, 2), "test_samples": len(y)}
+
+    def summary(self, plan: PFFPlan, nodes: list[str], train_seconds: float, result: dict, status: dict,
+                paths: dict) -> dict:
+        m, t = self.model, self.model.train
+        total_bytes = sum(self.bytes.values())
+        per_node = []
+        for i, server in enumerate(nodes):
+            st = status.get(server)
+            per_node.append({"node": i, "server": server,
+                             "busy_seconds": round(st.busy_seconds, 2) if st else None,
+                             "idle_seconds": round(st.idle_seconds, 2) if st else None,
+                             "samples": st.samples if st else None, "dropped": st.dropped if st else None,
+                             "bytes_out": st.bytes_out if st else None, "bytes_in": st.bytes_in if st else None})
+        busy = sum(n["busy_seconds"] or 0.0 for n in per_node)
+        t0 = min(task["start"] for task in self.tasks)
+        timeline = sorted(({"node": int(x["node"]), "server": nodes[int(x["node"])], "part": x["part"],
+                            "chapter": int(x["chapter"]), "start": round(x["start"] - t0, 3),
+                            "end": round(x["end"] - t0, 3), "wait": x.get("wait"), "inputs": x["inputs"]}
+                           for x in self.tasks), key=lambda x: (x["start"], x["node"]))
+        return {
+            "run_id": self.master.run_id, "model": m.name, "mode": "pff", "transport": "parameters",
+            "pff_variant": plan.variant, "nodes": nodes, "layer_nodes": list(plan.layer_nodes),
+            "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
+            "train_seconds": round(train_seconds, 2),
+            "samples_per_second": round(self._samples() * t.epochs / train_seconds, 1),
+            "bytes_published": total_bytes, "bytes_per_epoch": round(total_bytes / t.epochs),
+            "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
+            "per_node": per_node, "timeline": timeline, "dropped": self.dropped, "weights": paths,
+            "optimizer_state_passed": plan.passes_optimizer, "test_samples": result["test_samples"],
+            "config": m.to_dict(), "pipeline": {k: v for k, v in vars(self.p).items()}}
+
+    def _samples(self) -> int:
+        t = self.model.train
+        return t.train_subset or len(self.master.data["train_labels"])
+
+    def plot(self, summary: dict, path: Path) -> Path | None:
+        from dff_ros.plots import timeline_png
+
+        tasks = [{**x, "start": x["start"], "end": x["end"]} for x in summary["timeline"]]
+        return timeline_png(tasks, path, nodes=summary["nodes"], part_names=self.names,
+                            title=f"{self.model.name}: PFF {summary['pff_variant']}, {len(summary['nodes'])} nodes, "
+                                  f"{summary['train_seconds']:.0f} s, utilisation {summary['utilisation']:.0%}")
+
+
+def plot_path(summary_dir: str, model: str, run_id: str) -> Path:
+    return Path(summary_dir) / f"{path_token(model)}-{run_id}-timeline.png"

@@ -1,0 +1,172 @@
+"""A server's share of a PFF run (parameter passing): a ``PFFWorker`` on a thread, its parts'
+versions published on the params topics, other nodes' versions received into its store.
+The server node creates, lists, saves and stops these; the algorithm is ``dff_ros.pff``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from dff_ros.checkpoint import save_atomic
+from dff_ros.msg import LayerInfo, LayerParameters, LayerStatus
+from dff_ros.nodes.common import (HEAD_WEIGHTS_FORMAT, LAYER_WEIGHTS_FORMAT, head_weights_file, params_qos,
+                                  params_topic, path_token)
+from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.store import ParameterStore, Parameters, ParametersTimeout
+from dff_ros.pff.worker import PFFWorker, WorkerStopped, part_names
+from dff_ros.pipeline.chunks import ChunkError
+from dff_ros.transport.codec import params_from_msg, params_to_msg
+from dff_ros.transport.tensors import nbytes
+
+
+class PFFJob:
+    def __init__(self, node, *, run_id: str, config, plan: PFFPlan, index: int, images, labels,
+                 hashes: dict[int, str], history: int, wait_seconds: float):
+        self.node, self.run_id, self.config, self.plan, self.index = node, run_id, config, plan, index
+        self.model = config.name
+        self.hashes, self.history = hashes, history
+        self.names = part_names(config)
+        self.store = ParameterStore(publish=self._publish, names=self.names)
+        self.worker = PFFWorker(config, images, labels, plan, index, self.store, wait_seconds=wait_seconds,
+                                on_batch=self._on_batch)
+        splits = config.train.splits
+        self.trains = [p for p in range(plan.parts) if any(plan.trainer(p, j) == index for j in range(splits))]
+        self.receives = [p for p in range(plan.parts) if any(plan.trainer(p, j) != index for j in range(splits))]
+        self.publishers: dict[int, object] = {}
+        self.subscriptions: list = []
+        self.bytes_in = self.bytes_out = self.dropped = 0
+        self.samples = 0
+        self.epoch = 0
+        self.loss = float("nan")
+        self.phase, self.message = "created", ""
+        self.saved: list[str] = []
+        self.started = 0.0
+        self.thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        n, L = self.node, len(self.config.layers)
+        qos = params_qos(self.history)
+        for p in self.trains:
+            self.publishers[p] = n.create_publisher(LayerParameters, params_topic(self.model, p, L), qos)
+        for p in self.receives:
+            self.subscriptions.append(n.create_subscription(LayerParameters, params_topic(self.model, p, L),
+                                                            lambda m, p=p: self._receive(p, m), qos))
+        self.started = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"pff-{self.model}")
+        self.thread.start()
+
+    def stop(self, why: str) -> None:
+        self.worker.stop(why)
+        for pub in self.publishers.values():
+            self.node.destroy_publisher(pub)
+        for sub in self.subscriptions:
+            self.node.destroy_subscription(sub)
+        self.publishers, self.subscriptions = {}, []
+
+    def _run(self) -> None:
+        log = self.node.get_logger()
+        self.phase = "training"
+        try:
+            self.worker.run()
+            self.saved = self.save()
+            self.phase, self.message = "trained", f"weights saved to {', '.join(self.saved) or '(none final here)'}"
+            log.info(f"PFF {self.model}: node {self.index} done; {self.message}")
+        except (WorkerStopped, ParametersTimeout) as e:
+            stopped = self.worker.stopped
+            self.phase, self.message = ("stopped" if stopped else "error"), str(e)
+            (log.info if stopped else log.error)(f"PFF {self.model}: {e}")
+        except Exception as e:  # a bug must not take the server down; the master hears of it
+            self.phase, self.message = "error", f"{type(e).__name__}: {e}"
+            log.error(f"PFF {self.model}: {self.message}")
+        self.node.publish_status(self.status())
+
+    # ------------------------------------------------------------------ transport
+    def _publish(self, p: Parameters) -> None:
+        pub = self.publishers.get(p.part)
+        if pub is None:
+            return
+        msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.get_name(), node=self.node)
+        self.bytes_out += nbytes(msg)
+        pub.publish(msg)
+        self.node.publish_status(self.status())
+
+    def _receive(self, part: int, msg) -> None:
+        if msg.node == self.node.get_name():
+            return  # our own version, already in the store
+        why = None
+        if msg.model != self.model:
+            why = f"model {msg.model!r} on {self.model!r}'s topic"
+        elif msg.run_id != self.run_id:
+            why = f"run {msg.run_id!r}, this run is {self.run_id!r}"
+        elif msg.part != part:
+            why = f"part {msg.part} on the topic of part {part}"
+        if why is None:
+            try:
+                params = params_from_msg(msg)
+            except ChunkError as e:
+                why = str(e)
+        if why is not None:
+            self.dropped += 1
+            self.node.get_logger().warning(f"PFF {self.model}: dropped a parameters message ({why}); "
+                                           f"{self.dropped} dropped so far", throttle_duration_sec=5.0)
+            return
+        self.bytes_in += nbytes(msg)
+        self.store.add(params)
+
+    def _on_batch(self, part: int, chapter: int, epoch: int, loss: float, rows: int) -> None:
+        self.epoch, self.loss, self.samples = epoch, loss, self.samples + rows
+
+    # ------------------------------------------------------------------ weights, status
+    def save(self) -> list[str]:
+        """Save the parts whose final version this node holds (it trained their last chapter)."""
+        out = []
+        final = self.config.train.splits
+        L = len(self.config.layers)
+        root = self.node.weights_dir / path_token(self.model)
+        for part, version in sorted(self.worker.held.items()):
+            if version != final:
+                continue
+            learner = self.worker.parts[part]
+            if part == L:
+                widths = [s.out_features for s in self.config.layers]
+                path = root / head_weights_file(self.model, widths, self.config.num_classes)
+                state = {"format": HEAD_WEIGHTS_FORMAT, "state_dict": learner.head.state_dict()}
+            else:
+                spec = self.config.layers[part]
+                path = root / f"layer{part}-{path_token(spec.module)}-{self.hashes[part]}.pt"
+                layer_state = {"layer": learner.layer.state_dict(), "samples": self.samples}
+                if getattr(learner, "running_mean", None) is not None:
+                    layer_state["running_mean"] = learner.running_mean
+                state = {"format": LAYER_WEIGHTS_FORMAT, "model": self.model, "index": part,
+                         "spec_hash": self.hashes[part], "state": layer_state}
+            out.append(str(save_atomic(state, path)))
+        return out
+
+    def busy_seconds(self) -> float:
+        if self.phase == "training":
+            return time.perf_counter() - self.started - self.worker.idle_seconds
+        return self.worker.busy_seconds
+
+    def status(self) -> LayerStatus:
+        w = self.worker
+        return LayerStatus(run_id=self.run_id, model=self.model, server=self.node.get_name(), layer=max(w.part, 0),
+                           phase=self.phase, chapter=max(w.chapter, 0), epoch=self.epoch, loss=float(self.loss),
+                           samples=self.samples, busy_seconds=self.busy_seconds(), idle_seconds=w.idle_seconds,
+                           bytes_in=self.bytes_in, bytes_out=self.bytes_out, dropped=self.dropped,
+                           message=self.message)
+
+    def infos(self) -> list[LayerInfo]:
+        L = len(self.config.layers)
+        out = []
+        for p in self.trains:
+            spec = self.config.layers[p] if p < L else None
+            widths = [s.out_features for s in self.config.layers]
+            out.append(LayerInfo(
+                model=self.model, run_id=self.run_id, index=p, module=spec.module if spec else "SoftmaxHead",
+                in_features=spec.in_features if spec else sum(widths[1:]),
+                out_features=spec.out_features if spec else self.config.num_classes,
+                spec_hash=self.hashes.get(p, ""), samples=self.samples, dropped=self.dropped,
+                input_topic="", output_topic=params_topic(self.model, p, L)))
+        return out
