@@ -54,6 +54,14 @@ def update_readme(name: str, table: str) -> None:
     readme.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text))
 
 
+def publish_table(name: str, table: str, readme: bool = True) -> None:
+    """bench/results/<name>.md, stdout, and the README block."""
+    (RESULTS / f"{name}.md").write_text(table)
+    print(table)
+    if readme:
+        update_readme(name, table)
+
+
 def machine_cell(m: dict) -> str:
     return f"{m['cores']}-core {m['cpu']}, {m['date']}"
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
+from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
 
 from dff_ros.config.pipeline import load_pipeline_config  # noqa: E402
 from dff_ros.config.schema import load_model_config  # noqa: E402
@@ -85,10 +85,7 @@ def main() -> int:
            "machine": machine()}
     runs = write_results("pipeline_mnist", [row], key="key")
     text = table(runs)
-    (RESULTS / "pipeline_mnist.md").write_text(text)
-    print(text)
-    if not args.no_readme:
-        update_readme("pipeline_mnist", text)
+    publish_table("pipeline_mnist", text, readme=not args.no_readme)
     return 0
 
 

@@ -3,10 +3,12 @@
     ros2 launch dff_ros mnist_pipeline.launch.py                      # master + 2 servers here
     ros2 launch dff_ros mnist_pipeline.launch.py role:=server         # on each robot
     ros2 launch dff_ros mnist_pipeline.launch.py role:=master servers:=4
+    ros2 launch dff_ros mnist_pipeline.launch.py transport:=parameters pff_variant:=all_layers
 
 Arguments: role (all | master | server), servers (how many to start for role all, and how many
 the master waits for), pipeline (YAML; default share/dff_ros/config/mnist_pipeline.yaml),
-model, layer_types, data_root, weights_dir (override the pipeline YAML when given).
+model, layer_types, data_root, weights_dir, transport, pff_variant (override the pipeline YAML
+when given).
 Servers name themselves server_<n>. Without `launch`, `python -m dff_ros.launcher` starts the
 same processes from the same YAML.
 """
@@ -27,6 +29,8 @@ ARGS = {
     "data_root": ("", "dataset folder (overrides the pipeline's)"),
     "weights_dir": ("", "where servers keep layer weights (overrides the pipeline's)"),
     "server_threads": ("1", "torch threads per server"),
+    "transport": ("", "activations (DFF) | parameters (PFF) (overrides the pipeline's)"),
+    "pff_variant": ("", "single_layer | all_layers | federated (overrides the pipeline's)"),
 }
 
 
@@ -39,8 +43,10 @@ def _nodes(context):
     server_args = ["--threads", value["server_threads"]]
     if value["weights_dir"]:
         server_args += ["--weights-dir", value["weights_dir"]]
+    if value["data_root"]:  # PFF servers read their own data
+        server_args += ["--data-root", value["data_root"]]
     master_args = ["--pipeline", pipeline, "--set", f"servers={value['servers']}"]
-    for key in ("model", "layer_types", "data_root", "weights_dir"):
+    for key in ("model", "layer_types", "data_root", "weights_dir", "transport", "pff_variant"):
         if value[key]:
             master_args += ["--set", f"{key}={value[key]}"]
     actions = []

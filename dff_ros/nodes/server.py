@@ -1,12 +1,13 @@
-"""Server node: hosts FF layers for any number of models and trains them on the chunks that
-reach them (DFF activation pipeline).
+"""Server node: hosts FF layers for any number of models. In a DFF activation pipeline it trains
+them on the chunks that reach it; in a PFF run (transport: parameters) it trains its share of
+the model on data it reads itself and exchanges parameter versions with the other nodes.
 
-    ros2 run dff_ros server [--ros-args -p name:=server_3 -p weights_dir:=/data/w -p threads:=1]
-    python -m dff_ros.nodes.server [--name NAME] [--weights-dir DIR] [--threads N]
+    ros2 run dff_ros server [--ros-args -p name:=server_3 -p weights_dir:=/data/w -p threads:=1 -p data_root:=/data]
+    python -m dff_ros.nodes.server [--name NAME] [--weights-dir DIR] [--threads N] [--data-root DIR]
 
 Services (under the node's name): create_layers, delete_model, list_layers, save_weights.
-Each hosted layer subscribes to its input topics and publishes its outputs; a worker thread
-per layer does the compute so that receiving never waits for training.
+Each hosted layer (or PFF share) has a worker thread for the compute, so receiving never waits
+for training.
 """
 from __future__ import annotations
 
@@ -218,10 +219,11 @@ class ServerNode(Node):
                       labels=y, hashes=hashes, history=int(req.param_history) or 4, wait_seconds=self.wait_seconds)
 
     def _dataset(self, name: str, root: str) -> dict:
-        key = (name, root or self.data_root or "")
-        if key not in self._datasets:
-            self._datasets[key] = load_dataset(name, root or self.data_root or None)
-        return self._datasets[key]
+        # the server's own data root wins: the master's path may not exist on this robot
+        root = self.data_root or root or None
+        if (name, root) not in self._datasets:
+            self._datasets[(name, root)] = load_dataset(name, root)
+        return self._datasets[(name, root)]
 
     def _drop_model(self, model: str) -> int:
         """Stop and forget everything of ``model`` (DFF layers, PFF job); caller holds the lock."""
@@ -391,7 +393,7 @@ def parse_args(argv):
     p.add_argument("--weights-dir", default="", help=f"where layer weights go (default {default_weights_dir()})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: 1)")
     p.add_argument("--data-root", default="", help="PFF: where this node reads its training data "
-                   "(default: the master's data_root, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)")
+                   "(wins over the master's data_root; default: the master's, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)")
     return p.parse_args(argv)
 
 

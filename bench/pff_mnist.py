@@ -1,0 +1,154 @@
+"""PFF parameter passing vs sequential vs DFF activations on full MNIST: time, accuracy,
+bytes per epoch and node utilisation, same model config and seed.
+
+    source scripts/env.sh && python bench/pff_mnist.py [--runs sequential-1t,all_layers,...]
+        [--model config/models/mnist_default.yaml] [--train-set key=value ...]
+
+Runs (each a row; rows already recorded for other runs are kept):
+  sequential-1t, sequential-2t  the single-process reference trainer (N=1) with 1 and 2 torch threads
+  single_layer, all_layers, federated   the launcher, transport: parameters, 2 servers x 1 thread
+  dff                                   the launcher, transport: activations, 2 servers x 1 thread
+Writes bench/results/pff_mnist.{json,md,png}, a timeline PNG per PFF run, and the README table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
+
+from dff_ros.config.schema import load_model_config  # noqa: E402
+from dff_ros.data import load_dataset  # noqa: E402
+from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
+from dff_ros.nodes.master import parse_set  # noqa: E402
+
+RUNS = ("sequential-1t", "sequential-2t", "single_layer", "all_layers", "federated", "dff")
+
+
+def sequential(cfg, threads: int) -> dict:
+    cfg = load_model_config(cfg.source, {**_overrides, "threads": threads})
+    r = ReferenceTrainer(cfg, load_dataset("MNIST", data_root(), allow_download=False)).fit()
+    return {"accuracy": r["accuracy"], "train_seconds": r["train_seconds"], "bytes_per_epoch": 0,
+            "nodes": 1, "threads": threads, "utilisation": None}
+
+
+def launched(run: str, model_path: str, servers: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("DFF_BENCH_DOMAIN", "92"),
+               "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+        transport = "activations" if run == "dff" else "parameters"
+        cmd = [sys.executable, "-m", "dff_ros.launcher", "--pipeline", str(REPO / "config" / "mnist_pipeline.yaml"),
+               "--servers", str(servers), "--set", f"model={model_path}", "--set", f"data_root={data_root()}",
+               "--set", f"weights_dir={tmp}/w", "--set", f"summary_dir={tmp}/runs", "--set", "restore_weights=false",
+               "--set", f"transport={transport}", "--set", "server_threads=1", "--no-progress"]
+        if transport == "parameters":
+            cmd += ["--set", f"pff_variant={run}"]
+        for k, v in _overrides.items():
+            cmd += ["--train-set", f"{k}={json.dumps(v)}"]
+        print(run + ":", " ".join(cmd[2:]), flush=True)
+        proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sys.stdout.write(proc.stdout[-2500:])
+        if proc.returncode:
+            raise SystemExit(f"{run} failed ({proc.returncode})")
+        summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", proc.stdout).group(1)).read_text())
+        epochs = summary["config"]["train"]["epochs"]
+        out = {"accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"], "nodes": servers,
+               "threads": 1}
+        if transport == "activations":
+            moved = summary["master"]["bytes_sent"] + sum(l["bytes_out"] or 0 for l in summary["layers"])
+            busy = sum(l["busy_seconds"] or 0 for l in summary["layers"])
+            out.update(bytes_per_epoch=round(moved / epochs), utilisation=round(busy / (servers * summary["train_seconds"]), 3))
+        else:
+            out.update(bytes_per_epoch=summary["bytes_per_epoch"], utilisation=summary["utilisation"],
+                       per_node=summary["per_node"], bytes_per_topic=summary["bytes_per_topic"])
+            png = Path(proc.stdout.split("[master] timeline: ")[1].split()[0])
+            dest = RESULTS / f"pff_mnist_{run}_timeline.png"
+            shutil.copy(png, dest)
+            out["timeline_png"] = str(dest.relative_to(REPO))
+        return out
+
+
+def table(runs: list[dict]) -> str:
+    by = {r["run"]: r for r in runs}
+    base1, base2 = by.get("sequential-1t"), by.get("sequential-2t")
+    seq = base2 or base1
+    dff = by.get("dff")
+    headers = ["run", "nodes × threads", "accuracy % (goodness / softmax)", "Δ vs sequential", "train s",
+               "speed-up vs N=1 (1 thread / 2 threads)", "MB per epoch", "× fewer bytes than DFF", "utilisation",
+               "machine"]
+    rows = []
+    for r in sorted(runs, key=lambda r: RUNS.index(r["run"])):
+        acc = r["accuracy"]
+        d = max(abs(acc[k] - seq["accuracy"][k]) for k in acc) * 100 if seq else float("nan")
+        sp = " / ".join(f"{b['train_seconds'] / r['train_seconds']:.2f}×" if b else "–" for b in (base1, base2))
+        fewer = (f"{dff['bytes_per_epoch'] / r['bytes_per_epoch']:.0f}×" if dff and r["bytes_per_epoch"]
+                 and r["run"] != "dff" else "–")
+        rows.append([r["run"], f"{r['nodes']} × {r['threads']}",
+                     " / ".join(f"{100 * acc[k]:.2f}" for k in ("goodness", "softmax") if k in acc), f"{d:.2f}",
+                     f"{r['train_seconds']:.0f}", sp, f"{r['bytes_per_epoch'] / 1e6:.1f}", fewer,
+                     f"{r['utilisation']:.0%}" if r.get("utilisation") is not None else "–", machine_cell(r["machine"])])
+    return markdown_table(headers, rows)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    from dff_ros.plots import _pyplot
+
+    plt = _pyplot()
+    runs = sorted(runs, key=lambda r: RUNS.index(r["run"]))
+    names = [r["run"] for r in runs]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.bar(names, [r["train_seconds"] for r in runs], color="tab:blue")
+    a.set_ylabel("training time [s]")
+    a.set_title("time (same config, 2 cores)")
+    moved = [r for r in runs if r["bytes_per_epoch"]]   # sequential runs send nothing
+    b.bar([r["run"] for r in moved], [r["bytes_per_epoch"] / 1e6 for r in moved], color="tab:orange")
+    b.set_yscale("log")
+    b.set_ylabel("MB published per epoch (log)")
+    b.set_title("network traffic (distributed runs)")
+    for ax in (a, b):
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"{runs[0]['model']}: sequential vs PFF vs DFF")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_overrides: dict = {}
+
+
+def main() -> int:
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--runs", default=",".join(r for r in RUNS if r != "federated"))
+    a.add_argument("--model", default=str(REPO / "config" / "models" / "mnist_default.yaml"))
+    a.add_argument("--servers", type=int, default=2)
+    a.add_argument("--train-set", action="append", default=[])
+    a.add_argument("--no-readme", action="store_true")
+    args = a.parse_args()
+    _overrides.update(parse_set(args.train_set))
+    cfg = load_model_config(args.model, _overrides)
+    rows = []
+    for run in args.runs.split(","):
+        if run not in RUNS:
+            raise SystemExit(f"unknown run {run!r} (known: {', '.join(RUNS)})")
+        res = sequential(cfg, int(run[-2])) if run.startswith("sequential") else launched(run, args.model, args.servers)
+        rows.append({"key": f"{cfg.name}/{run}", "run": run, "model": cfg.name, "epochs": cfg.train.epochs,
+                     "splits": cfg.train.splits, "overrides": dict(_overrides), **res, "machine": machine()})
+        print(f"{run}: {res['accuracy']} in {res['train_seconds']} s", flush=True)
+        write_results("pff_mnist", rows, key="key")   # keep what finished if a later run fails
+    runs = [r for r in json.loads((RESULTS / "pff_mnist.json").read_text())["runs"] if r["model"] == cfg.name]
+    text = table(runs)
+    plot(runs, RESULTS / "pff_mnist.png")
+    publish_table("pff_mnist", text, readme=not args.no_readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
