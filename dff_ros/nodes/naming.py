@@ -5,8 +5,9 @@ A starting server looks at the ROS graph and at the claims others published (tra
 local, so late joiners see them), claims the lowest free name with a random token and waits a
 settling time; if a claim with a lower token for the same name shows up, it steps to the next
 free name and tries again. Discovery can be slower than the settling time on a busy
-machine, so a running server keeps listening: if a lower token claims its name while it hosts
-nothing yet, it gives the name up and claims again (ServerNode.conflict).
+machine, so a running server keeps listening: if another running server holds its name with a
+lower token while it hosts nothing yet, it gives the name up and claims again
+(ServerNode.conflict).
 """
 from __future__ import annotations
 

@@ -105,8 +105,11 @@ class ServerNode(Node):
             self.publish_status(job.status())
 
     def _on_claim(self, msg) -> None:
-        # same name claimed by another server with a lower token: it keeps the name
-        if msg.name == self.get_name() and msg.token != self.token and msg.token < self.token and not self.layers:
+        # another *running* server holds the same name with a lower token: it keeps the name.
+        # A newcomer's tentative claim never dislodges a running server; the newcomer sees this
+        # server in the graph and moves on.
+        if (msg.held and msg.name == self.get_name() and msg.token != self.token and msg.token < self.token
+                and not self.layers and not self.jobs):
             self.conflict = True
 
     # ------------------------------------------------------------------ services
