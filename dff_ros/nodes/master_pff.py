@@ -139,7 +139,7 @@ class ParameterRun:
                 res = master.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=m.name))
                 if not res.success:
                     raise self.RunError(f"{server} could not save weights: {res.message}")
-                paths[server] = [x for x in res.paths]
+                paths[server] = list(res.paths)
         finally:
             if not p.keep_layers:
                 master.delete(nodes)
@@ -192,8 +192,7 @@ class ParameterRun:
     def plot(self, summary: dict, path: Path) -> Path | None:
         from dff_ros.plots import timeline_png
 
-        tasks = [{**x, "start": x["start"], "end": x["end"]} for x in summary["timeline"]]
-        return timeline_png(tasks, path, nodes=summary["nodes"], part_names=self.names,
+        return timeline_png(summary["timeline"], path, nodes=summary["nodes"], part_names=self.names,
                             title=f"{self.model.name}: PFF {summary['pff_variant']}, {len(summary['nodes'])} nodes, "
                                   f"{summary['train_seconds']:.0f} s, utilisation {summary['utilisation']:.0%}")
 
