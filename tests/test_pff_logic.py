@@ -30,7 +30,8 @@ def test_plan_assigns_tasks_like_the_paper():
     every = PFFPlan("all_layers", 2, 3, head=True)
     assert every.parts_for(0, 0) == [0, 1, 2, 3] and every.parts_for(1, 0) == []
     assert every.parts_for(1, 3) == [0, 1, 2, 3] and every.passes_optimizer
-    assert every.last_chapter_of(0, 2, splits=5) == 4 and every.last_chapter_of(1, 2, splits=5) == 3
+    assert every.trained_by(1, splits=5) == [0, 1, 2, 3] and every.received_by(1, splits=5) == [0, 1, 2, 3]
+    assert single.trained_by(2, splits=5) == [2, 3] and single.received_by(2, splits=5) == [0, 1]
     assert not PFFPlan("all_layers", 1, 2, head=False).passes_optimizer
     with pytest.raises(ValueError, match="a node for each"):
         PFFPlan("single_layer", 2, 3, head=False, layer_nodes=(0, 1))

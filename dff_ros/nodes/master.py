@@ -29,7 +29,7 @@ from dff_ros.data.datasets import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerStatus, TrainingBatch
 from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC, default_weights_dir,
                                   head_weights_file, layer_topics, path_token)
-from dff_ros.nodes.master_pff import ParameterRun, plot_path
+from dff_ros.nodes.master_pff import ParameterRun, plot_timeline
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.driver import PipelineDriver, check_supported
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(summary, indent=2, default=str))
         if summary.get("timeline"):
             try:
-                png = ParameterRun(node, RunError).plot(summary, plot_path(pipeline.summary_dir, model.name, node.run_id))
+                png = plot_timeline(summary, model, pipeline.summary_dir)
                 print(f"[master] timeline: {png}", flush=True)
             except ImportError as e:
                 print(f"[master] no timeline plot ({e}); pip install matplotlib", flush=True)

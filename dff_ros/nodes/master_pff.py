@@ -189,13 +189,11 @@ class ParameterRun:
         t = self.model.train
         return t.train_subset or len(self.master.data["train_labels"])
 
-    def plot(self, summary: dict, path: Path) -> Path | None:
-        from dff_ros.plots import timeline_png
+def plot_timeline(summary: dict, config, summary_dir: str) -> Path:
+    """The run's task timeline as <summary_dir>/<model>-<run>-timeline.png."""
+    from dff_ros.plots import timeline_png
 
-        return timeline_png(summary["timeline"], path, nodes=summary["nodes"], part_names=self.names,
-                            title=f"{self.model.name}: PFF {summary['pff_variant']}, {len(summary['nodes'])} nodes, "
-                                  f"{summary['train_seconds']:.0f} s, utilisation {summary['utilisation']:.0%}")
-
-
-def plot_path(summary_dir: str, model: str, run_id: str) -> Path:
-    return Path(summary_dir) / f"{path_token(model)}-{run_id}-timeline.png"
+    path = Path(summary_dir) / f"{path_token(config.name)}-{summary['run_id']}-timeline.png"
+    return timeline_png(summary["timeline"], path, nodes=summary["nodes"], part_names=part_names(config),
+                        title=f"{config.name}: PFF {summary['pff_variant']}, {len(summary['nodes'])} nodes, "
+                              f"{summary['train_seconds']:.0f} s, utilisation {summary['utilisation']:.0%}")

@@ -30,9 +30,8 @@ class PFFJob:
         self.store = ParameterStore(publish=self._publish, names=self.names)
         self.worker = PFFWorker(config, images, labels, plan, index, self.store, wait_seconds=wait_seconds,
                                 on_batch=self._on_batch)
-        splits = config.train.splits
-        self.trains = [p for p in range(plan.parts) if any(plan.trainer(p, j) == index for j in range(splits))]
-        self.receives = [p for p in range(plan.parts) if any(plan.trainer(p, j) != index for j in range(splits))]
+        self.trains = plan.trained_by(index, config.train.splits)
+        self.receives = plan.received_by(index, config.train.splits)
         self.publishers: dict[int, object] = {}
         self.subscriptions: list = []
         self.bytes_in = self.bytes_out = self.dropped = 0

@@ -57,11 +57,13 @@ class PFFPlan:
     def parts_for(self, node: int, chapter: int) -> list[int]:
         return [p for p in range(self.parts) if self.trainer(p, chapter) == node]
 
-    def last_chapter_of(self, node: int, part: int, splits: int) -> int | None:
-        """The last chapter in which ``node`` trains ``part`` (it then holds the final version)."""
-        mine = [j for j in range(splits) if self.trainer(part, j) == node]
-        return mine[-1] if mine else None
+    def trained_by(self, node: int, splits: int) -> list[int]:
+        """Parts ``node`` trains in some chapter (it publishes their versions)."""
+        return [p for p in range(self.parts) if any(self.trainer(p, j) == node for j in range(splits))]
 
+    def received_by(self, node: int, splits: int) -> list[int]:
+        """Parts some other node trains in some chapter (``node`` listens for their versions)."""
+        return [p for p in range(self.parts) if any(self.trainer(p, j) != node for j in range(splits))]
 
 def shard_indices(rows: int, node: int, nodes: int, seed: int) -> torch.Tensor:
     """Federated PFF: node ``node``'s rows of the training set. Shards are disjoint, cover every
