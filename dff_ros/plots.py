@@ -13,10 +13,12 @@ def _pyplot():
 
 def timeline_png(tasks: list[dict], path, *, title: str, nodes: list[str], part_names: dict[int, str]) -> Path:
     """Gantt chart of trained tasks (PFF paper figures 4-6): one row per node, one bar per
-    (part, chapter), coloured by part and labelled with the chapter; gaps are waiting."""
+    (part, chapter), coloured by part and labelled with the chapter; gaps are waiting.
+    Adaptive-negative scoring shows as a task of the pseudo-part "negative labels", labelled
+    with the chapter the labels are for."""
     plt = _pyplot()
     t0 = min(t["start"] for t in tasks)
-    parts = sorted(part_names)
+    parts = sorted({t["part"] for t in tasks})
     colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(11, 1.0 + 0.7 * len(nodes)))
     for t in tasks:

@@ -51,8 +51,12 @@ def test_negative_strategies_refresh_as_specified(strategy):
     labels = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(1))
     scores = torch.rand(500, 10, generator=torch.Generator().manual_seed(2))
     neg = NegativeLabels(strategy, labels, 10, seed=3)
-    first = neg.for_chapter(0, lambda: scores).clone()
-    second = neg.for_chapter(1, lambda: scores).clone()
+    first = neg.for_chapter(0).clone()
+    assert neg.scores_after(0, splits=2) == (strategy == "adaptive")
+    assert not neg.scores_after(1, splits=2)
+    if strategy == "adaptive":
+        assert neg.score(0, scores) == 1
+    second = neg.for_chapter(1).clone()
     for n in (first, second):
         assert not (n == labels).any()
     if strategy == "fixed":
@@ -60,7 +64,27 @@ def test_negative_strategies_refresh_as_specified(strategy):
     elif strategy == "random":
         assert not torch.equal(first, second)
     else:
+        assert torch.equal(first, NegativeLabels("random", labels, 10, seed=3).for_chapter(0))
         assert torch.equal(second, hardest_wrong_labels(scores, labels))
+
+
+def test_adaptive_negatives_with_a_lag_use_the_network_lag_chapters_back():
+    labels = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(1))
+    rnd = NegativeLabels("random", labels, 10, seed=3)
+    neg = NegativeLabels("adaptive", labels, 10, seed=3, lag=2)
+    scores = [torch.rand(300, 10, generator=torch.Generator().manual_seed(10 + j)) for j in range(3)]
+    # chapters 0 and 1 come before any scored network: the random draws of those chapters
+    assert [neg.scored_from(j) for j in range(4)] == [None, None, 0, 1]
+    assert torch.equal(neg.for_chapter(0), rnd.for_chapter(0))
+    assert neg.score(0, scores[0]) == 2
+    assert torch.equal(neg.for_chapter(1), rnd.for_chapter(1))
+    assert neg.score(1, scores[1]) == 3
+    assert torch.equal(neg.for_chapter(2), hardest_wrong_labels(scores[0], labels))
+    assert torch.equal(neg.for_chapter(3), hardest_wrong_labels(scores[1], labels))
+    with pytest.raises(KeyError, match="chapter 4 were never scored .after chapter 2"):
+        neg.for_chapter(4)
+    with pytest.raises(ValueError, match="lag"):
+        NegativeLabels("adaptive", labels, 10, seed=3, lag=0)
 
 
 def test_chapters_split_epochs_evenly():

@@ -10,7 +10,7 @@ from dff_ros.ff.classifiers import accuracy
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
 from dff_ros.ff.trainer import ReferenceTrainer
-from dff_ros.pff.plan import PFFPlan, shard_indices
+from dff_ros.pff.plan import NEGATIVES, PFFPlan, shard_indices
 from dff_ros.pff.state import load_part_state, part_state
 from dff_ros.pff.store import ParameterStore, Parameters, ParametersTimeout
 from dff_ros.pff.worker import PFFWorker, check_pff_supported, network_from_parts
@@ -39,6 +39,25 @@ def test_plan_assigns_tasks_like_the_paper():
         PFFPlan("single_layer", 2, 2, head=False, layer_nodes=(0, 2))
     with pytest.raises(ValueError, match="unknown PFF variant"):
         PFFPlan("ring", 2, 2, head=False)
+
+
+def test_plan_routes_adaptive_negatives():
+    adaptive = config(layers=3, negatives="adaptive")
+    # default lag N: All-Layers nodes score their own next chapter; nothing crosses nodes
+    every = PFFPlan.for_model(adaptive, "all_layers", 2)
+    assert every.negatives_lag == 2 and every.negatives_scorer(3) == 1 and every.negatives_users(5) == {1}
+    assert NEGATIVES not in every.trained_by(0, splits=6) + every.received_by(0, splits=6)
+    # Single-Layer: the last layer's node scores and publishes; the others listen
+    single = PFFPlan.for_model(adaptive, "single_layer", 3, (0, 1, 2))
+    assert single.negatives_lag == 3 and single.negatives_scorer(0) == 2
+    assert [NEGATIVES in single.trained_by(n, splits=6) for n in range(3)] == [False, False, True]
+    assert [NEGATIVES in single.received_by(n, splits=6) for n in range(3)] == [True, True, False]
+    assert NEGATIVES not in single.trained_by(2, splits=3)   # no chapter is 3 after another one
+    lag1 = PFFPlan.for_model(config(layers=3, negatives="adaptive", negatives_lag=1), "all_layers", 2)
+    assert NEGATIVES in lag1.trained_by(0, splits=6) and NEGATIVES in lag1.received_by(0, splits=6)
+    assert PFFPlan.for_model(config(), "all_layers", 2).negatives_lag == 0     # random negatives
+    with pytest.raises(ValueError, match="test: .*multiple of the node count 2"):
+        PFFPlan.for_model(config(negatives="adaptive", negatives_lag=3), "federated", 2)
 
 
 def test_federated_shards_are_disjoint_and_cover_the_data():
@@ -143,8 +162,6 @@ def run_workers(cfg, data, plan, federated=False):
 
 
 def test_pff_checks_what_it_supports():
-    with pytest.raises(ValueError, match="train.negatives: adaptive"):
-        check_pff_supported(config(negatives="adaptive"))
     with pytest.raises(ValueError, match="train.schedule"):
         check_pff_supported(config(schedule="stream"))
 
@@ -165,13 +182,34 @@ def test_pff_variants_reproduce_the_sequential_run(mnist, plan):
     for c in ("goodness", "softmax"):
         assert accuracy(net, ref.test_x, ref.test_y, c) == pytest.approx(ref.evaluate()[c], abs=0.002)
     # schedule order: task (p, j) ran on version j of p and version >= j+1 of every layer below it
-    tasks = [e for w in workers for e in w.timeline]
+    tasks = [e for w in workers for e in w.timeline if e["part"] != NEGATIVES]
     assert len(tasks) == plan.parts * cfg.train.splits
     for e in tasks:
         assert all(v >= e["chapter"] + 1 for v in e["inputs"].values()), e
     if plan.variant == "all_layers":  # N chapters in flight: the nodes overlapped
         spans = sorted((e["start"], e["end"]) for e in tasks)
         assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize("variant,nodes,layer_nodes,lag", [
+    ("all_layers", 2, (), None),          # each node scores its own next chapter (lag 2)
+    ("single_layer", 2, (0, 1, 1), None),  # node 1 scores, node 0 waits for its labels (lag 2)
+    ("single_layer", 2, (0, 1, 1), 1),     # the sequential choice: the pipeline runs serially
+], ids=["all2", "single2", "single2-lag1"])
+def test_pff_adaptive_negatives_reproduce_the_sequential_run_with_the_same_lag(mnist, variant, nodes,
+                                                                                layer_nodes, lag):
+    cfg = config(negatives="adaptive", negatives_lag=lag)
+    plan = PFFPlan.for_model(cfg, variant, nodes, layer_nodes)
+    ref_cfg = config(negatives="adaptive", negatives_lag=plan.negatives_lag)
+    ref = ReferenceTrainer(ref_cfg, mnist, progress=False)
+    ref.fit()
+    net, workers = run_workers(cfg, mnist, plan)
+    for mine, theirs in zip(net.state_dict().values(), ref.net.state_dict().values()):
+        assert torch.allclose(mine, theirs, atol=1e-5), "same negatives from the same network"
+    scored = sorted(e["chapter"] for w in workers for e in w.timeline if e["part"] == NEGATIVES)
+    assert scored == list(range(plan.negatives_lag, cfg.train.splits))
+    assert all(e["node"] == plan.negatives_scorer(e["chapter"] - plan.negatives_lag)
+               for w in workers for e in w.timeline if e["part"] == NEGATIVES)
 
 
 def test_federated_and_pon(mnist):

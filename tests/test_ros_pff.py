@@ -51,10 +51,45 @@ def test_all_layers_on_two_servers_reproduces_the_sequential_run(env, tmp_path, 
     saved = sorted(p.name.split("-")[0] for p in (tmp_path / "weights" / "pipe_test").glob("*.pt"))
     assert saved == ["head", "layer0", "layer1"]                 # by server_2, which trained chapter 4
 
+    # train: false: the nodes publish the final versions they saved; the master tests them again
+    again, _ = run_launcher(env, tmp_path, pipeline, "--set", "train=false", name="restored")
+    assert again["trained"] is False and again["accuracy"] == summary["accuracy"], (again, summary["accuracy"])
+    assert set(again["restored_from"]) == {"layer 0", "layer 1", "softmax head"}
+    # nothing saved anywhere: a message saying what is missing, and a non-zero exit
+    from rosutil import Proc
+    proc = Proc(["-m", "dff_ros.launcher", "--pipeline", str(pipeline), "--no-progress", "--set", "train=false",
+                 "--set", f"weights_dir={tmp_path / 'empty'}"], env, tmp_path / "missing.log")
+    try:
+        rc = proc.p.wait(120)
+    finally:
+        proc.stop()
+    assert rc != 0 and "none of server_1, server_2 has layer 0, layer 1, softmax head" in proc.output(), proc.output()
+
+
+def test_single_layer_adaptive_negatives_cross_nodes(env, tmp_path, data_root, mnist):
+    """server_2 (last layer) scores each chapter's negatives 2 chapters ahead with the network it
+    holds and publishes them; server_1 waits for them: the sequential run with lag 2."""
+    from dff_ros.ff.trainer import ReferenceTrainer
+
+    pipeline = write_pipeline(tmp_path, data_root, pipeline={"transport": "parameters", "pff_variant": "single_layer"},
+                              negatives="adaptive", **SMALL)
+    summary, _ = run_launcher(env, tmp_path, pipeline)
+    assert summary["negatives_lag"] == 2 and summary["layer_nodes"] == [0, 1]
+    ref_cfg = load_model_config(tmp_path / "model.yaml", overrides={"negatives_lag": 2})
+    ref = ReferenceTrainer(ref_cfg, mnist, progress=False).fit()["accuracy"]
+    for k in ("goodness", "softmax"):
+        assert abs(summary["accuracy"][k] - ref[k]) <= 0.005, (summary["accuracy"], ref)
+    scored = [t for t in summary["timeline"] if t["part"] == -1]
+    assert sorted(t["chapter"] for t in scored) == [2, 3] and {t["server"] for t in scored} == {"server_2"}
+    # two chapters of 3000 one-byte labels crossed, plus message overhead
+    assert 6000 < summary["bytes_per_topic"]["/dff/pipe_test/negatives"] < 7000, summary["bytes_per_topic"]
+    check_schedule_order(summary)
+
 
 def test_federated_publishes_parameters_only(env, tmp_path, data_root):
+    # adaptive negatives too: each node scores its own shard, so no labels are published
     pipeline = write_pipeline(tmp_path, data_root, pipeline={"transport": "parameters", "pff_variant": "federated"},
-                              **{**SMALL, "epochs": 8, "splits": 8})
+                              negatives="adaptive", **{**SMALL, "epochs": 8, "splits": 8})
     client = Client(env)
     try:
         from rosutil import Proc
@@ -71,6 +106,7 @@ def test_federated_publishes_parameters_only(env, tmp_path, data_root):
         client.close()
     dff_topics = {n: t for n, t in seen.items() if n.startswith("/dff/")}
     assert any(n.endswith("/params/layer_0") for n in dff_topics), dff_topics
+    assert not any(n.endswith("/negatives") for n in dff_topics), dff_topics
     types = set().union(*dff_topics.values())
     assert types <= {"dff_ros/msg/LayerParameters", "dff_ros/msg/LayerStatus", "dff_ros/msg/ServerClaim"}, types
 

@@ -77,6 +77,9 @@ class TrainConfig:
     goodness: str = "sum"            # sum | mean of squared activities
     peer_normalization: float = 0.03  # weight of the peer-normalisation loss (0 = off)
     negatives: str = "random"        # adaptive | random | fixed
+    # adaptive: score chapter j's negatives with the network after chapter j - lag; null: 1 in
+    # one process, N (the node count) in PFF, so no node waits for another's network
+    negatives_lag: int | None = None
     classifiers: tuple = ("goodness", "softmax")
     schedule: str = "chapters"       # chapters: layer by layer (PFF); stream: each batch through all layers (DFF)
     seed: int = 0
@@ -258,6 +261,8 @@ def validate_train(raw: Any, source: str) -> TrainConfig:
                f"must be a positive number, got {values[name]!r}")
     _check(values["threshold"] is None or is_num(values["threshold"]), source, k("threshold"),
            f"must be a number or null (= layer width for sum goodness), got {values['threshold']!r}")
+    _check(values["negatives_lag"] is None or (is_int(values["negatives_lag"]) and values["negatives_lag"] > 0),
+           source, k("negatives_lag"), f"must be a positive integer or null (auto), got {values['negatives_lag']!r}")
     _check(is_num(values["peer_normalization"]) and values["peer_normalization"] >= 0, source,
            k("peer_normalization"), f"must be a number >= 0, got {values['peer_normalization']!r}")
     _check(isinstance(values["cooldown"], bool), source, k("cooldown"), "must be true or false")

@@ -1,8 +1,6 @@
 """Negative labels: AdaptiveNEG, RandomNEG, FixedNEG (PFF section 5). Never the true label."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 
@@ -22,26 +20,48 @@ def hardest_wrong_labels(scores: torch.Tensor, labels: torch.Tensor) -> torch.Te
 class NegativeLabels:
     """Negative label per training sample, refreshed at chapter boundaries as the strategy says.
 
-    adaptive: hardest wrong label under the current network, recomputed per chapter
-              (the first chapter uses random ones: an untrained network rates nothing);
+    adaptive: hardest wrong label under the network as it was ``lag`` chapters before: the
+              labels for chapter j are scored right after chapter j - lag (``score``). lag 1 is
+              Hinton's and the sequential PFF's; a distributed node uses the network it holds
+              itself (All-Layers: the one it finished N chapters ago), so it waits for no one.
+              Chapters before the first scored one use random labels (an untrained network
+              rates nothing);
     random:   a random wrong label, redrawn per chapter;
     fixed:    a random wrong label drawn once.
     Random draws depend only on (seed, chapter), so every node of a distributed run that
     starts at chapter j draws the labels the sequential run uses there.
     """
 
-    def __init__(self, strategy: str, labels: torch.Tensor, num_classes: int, seed: int):
+    def __init__(self, strategy: str, labels: torch.Tensor, num_classes: int, seed: int, *, lag: int = 1):
         if strategy not in ("adaptive", "random", "fixed"):
             raise ValueError(f"unknown negative strategy {strategy!r}")
-        self.strategy, self.labels, self.num_classes, self.seed = strategy, labels, num_classes, seed
+        if lag < 1:
+            raise ValueError(f"adaptive negatives lag must be >= 1, got {lag}")
+        self.strategy, self.labels, self.num_classes, self.seed, self.lag = strategy, labels, num_classes, seed, lag
         self.current: torch.Tensor | None = None
+        self.scored: dict[int, torch.Tensor] = {}    # chapter -> adaptive labels for it
 
-    def for_chapter(self, chapter: int, scores_fn: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-        """Labels for this chapter; ``scores_fn`` gives [N, C] goodness scores (adaptive only)."""
-        if self.strategy == "adaptive" and chapter > 0:
-            if scores_fn is None:
-                raise ValueError("adaptive negatives need the network's goodness scores")
-            self.current = hardest_wrong_labels(scores_fn(), self.labels)
+    def scored_from(self, chapter: int) -> int | None:
+        """The chapter after which chapter ``chapter``'s labels are scored (None: not scored)."""
+        return chapter - self.lag if self.strategy == "adaptive" and chapter >= self.lag else None
+
+    def scores_after(self, chapter: int, splits: int) -> bool:
+        """Whether some chapter's labels are scored with the network after ``chapter``."""
+        return self.strategy == "adaptive" and chapter + self.lag < splits
+
+    def score(self, after_chapter: int, scores: torch.Tensor) -> int:
+        """Adaptive: keep the labels ``scores`` [N, C] (the network after ``after_chapter``)
+        give for chapter after_chapter + lag; returns that chapter."""
+        target = after_chapter + self.lag
+        self.scored[target] = hardest_wrong_labels(scores, self.labels)
+        return target
+
+    def for_chapter(self, chapter: int) -> torch.Tensor:
+        if self.scored_from(chapter) is not None:
+            if chapter not in self.scored:
+                raise KeyError(f"adaptive negatives for chapter {chapter} were never scored "
+                               f"(after chapter {chapter - self.lag})")
+            self.current = self.scored.pop(chapter)
         elif self.current is None or self.strategy != "fixed":
             draw = 0 if self.strategy == "fixed" else chapter
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + draw)

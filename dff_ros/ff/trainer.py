@@ -44,8 +44,8 @@ class ReferenceTrainer:
         self.net = FFNetwork.from_config(config)
         self.learners, self.head_learner = self.net.make_learners(t)
         self.num_classes = config.num_classes
-        self.negatives = (NegativeLabels(t.negatives, self.train_y, self.num_classes, t.seed + 1)
-                          if t.algorithm == "ff" else None)
+        self.negatives = (NegativeLabels(t.negatives, self.train_y, self.num_classes, t.seed + 1,
+                                         lag=t.negatives_lag or 1) if t.algorithm == "ff" else None)
         self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
         self.generator = torch.Generator().manual_seed(t.seed)
         n_layers = len(self.learners)
@@ -61,13 +61,14 @@ class ReferenceTrainer:
         curve = []
         for chapter in chapters(t.epochs, t.splits):
             t0 = time.perf_counter()
-            neg = self._chapter_negatives(chapter.index)
-            t1 = time.perf_counter()
+            neg = self.negatives.for_chapter(chapter.index) if self.negatives is not None else None
             if t.schedule == "stream":
                 self._stream_chapter(chapter, neg)
             else:
                 self._layerwise_chapter(chapter, neg)
-            neg_seconds += t1 - t0
+            t1 = time.perf_counter()
+            self._score_negatives(chapter.index)
+            neg_seconds += time.perf_counter() - t1
             train_seconds += time.perf_counter() - t0
             if self.eval_every and (chapter.index + 1) % self.eval_every == 0 and chapter.index + 1 < t.splits:
                 curve.append({"epoch": chapter.epochs[-1], "train_seconds": round(train_seconds, 1),
@@ -92,11 +93,11 @@ class ReferenceTrainer:
             "curve": curve,
         }
 
-    def _chapter_negatives(self, chapter: int) -> torch.Tensor | None:
-        if self.negatives is None:
-            return None
-        return self.negatives.for_chapter(
-            chapter, lambda: goodness_scores(self.net, self.train_x, self.t.goodness, self.t.eval_batch_size))
+    def _score_negatives(self, chapter: int) -> None:
+        """Adaptive: score the negatives a later chapter will use with the network as it is now."""
+        neg = self.negatives
+        if neg is not None and neg.scores_after(chapter, self.t.splits):
+            neg.score(chapter, goodness_scores(self.net, self.train_x, self.t.goodness, self.t.eval_batch_size))
 
     def _set_epoch(self, epoch: int) -> None:
         for learner in [*self.learners, self.head_learner]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from dff_ros.pff.plan import NEGATIVES
+
 LAYER_WEIGHTS_FORMAT = "dff_ros.layer/1"   # one layer, saved by the server hosting or training it
 HEAD_WEIGHTS_FORMAT = "dff_ros.head/1"     # a softmax head
 SERVER_NAME = re.compile(r"^server_(\d+)$")
@@ -52,7 +54,10 @@ def layer_topics(model: str, index: int, last_index: int) -> dict[str, str]:
 
 
 def params_topic(model: str, part: int, num_layers: int) -> str:
-    """Where versions of one part go: /dff/<model>/params/layer_<i>, or .../head (part L)."""
+    """Where versions of one part go: /dff/<model>/params/layer_<i>, or .../head (part L), and
+    adaptive negative labels (part NEGATIVES) /dff/<model>/negatives."""
+    if part == NEGATIVES:
+        return f"/dff/{topic_token(model)}/negatives"
     return f"/dff/{topic_token(model)}/params/" + ("head" if part == num_layers else f"layer_{part}")
 
 

@@ -14,7 +14,7 @@ from dff_ros.config.pipeline import plan_layers
 from dff_ros.ff.classifiers import accuracy
 from dff_ros.msg import LayerParameters
 from dff_ros.nodes.common import params_qos, params_topic, path_token
-from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.plan import NEGATIVES, PFFPlan
 from dff_ros.pff.store import Parameters
 from dff_ros.pff.worker import network_from_parts, part_names
 from dff_ros.pipeline.chunks import ChunkError
@@ -35,6 +35,8 @@ class ParameterRun:
         self.latest: dict[int, Parameters] = {}
         self.bytes: dict[str, int] = {}          # serialized bytes per params topic
         self.tasks: list[dict] = []
+        self.scoring: list[dict] = []            # adaptive negatives scored (node, start, end)
+        self.restored: dict[tuple[int, int], Parameters] = {}   # train: false: (node, part) -> saved version
         self.dropped = 0
         self.cond = threading.Condition()
         self.last_news = time.monotonic()
@@ -45,20 +47,23 @@ class ParameterRun:
         if p.pff_variant == "single_layer":
             per_layer = plan_layers(self.L, servers, p.placement, p.source)
             nodes = sorted(set(per_layer), key=per_layer.index)
-            return PFFPlan("single_layer", len(nodes), self.L, self.head,
-                           tuple(nodes.index(s) for s in per_layer)), nodes
+            return PFFPlan.for_model(self.model, "single_layer", len(nodes),
+                                     tuple(nodes.index(s) for s in per_layer)), nodes
         nodes = sorted(servers, key=lambda s: (len(s), s))[:p.servers]
-        return PFFPlan(p.pff_variant, len(nodes), self.L, self.head), nodes
+        return PFFPlan.for_model(self.model, p.pff_variant, len(nodes)), nodes
 
-    def subscribe(self) -> None:
+    def subscribe(self, plan: PFFPlan) -> None:
         qos = params_qos(self.p.param_history)
-        for part in range(self.parts):
+        # published negative labels: only counted (bytes on the wire)
+        routed = any(NEGATIVES in plan.trained_by(n, self.model.train.splits) for n in range(plan.nodes))
+        for part in [NEGATIVES] * routed + list(range(self.parts)):
             topic = params_topic(self.model.name, part, self.L)
             self.bytes[topic] = 0
             self.master.create_subscription(LayerParameters, topic,
                                             lambda msg, part=part, topic=topic: self._on_params(part, topic, msg), qos)
 
-    def create(self, plan: PFFPlan, nodes: list[str]) -> None:
+    def create(self, plan: PFFPlan, nodes: list[str], *, evaluate_only: bool = False) -> dict[str, list[int]]:
+        """Give every node its share; returns the parts each node restored (evaluate_only)."""
         m, p = self.model, self.p
         train = m.to_dict()["train"]
         no_topics = dict.fromkeys(("train_input", "train_output", "infer_input", "infer_output"), "")
@@ -68,13 +73,17 @@ class ParameterRun:
                 run_id=self.master.run_id, model=m.name, num_classes=m.num_classes, restore_weights=False,
                 train=to_parameters(train), transport="parameters", pff_variant=plan.variant, node_index=index,
                 num_nodes=plan.nodes, layer_nodes=list(plan.layer_nodes), dataset=m.dataset.name,
-                data_root=p.data_root or m.dataset.root or "", param_history=p.param_history)
+                data_root=p.data_root or m.dataset.root or "", param_history=p.param_history,
+                evaluate_only=evaluate_only)
             req.layers = [spec_to_msg(s, no_topics, s.index == self.L - 1) for s in m.layers]
             calls.append((f"/{server}/create_layers", req))
+        restored = {}
         for server, res in zip(nodes, self.master.call_all(CreateLayers, calls)):
             if not res.success:
                 raise self.RunError(f"{server} refused its PFF share: {res.message}")
             self.master.log(f"{server}: {res.message}")
+            restored[server] = [p for p, r in enumerate(res.weights_restored) if r]
+        return restored
 
     # ------------------------------------------------------------------ following the run
     def _on_params(self, part: int, topic: str, msg) -> None:
@@ -90,10 +99,21 @@ class ParameterRun:
             return
         with self.cond:
             self.bytes[topic] += size
+            if part == NEGATIVES:
+                return
+            meta = params.meta
+            if meta.get("restored"):   # train: false; a part's saved final version
+                self.restored[(int(meta["node"]), part)] = params
+                self.last_news = time.monotonic()
+                self.cond.notify_all()
+                return
+            if "negatives_start" in meta:  # the node scored adaptive negatives before this task
+                self.scoring.append({"node": meta["node"], "part": NEGATIVES, "chapter": int(meta["negatives_for"]),
+                                     "start": meta["negatives_start"], "end": meta["negatives_end"], "inputs": {}})
             if part not in self.latest or params.version > self.latest[part].version:
                 self.latest[part] = params
-            self.tasks.append({**{k: v for k, v in params.meta.items() if k != "inputs"}, "part": part,
-                               "inputs": params.meta["inputs"], "bytes": size})
+            self.tasks.append({**{k: v for k, v in meta.items() if k != "inputs" and not k.startswith("negatives_")},
+                               "part": part, "inputs": meta["inputs"], "bytes": size})
             self.last_news = time.monotonic()
             self.cond.notify_all()
 
@@ -120,11 +140,49 @@ class ParameterRun:
                     raise self.RunError(f"no parameters for {quiet:.0f} s while waiting for {', '.join(missing)} "
                                         f"(are {', '.join(nodes)} still running? see /dff/status)")
 
+    def gather_saved(self, plan: PFFPlan, nodes: list[str]) -> dict:
+        """train: false. Every node publishes the final versions saved on it; each part is taken
+        from the node that saved it last."""
+        restored = self.create(plan, nodes, evaluate_only=True)
+        missing = [self.names[p] for p in range(self.parts) if not any(p in r for r in restored.values())]
+        if missing:
+            raise self.RunError(f"train: false needs saved weights of every part; none of {', '.join(nodes)} has "
+                                f"{', '.join(missing)} for this model spec in its weights dir "
+                                f"(run once with train: true)")
+        expected = {(nodes.index(s), part) for s, parts in restored.items() for part in parts}
+        with self.cond:
+            while not expected <= set(self.restored):
+                self.cond.wait(1.0)
+                if time.monotonic() - self.last_news > self.p.stall_seconds:
+                    raise self.RunError(f"saved parameters did not arrive from "
+                                        f"{sorted({nodes[n] for n, _ in expected - set(self.restored)})}")
+            for part in range(self.parts):
+                newest = max((v for (_, p), v in self.restored.items() if p == part),
+                             key=lambda v: v.meta["saved_at"])
+                self.latest[part] = newest
+        return {part: nodes[int(v.meta["node"])] for part, v in self.latest.items()}
+
     # ------------------------------------------------------------------ the run
     def run(self, servers: list[str], data: dict) -> dict:
         m, p, master = self.model, self.p, self.master
-        plan, nodes = self.plan(servers)
-        self.subscribe()
+        try:
+            plan, nodes = self.plan(servers)
+        except ValueError as e:
+            raise self.RunError(str(e)) from None
+        self.subscribe(plan)
+        if not p.train:
+            try:
+                sources = self.gather_saved(plan, nodes)
+                result = self.evaluate(data)
+            finally:
+                if not p.keep_layers:
+                    master.delete(nodes)
+            return {"run_id": master.run_id, "model": m.name, "mode": "pff", "transport": "parameters",
+                    "pff_variant": plan.variant, "nodes": nodes, "trained": False, "weights_restored": True,
+                    "restored_from": {self.names[part]: server for part, server in sorted(sources.items())},
+                    "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
+                    "test_samples": result["test_samples"], "weights": {}, "config": m.to_dict(),
+                    "pipeline": {k: v for k, v in vars(p).items()}}
         master.log(f"PFF {plan.variant}: {len(nodes)} node(s) {', '.join(nodes)}; "
                    + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
         start = time.perf_counter()
@@ -172,17 +230,17 @@ class ParameterRun:
         timeline = sorted(({"node": int(x["node"]), "server": nodes[int(x["node"])], "part": x["part"],
                             "chapter": int(x["chapter"]), "start": round(x["start"] - t0, 3),
                             "end": round(x["end"] - t0, 3), "wait": x.get("wait"), "inputs": x["inputs"]}
-                           for x in self.tasks), key=lambda x: (x["start"], x["node"]))
+                           for x in self.tasks + self.scoring), key=lambda x: (x["start"], x["node"]))
         return {
             "run_id": self.master.run_id, "model": m.name, "mode": "pff", "transport": "parameters",
-            "pff_variant": plan.variant, "nodes": nodes, "layer_nodes": list(plan.layer_nodes),
+            "pff_variant": plan.variant, "nodes": nodes, "layer_nodes": list(plan.layer_nodes), "trained": True,
             "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
             "train_seconds": round(train_seconds, 2),
             "samples_per_second": round(self._samples() * t.epochs / train_seconds, 1),
             "bytes_published": total_bytes, "bytes_per_epoch": round(total_bytes / t.epochs),
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
             "per_node": per_node, "timeline": timeline, "dropped": self.dropped, "weights": paths,
-            "optimizer_state_passed": plan.passes_optimizer, "test_samples": result["test_samples"],
+            "optimizer_state_passed": plan.passes_optimizer, "negatives_lag": plan.negatives_lag, "test_samples": result["test_samples"],
             "config": m.to_dict(), "pipeline": {k: v for k, v in vars(self.p).items()}}
 
     def _samples(self) -> int:

@@ -8,11 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-from dff_ros.checkpoint import save_atomic
+import torch
+
+from dff_ros.checkpoint import load_weights, save_atomic
 from dff_ros.msg import LayerInfo, LayerParameters, LayerStatus
 from dff_ros.nodes.common import (HEAD_WEIGHTS_FORMAT, LAYER_WEIGHTS_FORMAT, head_weights_file, params_qos,
                                   params_topic, path_token)
-from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.plan import NEGATIVES, PFFPlan
+from dff_ros.pff.state import part_state
 from dff_ros.pff.store import ParameterStore, Parameters, ParametersTimeout
 from dff_ros.pff.worker import PFFWorker, WorkerStopped, part_names
 from dff_ros.pipeline.chunks import ChunkError
@@ -22,7 +25,9 @@ from dff_ros.transport.tensors import nbytes
 
 class PFFJob:
     def __init__(self, node, *, run_id: str, config, plan: PFFPlan, index: int, images, labels,
-                 hashes: dict[int, str], history: int, wait_seconds: float):
+                 hashes: dict[int, str], history: int, wait_seconds: float, evaluate_only: bool = False):
+        """``evaluate_only``: train nothing; publish the final versions of the parts saved on
+        this node (``restored``) for the master to assemble and test."""
         self.node, self.run_id, self.config, self.plan, self.index = node, run_id, config, plan, index
         self.model = config.name
         self.hashes, self.history = hashes, history
@@ -30,8 +35,10 @@ class PFFJob:
         self.store = ParameterStore(publish=self._publish, names=self.names)
         self.worker = PFFWorker(config, images, labels, plan, index, self.store, wait_seconds=wait_seconds,
                                 on_batch=self._on_batch)
-        self.trains = plan.trained_by(index, config.train.splits)
-        self.receives = plan.received_by(index, config.train.splits)
+        self.evaluate_only = evaluate_only
+        self.restored = self.restore() if evaluate_only else {}     # part -> when it was saved
+        self.trains = sorted(self.restored) if evaluate_only else plan.trained_by(index, config.train.splits)
+        self.receives = [] if evaluate_only else plan.received_by(index, config.train.splits)
         self.publishers: dict[int, object] = {}
         self.subscriptions: list = []
         self.bytes_in = self.bytes_out = self.dropped = 0
@@ -53,7 +60,8 @@ class PFFJob:
             self.subscriptions.append(n.create_subscription(LayerParameters, params_topic(self.model, p, L),
                                                             lambda m, p=p: self._receive(p, m), qos))
         self.started = time.perf_counter()
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"pff-{self.model}")
+        run = self._publish_restored if self.evaluate_only else self._run
+        self.thread = threading.Thread(target=run, daemon=True, name=f"pff-{self.model}")
         self.thread.start()
 
     def stop(self, why: str) -> None:
@@ -79,6 +87,16 @@ class PFFJob:
         except Exception as e:  # a bug must not take the server down; the master hears of it
             self.phase, self.message = "error", f"{type(e).__name__}: {e}"
             log.error(f"PFF {self.model}: {self.message}")
+        self.node.publish_status(self.status())
+
+    def _publish_restored(self) -> None:
+        final = self.config.train.splits
+        for part, saved_at in sorted(self.restored.items()):
+            self.store.put(Parameters(part, final, part_state(self.worker.parts[part], optimizer=False),
+                                      {"node": self.index, "restored": 1, "saved_at": saved_at}))
+        self.phase = "trained"
+        self.message = f"published saved {', '.join(self.names[p] for p in sorted(self.restored)) or 'nothing'}"
+        self.node.get_logger().info(f"PFF {self.model}: node {self.index} {self.message}")
         self.node.publish_status(self.status())
 
     # ------------------------------------------------------------------ transport
@@ -118,29 +136,62 @@ class PFFJob:
         self.epoch, self.loss, self.samples = epoch, loss, self.samples + rows
 
     # ------------------------------------------------------------------ weights, status
+    def part_path(self, part: int) -> Path:
+        """Where a part's final weights live on this node (the DFF servers' file names)."""
+        root = self.node.weights_dir / path_token(self.model)
+        if part == len(self.config.layers):
+            widths = [s.out_features for s in self.config.layers]
+            return root / head_weights_file(self.model, widths, self.config.num_classes)
+        spec = self.config.layers[part]
+        return root / f"layer{part}-{path_token(spec.module)}-{self.hashes[part]}.pt"
+
     def save(self) -> list[str]:
         """Save the parts whose final version this node holds (it trained their last chapter)."""
         out = []
-        final = self.config.train.splits
-        L = len(self.config.layers)
-        root = self.node.weights_dir / path_token(self.model)
         for part, version in sorted(self.worker.held.items()):
-            if version != final:
+            if version != self.config.train.splits:
                 continue
             learner = self.worker.parts[part]
-            if part == L:
-                widths = [s.out_features for s in self.config.layers]
-                path = root / head_weights_file(self.model, widths, self.config.num_classes)
+            if part == len(self.config.layers):
                 state = {"format": HEAD_WEIGHTS_FORMAT, "state_dict": learner.head.state_dict()}
             else:
-                spec = self.config.layers[part]
-                path = root / f"layer{part}-{path_token(spec.module)}-{self.hashes[part]}.pt"
                 layer_state = {"layer": learner.layer.state_dict(), "samples": self.samples}
                 if getattr(learner, "running_mean", None) is not None:
                     layer_state["running_mean"] = learner.running_mean
+                if isinstance(getattr(learner, "head", None), torch.nn.Module):   # a PON layer's own head
+                    layer_state["head"] = learner.head.state_dict()
                 state = {"format": LAYER_WEIGHTS_FORMAT, "model": self.model, "index": part,
                          "spec_hash": self.hashes[part], "state": layer_state}
-            out.append(str(save_atomic(state, path)))
+            state.update(run_id=self.run_id, saved_at=time.time())
+            out.append(str(save_atomic(state, self.part_path(part))))
+        return out
+
+    def restore(self) -> dict[int, float]:
+        """Load every part saved on this node into the worker's learners: {part: saved_at}."""
+        out = {}
+        L = len(self.config.layers)
+        for part, learner in enumerate(self.worker.parts):
+            path = self.part_path(part)
+            if not path.exists():
+                continue
+            blob = load_weights(path)
+            fmt = HEAD_WEIGHTS_FORMAT if part == L else LAYER_WEIGHTS_FORMAT
+            if not isinstance(blob, dict) or blob.get("format") != fmt or (
+                    part < L and blob.get("spec_hash") != self.hashes[part]):
+                raise ValueError(f"{path}: not weights of {self.names[part]} of this model spec")
+            try:
+                if part == L:
+                    learner.head.load_state_dict(blob["state_dict"])
+                else:
+                    state = blob["state"]
+                    learner.layer.load_state_dict(state["layer"])
+                    if "running_mean" in state:
+                        learner.running_mean = state["running_mean"]
+                    if "head" in state:
+                        learner.head.load_state_dict(state["head"])
+            except (KeyError, RuntimeError) as e:
+                raise ValueError(f"{path}: {type(e).__name__}: {e}") from None
+            out[part] = float(blob.get("saved_at", path.stat().st_mtime))
         return out
 
     def busy_seconds(self) -> float:
@@ -159,7 +210,7 @@ class PFFJob:
     def infos(self) -> list[LayerInfo]:
         L = len(self.config.layers)
         out = []
-        for p in self.trains:
+        for p in [p for p in self.trains if p != NEGATIVES]:
             spec = self.config.layers[p] if p < L else None
             widths = [s.out_features for s in self.config.layers]
             out.append(LayerInfo(

@@ -134,9 +134,11 @@ class ServerNode(Node):
                     self.layers[(h.model, h.spec.index)] = h
         res.success = True
         if pff:
-            res.weights_restored = [False] * len(built.trains)
-            res.message = (f"PFF {req.pff_variant} node {req.node_index}/{req.num_nodes}: trains "
-                           f"{[built.names[p] for p in built.trains]} of {req.model!r} on {len(built.worker.labels)} samples")
+            res.weights_restored = [p in built.restored for p in range(built.plan.parts)]
+            res.message = (f"PFF {req.pff_variant} node {req.node_index}/{req.num_nodes}: " + (
+                f"restored {[built.names[p] for p in sorted(built.restored)]} of {req.model!r} from {self.weights_dir}"
+                if built.evaluate_only else f"trains {[built.names[p] for p in built.trains]} of {req.model!r} "
+                                            f"on {len(built.worker.labels)} samples"))
         else:
             res.weights_restored = [h.restored for h in built]
             res.message = (f"hosting layer(s) {[h.spec.index for h in built]} of {req.model!r}"
@@ -208,8 +210,7 @@ class ServerNode(Node):
         check_pff_supported(config)
         if not 0 <= req.node_index < req.num_nodes:
             raise ValueError(f"node_index {req.node_index} outside 0..{req.num_nodes - 1}")
-        head = train.algorithm == "ff" and "softmax" in train.classifiers
-        plan = PFFPlan(req.pff_variant, int(req.num_nodes), len(specs), head, tuple(int(n) for n in req.layer_nodes))
+        plan = PFFPlan.for_model(config, req.pff_variant, int(req.num_nodes), tuple(int(n) for n in req.layer_nodes))
         data = self._dataset(dataset.name, req.data_root)
         x, y = data["train_images"], data["train_labels"]
         if train.train_subset:
@@ -219,7 +220,8 @@ class ServerNode(Node):
             x, y = x[idx], y[idx]
         hashes = {s.index: spec_hash(req.model, s, train_raw) for s in specs}
         return PFFJob(self, run_id=req.run_id, config=config, plan=plan, index=int(req.node_index), images=x,
-                      labels=y, hashes=hashes, history=int(req.param_history) or 4, wait_seconds=self.wait_seconds)
+                      labels=y, hashes=hashes, history=int(req.param_history) or 4, wait_seconds=self.wait_seconds,
+                      evaluate_only=bool(req.evaluate_only))
 
     def _dataset(self, name: str, root: str) -> dict:
         # the server's own data root wins: the master's path may not exist on this robot

@@ -9,6 +9,12 @@ sequential schedule's dependencies. The variants only assign tasks to nodes:
   all_layers   (Algorithm 2): node j mod N trains every part in chapter j, so N chapters run
                 at once, staggered by one part;
   federated:   all_layers, each node on its own shard of the training set.
+Adaptive negatives for chapter j are scored on the node that trained the last layer in
+chapter j - lag, with the network it then holds, and sent on (as pseudo-part NEGATIVES) to
+the nodes that train layers in chapter j, unless that is only itself. The default lag N makes
+All-Layers nodes score their own next chapter's negatives (the paper's "each node computes its
+own negative samples") and keeps a Single-Layer pipeline full; lag 1 is the sequential choice
+and serialises the pipeline.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 VARIANTS = ("single_layer", "all_layers", "federated")
+NEGATIVES = -1      # store/topic key of the adaptive negative labels (version = the chapter they are for)
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class PFFPlan:
     num_layers: int
     head: bool
     layer_nodes: tuple[int, ...] = ()   # single_layer: the node training each layer
+    negatives_lag: int = 0              # adaptive negatives: scored this many chapters ahead (0: not adaptive)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -39,6 +47,24 @@ class PFFPlan:
             bad = [n for n in self.layer_nodes if not 0 <= n < self.nodes]
             if bad:
                 raise ValueError(f"layer_nodes {list(self.layer_nodes)}: nodes must be 0..{self.nodes - 1}")
+        if self.negatives_lag < 0:
+            raise ValueError(f"negatives_lag must be >= 0, got {self.negatives_lag}")
+        if self.variant == "federated" and self.negatives_lag % self.nodes:
+            # another node's labels would be for rows of another shard (and would leak labels)
+            raise ValueError(f"federated adaptive negatives are scored by each node on its own shard: "
+                             f"negatives_lag must be a multiple of the node count {self.nodes}, "
+                             f"got {self.negatives_lag}")
+
+    @classmethod
+    def for_model(cls, config, variant: str, nodes: int, layer_nodes: tuple[int, ...] = ()) -> "PFFPlan":
+        """The plan of ``config`` on ``nodes`` nodes (the master and every server derive the same)."""
+        t = config.train
+        adaptive = t.algorithm == "ff" and t.negatives == "adaptive"
+        try:
+            return cls(variant, nodes, len(config.layers), t.algorithm == "ff" and "softmax" in t.classifiers,
+                       tuple(layer_nodes), (t.negatives_lag or nodes) if adaptive else 0)
+        except ValueError as e:
+            raise ValueError(f"{config.source}: {e}") from None
 
     @property
     def parts(self) -> int:
@@ -57,13 +83,32 @@ class PFFPlan:
     def parts_for(self, node: int, chapter: int) -> list[int]:
         return [p for p in range(self.parts) if self.trainer(p, chapter) == node]
 
+    def negatives_scorer(self, chapter: int) -> int:
+        """The node that scores adaptive negatives after ``chapter`` (for chapter + lag)."""
+        return self.trainer(self.num_layers - 1, chapter)
+
+    def negatives_users(self, chapter: int) -> set[int]:
+        """Nodes that need chapter ``chapter``'s negative labels (they train layers in it)."""
+        return {self.trainer(p, chapter) for p in range(self.num_layers)}
+
+    def _negatives_routes(self, splits: int) -> list[tuple[int, int]]:
+        """(scorer, user) pairs across nodes for every chapter with scored labels."""
+        if not self.negatives_lag:
+            return []
+        return [(self.negatives_scorer(j - self.negatives_lag), user) for j in range(self.negatives_lag, splits)
+                for user in self.negatives_users(j) if user != self.negatives_scorer(j - self.negatives_lag)]
+
     def trained_by(self, node: int, splits: int) -> list[int]:
-        """Parts ``node`` trains in some chapter (it publishes their versions)."""
-        return [p for p in range(self.parts) if any(self.trainer(p, j) == node for j in range(splits))]
+        """Parts ``node`` trains in some chapter (it publishes their versions), and NEGATIVES
+        first when it scores labels another node uses."""
+        parts = [p for p in range(self.parts) if any(self.trainer(p, j) == node for j in range(splits))]
+        return ([NEGATIVES] if any(s == node for s, _ in self._negatives_routes(splits)) else []) + parts
 
     def received_by(self, node: int, splits: int) -> list[int]:
-        """Parts some other node trains in some chapter (``node`` listens for their versions)."""
-        return [p for p in range(self.parts) if any(self.trainer(p, j) != node for j in range(splits))]
+        """Parts some other node trains in some chapter (``node`` listens for their versions),
+        and NEGATIVES first when another node scores labels it uses."""
+        parts = [p for p in range(self.parts) if any(self.trainer(p, j) != node for j in range(splits))]
+        return ([NEGATIVES] if any(u == node for _, u in self._negatives_routes(splits)) else []) + parts
 
 def shard_indices(rows: int, node: int, nodes: int, seed: int) -> torch.Tensor:
     """Federated PFF: node ``node``'s rows of the training set. Shards are disjoint, cover every

@@ -12,11 +12,12 @@ from typing import Callable
 import torch
 
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
+from dff_ros.ff.classifiers import goodness_scores
 from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
 from dff_ros.ff.schedule import chapters
-from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.plan import NEGATIVES, PFFPlan
 from dff_ros.pff.state import load_part_state, part_state
 from dff_ros.pff.store import ParameterStore, Parameters
 
@@ -27,9 +28,6 @@ class WorkerStopped(RuntimeError):
 
 def check_pff_supported(config) -> None:
     t = config.train
-    if t.algorithm == "ff" and t.negatives == "adaptive":
-        raise ValueError(f"{config.source}: train.negatives: adaptive negatives are not in the PFF pipeline yet "
-                         "(they need the whole network between chapters); use random or fixed")
     if t.schedule != "chapters":
         raise ValueError(f"{config.source}: train.schedule: PFF trains layer by layer per chapter; "
                          f"use schedule: chapters (got {t.schedule!r})")
@@ -38,6 +36,7 @@ def check_pff_supported(config) -> None:
 def part_names(config) -> dict[int, str]:
     names = {s.index: f"layer {s.index}" for s in config.layers}
     names[len(config.layers)] = "softmax head"
+    names[NEGATIVES] = "negative labels"
     return names
 
 
@@ -68,13 +67,16 @@ class PFFWorker:
         if plan.parts != len(self.parts) or plan.num_layers != len(self.learners):
             raise ValueError(f"plan has {plan.parts} parts, the model {len(self.parts)}")
         self.images, self.labels = images, labels
-        self.negatives = (NegativeLabels(t.negatives, labels, config.num_classes, t.seed + 1)
-                          if t.algorithm == "ff" else None)
+        self.negatives = (NegativeLabels(t.negatives, labels, config.num_classes, t.seed + 1,
+                                         lag=plan.negatives_lag or 1) if t.algorithm == "ff" else None)
+        if self.negatives is not None and t.negatives == "adaptive" and not plan.negatives_lag:
+            raise ValueError("adaptive negatives need a plan with a negatives lag (PFFPlan.for_model)")
         self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
         self.held: dict[int, int] = {}          # part -> version this node's learner holds (0 = init)
         self.timeline: list[dict] = []          # one entry per trained task
         self.idle_seconds = self.busy_seconds = 0.0
         self.chapter = self.part = -1
+        self.scoring_meta: dict = {}
         self._stop = threading.Event()
 
     def stop(self, why: str) -> None:
@@ -99,7 +101,7 @@ class PFFWorker:
         self.chapter = chapter.index
         last_layer = len(self.learners) - 1
         top = max(mine)
-        neg = self.negatives.for_chapter(chapter.index) if self.negatives is not None else None
+        neg = self._negatives(chapter.index)
         acts: dict[int, Activities] = {-1: make_inputs(self.images, self.labels, neg, self.config.num_classes,
                                                        self.needs_neutral)}
         used: dict[int, int] = {}               # part -> version its outputs came from
@@ -117,6 +119,44 @@ class PFFWorker:
             feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))])
             self._train(len(self.learners), chapter, head_step(self.head_learner, feats, self.labels),
                         len(feats), used)
+        if (self.negatives is not None and self.negatives.scores_after(chapter.index, self.t.splits)
+                and self.plan.negatives_scorer(chapter.index) == self.node):
+            self._score_negatives(chapter.index)
+
+    def _negatives(self, chapter: int) -> torch.Tensor | None:
+        neg = self.negatives
+        if neg is None:
+            return None
+        if neg.scored_from(chapter) is not None and chapter not in neg.scored:
+            labels = self._wait(NEGATIVES, chapter + 1, exact=True).tensors.get("labels")
+            if labels is None or labels.shape != self.labels.shape:
+                raise ValueError(f"negative labels for chapter {chapter}: expected {len(self.labels)} labels, got "
+                                 f"{None if labels is None else list(labels.shape)}")
+            labels = labels.long()
+            if ((labels < 0) | (labels >= self.config.num_classes) | (labels == self.labels)).any():
+                raise ValueError(f"negative labels for chapter {chapter}: a label out of range or equal to the true one")
+            neg.scored[chapter] = labels
+        return neg.for_chapter(chapter)
+
+    def _score_negatives(self, chapter: int) -> None:
+        """Adaptive: score a later chapter's negatives with the network this node holds now
+        (every layer at version chapter + 1) and hand them to the nodes that train in it."""
+        start = time.time()
+        target = self.negatives.score(chapter, goodness_scores(self.net, self.images, self.t.goodness,
+                                                               self.t.eval_batch_size))
+        users = self.plan.negatives_users(target)
+        meta = {"node": self.node, "part": NEGATIVES, "chapter": target, "start": start, "end": time.time(),
+                "wait": 0.0, "inputs": {}}
+        if users - {self.node}:
+            small = torch.uint8 if self.config.num_classes <= 256 else torch.int32
+            self.store.put(Parameters(NEGATIVES, target + 1, {"labels": self.negatives.scored[target].to(small)},
+                                      meta))
+        if self.node not in users:
+            del self.negatives.scored[target]
+        self.timeline.append(meta)
+        # the master learns of the scoring from this node's next parameters (it may not listen for labels)
+        self.scoring_meta = {"negatives_start": meta["start"], "negatives_end": meta["end"],
+                             "negatives_for": target}
 
     def _wait(self, part: int, version: int, *, exact: bool) -> Parameters:
         start = time.perf_counter()
@@ -145,7 +185,8 @@ class PFFWorker:
         loss = train_chapter(learner, step, rows, chapter, seed=self.t.seed, part=part,
                              batch_size=self.t.batch_size, on_batch=done)
         meta = {"node": self.node, "part": part, "chapter": chapter.index, "start": start, "end": time.time(),
-                "wait": round(waited, 4), "loss": loss, "inputs": dict(used)}
+                "wait": round(waited, 4), "loss": loss, "inputs": dict(used), **self.scoring_meta}
+        self.scoring_meta = {}
         self.store.put(Parameters(part, chapter.index + 1, part_state(learner, optimizer=self.plan.passes_optimizer),
                                   meta))
         self.held[part] = chapter.index + 1

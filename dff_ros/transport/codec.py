@@ -11,6 +11,7 @@ from rclpy.parameter import parameter_value_to_python
 
 from dff_ros.ff.learners import Activities
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerSpec as LayerSpecMsg, TrainingBatch
+from dff_ros.pff.plan import NEGATIVES
 from dff_ros.pff.store import Parameters
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 from dff_ros.transport.tensors import TensorDecodeError, from_msg, to_msg
@@ -95,8 +96,9 @@ def params_from_msg(m: LayerParameters) -> Parameters:
         raise ChunkError(f"{len(m.names)} names for {len(m.tensors)} tensors (or a name twice)")
     if len(m.metric_names) != len(m.metric_values):
         raise ChunkError("metric names and values differ in number")
-    if m.part < 0 or m.version != m.chapter + 1:
-        raise ChunkError(f"part {m.part}, chapter {m.chapter}, version {m.version}: not a trained version")
+    if m.part < NEGATIVES or m.version != m.chapter + 1:
+        raise ChunkError(f"part {m.part}, chapter {m.chapter}, version {m.version}: not a trained version "
+                         f"(or the negative labels, part {NEGATIVES}, for a chapter)")
     try:
         tensors = {n: from_msg(t, name=n) for n, t in zip(m.names, m.tensors)}
     except TensorDecodeError as e:
