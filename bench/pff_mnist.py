@@ -68,6 +68,7 @@ def launched(run: str, model_path: str, servers: int) -> dict:
             out.update(bytes_per_epoch=round(moved / epochs), utilisation=round(busy / (servers * summary["train_seconds"]), 3))
         else:
             out.update(bytes_per_epoch=summary["bytes_per_epoch"], utilisation=summary["utilisation"],
+                       setup_seconds=summary["setup_seconds"],
                        per_node=summary["per_node"], bytes_per_topic=summary["bytes_per_topic"])
             png = Path(proc.stdout.split("[master] timeline: ")[1].split()[0])
             dest = RESULTS / f"pff_mnist_{run}_timeline.png"

@@ -7,6 +7,10 @@ file reads (`launch`/`launch_ros` are not needed):
 role all: N servers and the master on this machine; server: one server (per robot);
 master: the master only, using the servers already running in the ROS domain.
 Output of every process is prefixed with its name; the exit code is the master's.
+
+--emulate-hosts (root): role all, but every node on its own "host", a network namespace with
+its own IP on a bridge (dff_ros.netns), DDS over UDP only; --rate caps each host's egress
+(e.g. 20mbit, WiFi between SBCs). At the end the launcher prints what each host sent.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import threading
 
 from dff_ros.config.pipeline import load_pipeline_config
 from dff_ros.config.schema import ConfigError
-from dff_ros.nodes.master import default_pipeline, parse_set
+from dff_ros.nodes.master import config_file, default_pipeline, parse_set
 
 
 def _pump(proc: subprocess.Popen, prefix: str) -> None:
@@ -28,9 +32,9 @@ def _pump(proc: subprocess.Popen, prefix: str) -> None:
         sys.stdout.flush()
 
 
-def start(cmd: list[str], prefix: str) -> subprocess.Popen:
+def start(cmd: list[str], prefix: str, env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
     threading.Thread(target=_pump, args=(proc, prefix), daemon=True).start()
     return proc
 
@@ -55,7 +59,12 @@ def main(argv=None) -> int:
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE")
     a.add_argument("--no-progress", action="store_true")
+    a.add_argument("--emulate-hosts", action="store_true",
+                   help="each node in its own network namespace (needs root; role all)")
+    a.add_argument("--rate", default=None, help="with --emulate-hosts: egress cap per host, e.g. 20mbit")
     args = a.parse_args(argv)
+    if (args.emulate_hosts and args.role != "all") or (args.rate and not args.emulate_hosts):
+        a.error("--emulate-hosts needs role all; --rate needs --emulate-hosts")
     path = args.pipeline or default_pipeline()
     overrides = parse_set(args.set)
     if args.servers is not None:
@@ -78,19 +87,40 @@ def main(argv=None) -> int:
         master_cmd.append("--no-progress")
 
     servers: list[subprocess.Popen] = []
+    hosts = None
     try:
         if args.role == "server":
             proc = start(server_cmd, "server")
             return proc.wait()
+        wrap, env = (lambda i, cmd: cmd), None
+        if args.emulate_hosts:
+            from dff_ros.netns import NetnsUnavailable, VirtualHosts
+            try:
+                hosts = VirtualHosts(cfg.servers + 1, prefix=f"dff{os.getpid() % 100000}",
+                                     subnet=f"10.{150 + os.getpid() % 100}.0", rate=args.rate).up()
+            except (NetnsUnavailable, ValueError) as e:
+                print(f"[launcher] cannot emulate hosts: {e}", file=sys.stderr)
+                return 2
+            wrap = hosts.command
+            env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",   # discovery across the bridge, data over UDP
+                   "FASTDDS_DEFAULT_PROFILES_FILE": config_file("fastdds_udp_profile.xml")}
+            print(f"[launcher] hosts: master on {hosts.address(0)}, servers on "
+                  f"{', '.join(hosts.address(i + 1) for i in range(cfg.servers))}"
+                  + (f", egress capped at {args.rate}" if args.rate else ""), flush=True)
         if args.role == "all":
-            servers = [start(server_cmd, f"server#{i + 1}") for i in range(cfg.servers)]
-        master = start(master_cmd, "master")
+            servers = [start(wrap(i + 1, server_cmd), f"server#{i + 1}", env) for i in range(cfg.servers)]
+        master = start(wrap(0, master_cmd), "master", env)
         rc = master.wait()
         return rc
     except KeyboardInterrupt:
         return 130
     finally:
         stop(servers)
+        if hosts is not None:
+            for i in range(hosts.count):
+                print(f"[launcher] host {hosts.address(i)} ({'master' if i == 0 else f'server#{i}'}) "
+                      f"sent {hosts.sent_bytes(i)} bytes", flush=True)
+            hosts.down()
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ def ros_env(**extra) -> dict:
 class Proc:
     """A node process whose output is collected to a file (read it with .output())."""
 
-    def __init__(self, args: list[str], env: dict, log: Path):
+    def __init__(self, args: list[str], env: dict, log: Path, wrap: list[str] = ()):
+        """``wrap``: a command prefix, e.g. ``ip netns exec <host>`` to run on another "host"."""
         self.log = log
         self._f = open(log, "w")
-        self.p = subprocess.Popen([sys.executable, *args], stdout=self._f, stderr=subprocess.STDOUT, env=env,
+        self.p = subprocess.Popen([*wrap, sys.executable, *args], stdout=self._f, stderr=subprocess.STDOUT, env=env,
                                   cwd=REPO)
 
     def output(self) -> str:

@@ -38,6 +38,11 @@ class Activities:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def neutral_only(self) -> "Activities":
+        """Just the neutral pass: all the softmax head needs of the last layer (its positive and
+        negative passes would feed nothing)."""
+        return Activities(None, None, self.neutral, self.labels)
+
     @torch.no_grad()
     def map(self, fn, chunk: int = 4096) -> "Activities":
         """``fn`` applied to pos, neg and neutral (in row chunks, to bound memory); labels kept."""

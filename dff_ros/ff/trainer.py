@@ -135,11 +135,15 @@ class ReferenceTrainer:
         t = self.t
         acts: dict[int, Activities] = {-1: make_inputs(self.train_x, self.train_y, neg, self.num_classes,
                                                        self.needs_neutral)}
+        last = len(self.learners) - 1
         for i, (learner, src) in enumerate(zip(self.learners, self.net.sources)):
             inputs = acts[src]
             train_chapter(learner, layer_step(learner, inputs), len(inputs), chapter, seed=t.seed, part=i,
                           batch_size=t.batch_size, on_batch=self._on_batch(i, i))
-            acts[i] = inputs.map(learner.layer)
+            if i < last:
+                acts[i] = inputs.map(learner.layer)
+            elif self.head_learner is not None:
+                acts[i] = inputs.neutral_only().map(learner.layer)
         if self.head_learner is not None:
             n = len(self.learners)
             feats = self.net.head_features([acts[i].neutral for i in range(n)])

@@ -77,9 +77,10 @@ class MasterNode(Node):
     def call(self, srv_type, name: str, request):
         return self.call_all(srv_type, [(name, request)])[0]
 
-    def call_all(self, srv_type, calls: list[tuple[str, object]]) -> list:
+    def call_all(self, srv_type, calls: list[tuple[str, object]], *, answered: list[float] | None = None) -> list:
         """Call several services at once (servers load data or build layers in parallel); every
-        answer is awaited with the service timeout."""
+        answer is awaited with the service timeout. ``answered`` gets each answer's
+        perf_counter time."""
         clients = [self.create_client(srv_type, name) for name, _ in calls]
         try:
             futures = []
@@ -87,6 +88,8 @@ class MasterNode(Node):
                 if not client.wait_for_service(timeout_sec=self.p.service_timeout_seconds):
                     raise RunError(f"service {name} is not available")
                 futures.append(client.call_async(request))
+                if answered is not None:
+                    futures[-1].add_done_callback(lambda _: answered.append(time.perf_counter()))
             deadline = time.monotonic() + self.p.service_timeout_seconds
             while not all(f.done() for f in futures):
                 if time.monotonic() > deadline:
@@ -286,12 +289,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return a
 
 
-def default_pipeline() -> str:
-    here = Path(__file__).resolve().parents[2] / "config" / "mnist_pipeline.yaml"
+def config_file(name: str) -> str:
+    """A file of the package's config/: the repo's when running from a checkout, else share/dff_ros."""
+    here = Path(__file__).resolve().parents[2] / "config" / name
     if here.exists():
         return str(here)
     from ament_index_python.packages import get_package_share_directory
-    return str(Path(get_package_share_directory("dff_ros")) / "config" / "mnist_pipeline.yaml")
+    return str(Path(get_package_share_directory("dff_ros")) / "config" / name)
+
+
+def default_pipeline() -> str:
+    return config_file("mnist_pipeline.yaml")
 
 
 def main(argv=None) -> int:

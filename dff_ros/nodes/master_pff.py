@@ -62,8 +62,10 @@ class ParameterRun:
             self.master.create_subscription(LayerParameters, topic,
                                             lambda msg, part=part, topic=topic: self._on_params(part, topic, msg), qos)
 
-    def create(self, plan: PFFPlan, nodes: list[str], *, evaluate_only: bool = False) -> dict[str, list[int]]:
-        """Give every node its share; returns the parts each node restored (evaluate_only)."""
+    def create(self, plan: PFFPlan, nodes: list[str], *, evaluate_only: bool = False,
+               answered: list[float] | None = None) -> dict[str, list[int]]:
+        """Give every node its share (a node starts training as it answers); returns the parts
+        each node restored (evaluate_only)."""
         m, p = self.model, self.p
         train = m.to_dict()["train"]
         no_topics = dict.fromkeys(("train_input", "train_output", "infer_input", "infer_output"), "")
@@ -78,7 +80,7 @@ class ParameterRun:
             req.layers = [spec_to_msg(s, no_topics, s.index == self.L - 1) for s in m.layers]
             calls.append((f"/{server}/create_layers", req))
         restored = {}
-        for server, res in zip(nodes, self.master.call_all(CreateLayers, calls)):
+        for server, res in zip(nodes, self.master.call_all(CreateLayers, calls, answered=answered)):
             if not res.success:
                 raise self.RunError(f"{server} refused its PFF share: {res.message}")
             self.master.log(f"{server}: {res.message}")
@@ -185,9 +187,14 @@ class ParameterRun:
                     "pipeline": {k: v for k, v in vars(p).items()}}
         master.log(f"PFF {plan.variant}: {len(nodes)} node(s) {', '.join(nodes)}; "
                    + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
-        start = time.perf_counter()
+        created = time.perf_counter()
+        answered: list[float] = []
         try:
-            self.create(plan, nodes)
+            self.create(plan, nodes, answered=answered)
+            # training time from the first node's start (its answer): like the sequential
+            # trainer's, it leaves out loading data and building the model
+            start = min(answered)
+            setup_seconds = start - created
             self.wait_trained(nodes)
             train_seconds = time.perf_counter() - start
             status = master.wait_phase(nodes, "trained", timeout=30.0)
@@ -201,7 +208,8 @@ class ParameterRun:
         finally:
             if not p.keep_layers:
                 master.delete(nodes)
-        return self.summary(plan, nodes, train_seconds, result, status, paths)
+        return {**self.summary(plan, nodes, train_seconds, result, status, paths),
+                "setup_seconds": round(setup_seconds, 2)}
 
     def evaluate(self, data: dict) -> dict:
         t = self.model.train

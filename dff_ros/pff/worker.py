@@ -113,8 +113,8 @@ class PFFWorker:
                 p = self._wait(i, chapter.index + 1, exact=False)
                 load_part_state(self.learners[i], p.tensors)
                 used[i] = p.version
-            if i < top:
-                acts[i] = acts[src].map(self.learners[i].layer)
+            if i < top:  # (i == last_layer: only the head comes after it)
+                acts[i] = (acts[src] if i < last_layer else acts[src].neutral_only()).map(self.learners[i].layer)
         if self.head_learner is not None and len(self.learners) in mine:
             feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))])
             self._train(len(self.learners), chapter, head_step(self.head_learner, feats, self.labels),
