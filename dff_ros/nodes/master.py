@@ -88,10 +88,16 @@ class MasterNode(Node):
                 if not client.wait_for_service(timeout_sec=self.p.service_timeout_seconds):
                     raise RunError(f"service {name} is not available")
                 futures.append(client.call_async(request))
-                if answered is not None:
-                    futures[-1].add_done_callback(lambda _: answered.append(time.perf_counter()))
             deadline = time.monotonic() + self.p.service_timeout_seconds
-            while not all(f.done() for f in futures):
+            seen: set[int] = set()
+            while True:
+                # noted here, not in a done callback: rclpy runs those later, on the executor
+                for i in [i for i, f in enumerate(futures) if i not in seen and f.done()]:
+                    seen.add(i)
+                    if answered is not None:
+                        answered.append(time.perf_counter())
+                if len(seen) == len(futures):
+                    break
                 if time.monotonic() > deadline:
                     late = [name for f, (name, _) in zip(futures, calls) if not f.done()]
                     raise RunError(f"service {', '.join(late)} did not answer in {self.p.service_timeout_seconds:.0f} s")

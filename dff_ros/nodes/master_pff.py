@@ -208,8 +208,7 @@ class ParameterRun:
         finally:
             if not p.keep_layers:
                 master.delete(nodes)
-        return {**self.summary(plan, nodes, train_seconds, result, status, paths),
-                "setup_seconds": round(setup_seconds, 2)}
+        return self.summary(plan, nodes, train_seconds, setup_seconds, result, status, paths)
 
     def evaluate(self, data: dict) -> dict:
         t = self.model.train
@@ -221,8 +220,8 @@ class ParameterRun:
         acc = {c: round(accuracy(net, x, y, c, t.goodness, t.eval_batch_size), 5) for c in t.classifiers}
         return {"accuracy": acc, "eval_seconds": round(time.perf_counter() - start, 2), "test_samples": len(y)}
 
-    def summary(self, plan: PFFPlan, nodes: list[str], train_seconds: float, result: dict, status: dict,
-                paths: dict) -> dict:
+    def summary(self, plan: PFFPlan, nodes: list[str], train_seconds: float, setup_seconds: float, result: dict,
+                status: dict, paths: dict) -> dict:
         m, t = self.model, self.model.train
         total_bytes = sum(self.bytes.values())
         per_node = []
@@ -243,7 +242,7 @@ class ParameterRun:
             "run_id": self.master.run_id, "model": m.name, "mode": "pff", "transport": "parameters",
             "pff_variant": plan.variant, "nodes": nodes, "layer_nodes": list(plan.layer_nodes), "trained": True,
             "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
-            "train_seconds": round(train_seconds, 2),
+            "train_seconds": round(train_seconds, 2), "setup_seconds": round(setup_seconds, 2),
             "samples_per_second": round(self._samples() * t.epochs / train_seconds, 1),
             "bytes_published": total_bytes, "bytes_per_epoch": round(total_bytes / t.epochs),
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
