@@ -10,7 +10,7 @@ Output of every process is prefixed with its name; the exit code is the master's
 
 --emulate-hosts (root): role all, but every node on its own "host", a network namespace with
 its own IP on a bridge (dff_ros.netns), DDS over UDP only; --rate caps each host's egress
-(e.g. 20mbit, WiFi between SBCs). At the end the launcher prints what each host sent.
+(e.g. 20mbit, WiFi between SBCs). At the end the launcher prints what each host sent and received.
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         if hosts is not None:
             for i in range(hosts.count):
                 print(f"[launcher] host {hosts.address(i)} ({'master' if i == 0 else f'server#{i}'}) "
-                      f"sent {hosts.sent_bytes(i)} bytes", flush=True)
+                      f"sent {hosts.sent_bytes(i)} bytes, received {hosts.received_bytes(i)} bytes", flush=True)
             hosts.down()
 
 

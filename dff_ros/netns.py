@@ -122,6 +122,10 @@ class VirtualHosts:
         """Bytes host i has sent into the bridge (its veth peer's receive counter)."""
         return int(Path(f"/sys/class/net/v-{self.name(i)}/statistics/rx_bytes").read_text())
 
+    def received_bytes(self, i: int) -> int:
+        """Bytes the bridge has passed to host i (its veth peer's transmit counter)."""
+        return int(Path(f"/sys/class/net/v-{self.name(i)}/statistics/tx_bytes").read_text())
+
     def command(self, i: int, args: list[str]) -> list[str]:
         """``args`` run inside host i."""
         return ["ip", "netns", "exec", self.name(i), *args]

@@ -46,6 +46,8 @@ def test_all_layers_on_two_servers_reproduces_the_sequential_run(env, tmp_path, 
     # bytes: every version of every part crossed once; ~3x the weights (Adam moments travel along)
     weights = 4 * (785 * 200 + 201 * 200 + 201 * 10)
     assert 3 * weights * 4 < summary["bytes_published"] < 3.2 * weights * 4, summary["bytes_per_topic"]
+    # the master followed the task reports and fetched only the final weights of each part
+    assert weights <= summary["master_bytes_received"] < 1.1 * weights, summary["master_bytes_received"]
     assert all(n["dropped"] == 0 and n["idle_seconds"] is not None for n in summary["per_node"])
     assert Path(out.split("[master] timeline: ")[1].split()[0]).stat().st_size > 10_000
     saved = sorted(p.name.split("-")[0] for p in (tmp_path / "weights" / "pipe_test").glob("*.pt"))

@@ -33,6 +33,18 @@ def params_qos(depth: int) -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+# PFF task reports: one small message per trained task (its times, loss, input versions and the
+# serialized size of the version it produced). The master follows a run on these and fetches
+# only the final versions, so parameters cross the network once per consumer, not once more for
+# the master; late or restarted listeners get the whole history.
+TASKS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10000, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def tasks_topic(model: str) -> str:
+    return f"/dff/{topic_token(model)}/tasks"
+
+
 def topic_token(name: str) -> str:
     """A model name as one valid ROS name token: [A-Za-z0-9_], not starting with a digit."""
     token = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "model"

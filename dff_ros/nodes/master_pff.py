@@ -1,6 +1,7 @@
 """The master's side of a PFF run (transport: parameters): plan nodes, have each server start
-its share, follow the parameter versions they publish, then assemble the final network and
-test it. Servers read their own training data; only parameters cross the network.
+its share, follow the run on the nodes' task reports, then fetch the final parameter versions,
+assemble the network and test it. Servers read their own training data; only parameters cross
+the network, and the master takes only the final ones.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from rclpy.serialization import serialize_message
 from dff_ros.config.pipeline import plan_layers
 from dff_ros.ff.classifiers import accuracy
 from dff_ros.msg import LayerParameters
-from dff_ros.nodes.common import params_qos, params_topic, path_token
+from dff_ros.nodes.common import TASKS_QOS, params_topic, path_token, tasks_topic
 from dff_ros.pff.plan import NEGATIVES, PFFPlan
 from dff_ros.pff.store import Parameters
 from dff_ros.pff.worker import network_from_parts, part_names
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.progress import Progress
-from dff_ros.srv import CreateLayers, SaveWeights
+from dff_ros.srv import CreateLayers, FetchParameters, SaveWeights
 from dff_ros.transport.codec import params_from_msg, spec_to_msg, to_parameters
 
 
@@ -32,11 +33,12 @@ class ParameterRun:
         self.head = t.algorithm == "ff" and "softmax" in t.classifiers
         self.names = part_names(self.model)
         self.parts = self.L + int(self.head)
-        self.latest: dict[int, Parameters] = {}
-        self.bytes: dict[str, int] = {}          # serialized bytes per params topic
+        self.latest: dict[int, Parameters] = {}  # part -> the newest version fetched
+        self.versions: dict[int, int] = {}       # part -> the newest version reported trained
+        self.bytes: dict[str, int] = {}          # serialized bytes published per params topic
+        self.fetched_bytes = 0                   # what the master itself received of them
         self.tasks: list[dict] = []
         self.scoring: list[dict] = []            # adaptive negatives scored (node, start, end)
-        self.restored: dict[tuple[int, int], Parameters] = {}   # train: false: (node, part) -> saved version
         self.dropped = 0
         self.cond = threading.Condition()
         self.last_news = time.monotonic()
@@ -52,15 +54,8 @@ class ParameterRun:
         nodes = sorted(servers, key=lambda s: (len(s), s))[:p.servers]
         return PFFPlan.for_model(self.model, p.pff_variant, len(nodes)), nodes
 
-    def subscribe(self, plan: PFFPlan) -> None:
-        qos = params_qos(self.p.param_history)
-        # published negative labels: only counted (bytes on the wire)
-        routed = any(NEGATIVES in plan.trained_by(n, self.model.train.splits) for n in range(plan.nodes))
-        for part in [NEGATIVES] * routed + list(range(self.parts)):
-            topic = params_topic(self.model.name, part, self.L)
-            self.bytes[topic] = 0
-            self.master.create_subscription(LayerParameters, topic,
-                                            lambda msg, part=part, topic=topic: self._on_params(part, topic, msg), qos)
+    def follow(self) -> None:
+        self.master.create_subscription(LayerParameters, tasks_topic(self.model.name), self._on_task, TASKS_QOS)
 
     def create(self, plan: PFFPlan, nodes: list[str], *, evaluate_only: bool = False,
                answered: list[float] | None = None) -> dict[str, list[int]]:
@@ -88,36 +83,50 @@ class ParameterRun:
         return restored
 
     # ------------------------------------------------------------------ following the run
-    def _on_params(self, part: int, topic: str, msg) -> None:
+    def _decode(self, msg, topic: str) -> Parameters | None:
         if msg.model != self.model.name or msg.run_id != self.master.run_id:
-            return
-        size = len(serialize_message(msg))
+            return None
         try:
-            params = params_from_msg(msg)
+            return params_from_msg(msg)
         except ChunkError as e:
             self.dropped += 1
-            self.master.get_logger().warning(f"dropped a parameters message on {topic} ({e})",
-                                             throttle_duration_sec=5.0)
+            self.master.get_logger().warning(f"dropped a message on {topic} ({e})", throttle_duration_sec=5.0)
+            return None
+
+    def _on_task(self, msg) -> None:
+        report = self._decode(msg, tasks_topic(self.model.name))
+        if report is None:
             return
+        part, meta = report.part, report.meta
         with self.cond:
-            self.bytes[topic] += size
-            if part == NEGATIVES:
-                return
-            meta = params.meta
-            if meta.get("restored"):   # train: false; a part's saved final version
-                self.restored[(int(meta["node"]), part)] = params
-                self.last_news = time.monotonic()
-                self.cond.notify_all()
+            topic = params_topic(self.model.name, part, self.L)
+            self.bytes[topic] = self.bytes.get(topic, 0) + int(meta.get("bytes", 0))
+            if part == NEGATIVES:      # labels sent to other nodes: only their bytes count here
                 return
             if "negatives_start" in meta:  # the node scored adaptive negatives before this task
                 self.scoring.append({"node": meta["node"], "part": NEGATIVES, "chapter": int(meta["negatives_for"]),
                                      "start": meta["negatives_start"], "end": meta["negatives_end"], "inputs": {}})
-            if part not in self.latest or params.version > self.latest[part].version:
-                self.latest[part] = params
+            self.versions[part] = max(self.versions.get(part, 0), report.version)
             self.tasks.append({**{k: v for k, v in meta.items() if k != "inputs" and not k.startswith("negatives_")},
-                               "part": part, "inputs": meta["inputs"], "bytes": size})
+                               "part": part, "inputs": meta["inputs"]})
             self.last_news = time.monotonic()
             self.cond.notify_all()
+
+    def fetch(self, wanted: list[tuple[str, int]]) -> list[Parameters]:
+        """Final versions of (server, part) pairs, by service: only the master receives them."""
+        calls = [(f"/{server}/fetch_parameters", FetchParameters.Request(model=self.model.name, part=part))
+                 for server, part in wanted]
+        out = []
+        for (server, part), res in zip(wanted, self.master.call_all(FetchParameters, calls)):
+            if not res.success:
+                raise self.RunError(f"{server} could not give {self.names[part]}: {res.message}")
+            self.fetched_bytes += len(serialize_message(res.parameters))
+            params = self._decode(res.parameters, f"/{server}/fetch_parameters")
+            if params is None or params.part != part or params.version != self.model.train.splits:
+                raise self.RunError(f"{server} answered with something else than {self.names[part]} "
+                                    f"version {self.model.train.splits}")
+            out.append(params)
+        return out
 
     def wait_trained(self, nodes: list[str]) -> None:
         final = self.model.train.splits
@@ -125,7 +134,7 @@ class ParameterRun:
                             f"{len(nodes)} nodes)", enabled=self.master.show_progress)
         seen = 0
         with self.cond:
-            while not (len(self.latest) == self.parts and all(v.version == final for v in self.latest.values())):
+            while not (len(self.versions) == self.parts and all(v == final for v in self.versions.values())):
                 self.cond.wait(1.0)
                 if len(self.tasks) > seen:
                     last = self.tasks[-1]
@@ -137,13 +146,12 @@ class ParameterRun:
                     raise self.RunError("a node failed: " + "; ".join(errors))
                 quiet = time.monotonic() - self.last_news
                 if quiet > self.p.stall_seconds:
-                    missing = [f"{self.names[p]} v{final}" for p in range(self.parts)
-                               if p not in self.latest or self.latest[p].version < final]
-                    raise self.RunError(f"no parameters for {quiet:.0f} s while waiting for {', '.join(missing)} "
+                    missing = [f"{self.names[p]} v{final}" for p in range(self.parts) if self.versions.get(p, 0) < final]
+                    raise self.RunError(f"no task done for {quiet:.0f} s while waiting for {', '.join(missing)} "
                                         f"(are {', '.join(nodes)} still running? see /dff/status)")
 
     def gather_saved(self, plan: PFFPlan, nodes: list[str]) -> dict:
-        """train: false. Every node publishes the final versions saved on it; each part is taken
+        """train: false. Every node loads the final versions saved on it; each part is fetched
         from the node that saved it last."""
         restored = self.create(plan, nodes, evaluate_only=True)
         missing = [self.names[p] for p in range(self.parts) if not any(p in r for r in restored.values())]
@@ -151,17 +159,9 @@ class ParameterRun:
             raise self.RunError(f"train: false needs saved weights of every part; none of {', '.join(nodes)} has "
                                 f"{', '.join(missing)} for this model spec in its weights dir "
                                 f"(run once with train: true)")
-        expected = {(nodes.index(s), part) for s, parts in restored.items() for part in parts}
-        with self.cond:
-            while not expected <= set(self.restored):
-                self.cond.wait(1.0)
-                if time.monotonic() - self.last_news > self.p.stall_seconds:
-                    raise self.RunError(f"saved parameters did not arrive from "
-                                        f"{sorted({nodes[n] for n, _ in expected - set(self.restored)})}")
-            for part in range(self.parts):
-                newest = max((v for (_, p), v in self.restored.items() if p == part),
-                             key=lambda v: v.meta["saved_at"])
-                self.latest[part] = newest
+        saved = self.fetch([(server, part) for server, parts in restored.items() for part in parts])
+        for part in range(self.parts):
+            self.latest[part] = max((v for v in saved if v.part == part), key=lambda v: v.meta["saved_at"])
         return {part: nodes[int(v.meta["node"])] for part, v in self.latest.items()}
 
     # ------------------------------------------------------------------ the run
@@ -171,7 +171,6 @@ class ParameterRun:
             plan, nodes = self.plan(servers)
         except ValueError as e:
             raise self.RunError(str(e)) from None
-        self.subscribe(plan)
         if not p.train:
             try:
                 sources = self.gather_saved(plan, nodes)
@@ -189,6 +188,7 @@ class ParameterRun:
                    + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
         created = time.perf_counter()
         answered: list[float] = []
+        self.follow()
         try:
             self.create(plan, nodes, answered=answered)
             # training time from the first node's start (its answer): like the sequential
@@ -197,6 +197,10 @@ class ParameterRun:
             setup_seconds = start - created
             self.wait_trained(nodes)
             train_seconds = time.perf_counter() - start
+            final = self.model.train.splits - 1
+            self.latest = {v.part: v for v in self.fetch([(nodes[plan.trainer(part, final)], part)
+                                                          for part in range(self.parts)])}
+            fetch_seconds = time.perf_counter() - start - train_seconds
             status = master.wait_phase(nodes, "trained", timeout=30.0)
             result = self.evaluate(data)
             paths = {}
@@ -208,7 +212,8 @@ class ParameterRun:
         finally:
             if not p.keep_layers:
                 master.delete(nodes)
-        return self.summary(plan, nodes, train_seconds, setup_seconds, result, status, paths)
+        return {**self.summary(plan, nodes, train_seconds, setup_seconds, result, status, paths),
+                "fetch_seconds": round(fetch_seconds, 2), "master_bytes_received": self.fetched_bytes}
 
     def evaluate(self, data: dict) -> dict:
         t = self.model.train

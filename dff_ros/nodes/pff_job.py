@@ -12,8 +12,10 @@ import torch
 
 from dff_ros.checkpoint import load_weights, save_atomic
 from dff_ros.msg import LayerInfo, LayerParameters, LayerStatus
-from dff_ros.nodes.common import (HEAD_WEIGHTS_FORMAT, LAYER_WEIGHTS_FORMAT, head_weights_file, params_qos,
-                                  params_topic, path_token)
+from rclpy.serialization import serialize_message
+
+from dff_ros.nodes.common import (HEAD_WEIGHTS_FORMAT, LAYER_WEIGHTS_FORMAT, TASKS_QOS, head_weights_file,
+                                  params_qos, params_topic, path_token, tasks_topic)
 from dff_ros.pff.plan import NEGATIVES, PFFPlan
 from dff_ros.pff.state import part_state
 from dff_ros.pff.store import ParameterStore, Parameters, ParametersTimeout
@@ -26,8 +28,8 @@ from dff_ros.transport.tensors import nbytes
 class PFFJob:
     def __init__(self, node, *, run_id: str, config, plan: PFFPlan, index: int, images, labels,
                  hashes: dict[int, str], history: int, wait_seconds: float, evaluate_only: bool = False):
-        """``evaluate_only``: train nothing; publish the final versions of the parts saved on
-        this node (``restored``) for the master to assemble and test."""
+        """``evaluate_only``: train nothing; load the parts saved on this node (``restored``),
+        for the master to fetch, assemble and test."""
         self.node, self.run_id, self.config, self.plan, self.index = node, run_id, config, plan, index
         self.model = config.name
         self.hashes, self.history = hashes, history
@@ -37,9 +39,10 @@ class PFFJob:
                                 on_batch=self._on_batch)
         self.evaluate_only = evaluate_only
         self.restored = self.restore() if evaluate_only else {}     # part -> when it was saved
-        self.trains = sorted(self.restored) if evaluate_only else plan.trained_by(index, config.train.splits)
+        self.trains = [] if evaluate_only else plan.trained_by(index, config.train.splits)
         self.receives = [] if evaluate_only else plan.received_by(index, config.train.splits)
         self.publishers: dict[int, object] = {}
+        self.tasks_publisher = None
         self.subscriptions: list = []
         self.bytes_in = self.bytes_out = self.dropped = 0
         self.samples = 0
@@ -56,18 +59,24 @@ class PFFJob:
         qos = params_qos(self.history)
         for p in self.trains:
             self.publishers[p] = n.create_publisher(LayerParameters, params_topic(self.model, p, L), qos)
+        if self.evaluate_only:
+            saved = ", ".join(self.names[p] for p in sorted(self.restored))
+            self.phase, self.message = "trained", (f"restored {saved}" if saved else "nothing saved here")
+            self.node.publish_status(self.status())
+            return
+        self.tasks_publisher = n.create_publisher(LayerParameters, tasks_topic(self.model), TASKS_QOS)
         for p in self.receives:
             self.subscriptions.append(n.create_subscription(LayerParameters, params_topic(self.model, p, L),
                                                             lambda m, p=p: self._receive(p, m), qos))
         self.started = time.perf_counter()
-        run = self._publish_restored if self.evaluate_only else self._run
-        self.thread = threading.Thread(target=run, daemon=True, name=f"pff-{self.model}")
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"pff-{self.model}")
         self.thread.start()
 
     def stop(self, why: str) -> None:
         self.worker.stop(why)
-        for pub in self.publishers.values():
+        for pub in [*self.publishers.values(), *([self.tasks_publisher] if self.tasks_publisher else [])]:
             self.node.destroy_publisher(pub)
+        self.tasks_publisher = None
         for sub in self.subscriptions:
             self.node.destroy_subscription(sub)
         self.publishers, self.subscriptions = {}, []
@@ -89,15 +98,20 @@ class PFFJob:
             log.error(f"PFF {self.model}: {self.message}")
         self.node.publish_status(self.status())
 
-    def _publish_restored(self) -> None:
+    def final_parameters(self, part: int) -> Parameters:
+        """The final version of ``part`` if this node holds it (trained its last chapter here, or
+        restored it); no optimizer state: nothing trains it further."""
         final = self.config.train.splits
-        for part, saved_at in sorted(self.restored.items()):
-            self.store.put(Parameters(part, final, part_state(self.worker.parts[part], optimizer=False),
-                                      {"node": self.index, "restored": 1, "saved_at": saved_at}))
-        self.phase = "trained"
-        self.message = f"published saved {', '.join(self.names[p] for p in sorted(self.restored)) or 'nothing'}"
-        self.node.get_logger().info(f"PFF {self.model}: node {self.index} {self.message}")
-        self.node.publish_status(self.status())
+        if not 0 <= part < self.plan.parts:
+            raise ValueError(f"no part {part} (parts 0..{self.plan.parts - 1})")
+        if part in self.restored:
+            meta = {"node": self.index, "saved_at": self.restored[part]}
+        elif self.worker.held.get(part) == final:   # its last chapter is done: it changes no more
+            meta = {"node": self.index}
+        else:
+            raise ValueError(f"{self.names[part]} version {final} is not here (this node holds "
+                             f"{self.worker.held.get(part, 0) if part not in self.restored else 'a saved one'})")
+        return Parameters(part, final, part_state(self.worker.parts[part], optimizer=False), meta)
 
     # ------------------------------------------------------------------ transport
     def _publish(self, p: Parameters) -> None:
@@ -107,6 +121,10 @@ class PFFJob:
         msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.get_name(), node=self.node)
         self.bytes_out += nbytes(msg)
         pub.publish(msg)
+        if self.tasks_publisher is not None:   # the task's report: its meta without the tensors
+            report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": len(serialize_message(msg))})
+            self.tasks_publisher.publish(params_to_msg(report, run_id=self.run_id, model=self.model,
+                                                       node_name=self.node.get_name(), node=self.node))
         self.node.publish_status(self.status())
 
     def _receive(self, part: int, msg) -> None:

@@ -39,8 +39,8 @@ from dff_ros.pff.plan import PFFPlan, shard_indices
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.host import LayerHost
-from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
-from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, spec_hash,
+from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
+from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, params_to_msg, spec_hash,
                                      train_from_msg, train_to_msg)
 from dff_ros.transport.tensors import nbytes
 from rclpy.parameter import parameter_value_to_python
@@ -91,6 +91,7 @@ class ServerNode(Node):
         self.create_service(DeleteModel, "~/delete_model", self.on_delete)
         self.create_service(ListLayers, "~/list_layers", self.on_list)
         self.create_service(SaveWeights, "~/save_weights", self.on_save)
+        self.create_service(FetchParameters, "~/fetch_parameters", self.on_fetch)
         self.create_timer(1.0, self._jobs_status)
         self.get_logger().info(f"ready: weights in {weights_dir}, {threads} torch thread(s)")
 
@@ -260,6 +261,20 @@ class ServerNode(Node):
                     input_topic=h.topics["train_input"], output_topic=h.topics["train_output"]))
             for job in self.jobs.values():
                 res.layers.extend(job.infos())
+        return res
+
+    def on_fetch(self, req, res):
+        with self.lock:
+            job = self.jobs.get(req.model)
+        try:
+            if job is None:
+                raise ValueError(f"no PFF run of model {req.model!r} here")
+            p = job.final_parameters(int(req.part))
+        except ValueError as e:
+            res.success, res.message = False, str(e)
+            return res
+        res.parameters = params_to_msg(p, run_id=job.run_id, model=job.model, node_name=self.get_name(), node=self)
+        res.success, res.message = True, f"{job.names[p.part]} version {p.version}"
         return res
 
     def on_save(self, req, res):
