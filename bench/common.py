@@ -5,6 +5,10 @@ import json
 import os
 import platform
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,3 +74,46 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def launched(run: str, model_path: str, servers: int, overrides: dict, *, extra: tuple = (),
+             timeline: str | None = None) -> dict:
+    """One pipeline run through the launcher: ``run`` is dff (activations) or a PFF variant.
+    ``extra``: more launcher arguments (e.g. --emulate-hosts); ``timeline``: where under
+    bench/results/ to copy a PFF run's timeline PNG."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("DFF_BENCH_DOMAIN", "92"),
+               "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+        transport = "activations" if run == "dff" else "parameters"
+        cmd = [sys.executable, "-m", "dff_ros.launcher", "--pipeline", str(REPO / "config" / "mnist_pipeline.yaml"),
+               "--servers", str(servers), "--set", f"model={model_path}", "--set", f"data_root={data_root()}",
+               "--set", f"weights_dir={tmp}/w", "--set", f"summary_dir={tmp}/runs", "--set", "restore_weights=false",
+               "--set", f"transport={transport}", "--set", "server_threads=1", "--no-progress", *extra]
+        if transport == "parameters":
+            cmd += ["--set", f"pff_variant={run}"]
+        for k, v in overrides.items():
+            cmd += ["--train-set", f"{k}={json.dumps(v)}"]
+        print(run + ":", " ".join(cmd[2:]), flush=True)
+        proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sys.stdout.write(proc.stdout[-2500:])
+        if proc.returncode:
+            raise SystemExit(f"{run} failed ({proc.returncode})")
+        summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", proc.stdout).group(1)).read_text())
+        epochs = summary["config"]["train"]["epochs"]
+        out = {"accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
+               "eval_seconds": summary["eval_seconds"], "nodes": servers, "threads": 1,
+               "host_traffic": {who: {"sent": int(s), "received": int(r)} for who, s, r in re.findall(
+                   r"\[launcher\] host \S+ \((\S+)\) sent (\d+) bytes, received (\d+) bytes", proc.stdout)}}
+        if transport == "activations":
+            moved = summary["master"]["bytes_sent"] + sum(l["bytes_out"] or 0 for l in summary["layers"])
+            busy = sum(l["busy_seconds"] or 0 for l in summary["layers"])
+            out.update(bytes_per_epoch=round(moved / epochs), utilisation=round(busy / (servers * summary["train_seconds"]), 3))
+        else:
+            out.update(bytes_per_epoch=summary["bytes_per_epoch"], utilisation=summary["utilisation"],
+                       setup_seconds=summary["setup_seconds"], fetch_seconds=summary["fetch_seconds"],
+                       per_node=summary["per_node"], bytes_per_topic=summary["bytes_per_topic"])
+            if timeline:
+                png = Path(proc.stdout.split("[master] timeline: ")[1].split()[0])
+                shutil.copy(png, RESULTS / timeline)
+                out["timeline_png"] = f"bench/results/{timeline}"
+        return out

@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
+from common import REPO, RESULTS, data_root, launched, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
@@ -38,43 +33,6 @@ def sequential(cfg, threads: int) -> dict:
     r = ReferenceTrainer(cfg, load_dataset("MNIST", data_root(), allow_download=False)).fit()
     return {"accuracy": r["accuracy"], "train_seconds": r["train_seconds"], "bytes_per_epoch": 0,
             "nodes": 1, "threads": threads, "utilisation": None}
-
-
-def launched(run: str, model_path: str, servers: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("DFF_BENCH_DOMAIN", "92"),
-               "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-        transport = "activations" if run == "dff" else "parameters"
-        cmd = [sys.executable, "-m", "dff_ros.launcher", "--pipeline", str(REPO / "config" / "mnist_pipeline.yaml"),
-               "--servers", str(servers), "--set", f"model={model_path}", "--set", f"data_root={data_root()}",
-               "--set", f"weights_dir={tmp}/w", "--set", f"summary_dir={tmp}/runs", "--set", "restore_weights=false",
-               "--set", f"transport={transport}", "--set", "server_threads=1", "--no-progress"]
-        if transport == "parameters":
-            cmd += ["--set", f"pff_variant={run}"]
-        for k, v in _overrides.items():
-            cmd += ["--train-set", f"{k}={json.dumps(v)}"]
-        print(run + ":", " ".join(cmd[2:]), flush=True)
-        proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        sys.stdout.write(proc.stdout[-2500:])
-        if proc.returncode:
-            raise SystemExit(f"{run} failed ({proc.returncode})")
-        summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", proc.stdout).group(1)).read_text())
-        epochs = summary["config"]["train"]["epochs"]
-        out = {"accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"], "nodes": servers,
-               "threads": 1}
-        if transport == "activations":
-            moved = summary["master"]["bytes_sent"] + sum(l["bytes_out"] or 0 for l in summary["layers"])
-            busy = sum(l["busy_seconds"] or 0 for l in summary["layers"])
-            out.update(bytes_per_epoch=round(moved / epochs), utilisation=round(busy / (servers * summary["train_seconds"]), 3))
-        else:
-            out.update(bytes_per_epoch=summary["bytes_per_epoch"], utilisation=summary["utilisation"],
-                       setup_seconds=summary["setup_seconds"],
-                       per_node=summary["per_node"], bytes_per_topic=summary["bytes_per_topic"])
-            png = Path(proc.stdout.split("[master] timeline: ")[1].split()[0])
-            dest = RESULTS / f"pff_mnist_{run}_timeline.png"
-            shutil.copy(png, dest)
-            out["timeline_png"] = str(dest.relative_to(REPO))
-        return out
 
 
 def table(runs: list[dict]) -> str:
@@ -139,7 +97,8 @@ def main() -> int:
     for run in args.runs.split(","):
         if run not in RUNS:
             raise SystemExit(f"unknown run {run!r} (known: {', '.join(RUNS)})")
-        res = sequential(cfg, int(run[-2])) if run.startswith("sequential") else launched(run, args.model, args.servers)
+        res = (sequential(cfg, int(run[-2])) if run.startswith("sequential")
+               else launched(run, args.model, args.servers, _overrides, timeline=f"pff_mnist_{run}_timeline.png"))
         rows.append({"key": f"{cfg.name}/{run}", "run": run, "model": cfg.name, "epochs": cfg.train.epochs,
                      "splits": cfg.train.splits, "overrides": dict(_overrides), **res, "machine": machine()})
         print(f"{run}: {res['accuracy']} in {res['train_seconds']} s", flush=True)

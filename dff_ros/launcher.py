@@ -10,7 +10,8 @@ Output of every process is prefixed with its name; the exit code is the master's
 
 --emulate-hosts (root): role all, but every node on its own "host", a network namespace with
 its own IP on a bridge (dff_ros.netns), DDS over UDP only; --rate caps each host's egress
-(e.g. 20mbit, WiFi between SBCs). At the end the launcher prints what each host sent and received.
+(e.g. 20mbit, WiFi between SBCs) and paces every node's DDS writers to 80 % of it (a Fast DDS
+flow controller). At the end the launcher prints what each host sent and received.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 from dff_ros.config.pipeline import load_pipeline_config
 from dff_ros.config.schema import ConfigError
@@ -102,8 +105,15 @@ def main(argv=None) -> int:
                 print(f"[launcher] cannot emulate hosts: {e}", file=sys.stderr)
                 return 2
             wrap = hosts.command
+            profile = config_file("fastdds_udp_profile.xml")
+            if args.rate:   # pace every node below its link, or the link drowns in resends
+                from dff_ros.netns import rate_bits, with_flow_controller
+                paced = Path(tempfile.mkdtemp(prefix="dff_ros_")) / "fastdds_udp_paced.xml"
+                paced.write_text(with_flow_controller(Path(profile).read_text(), 0.8 * rate_bits(args.rate) / 8))
+                profile = str(paced)
             env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",   # discovery across the bridge, data over UDP
-                   "FASTDDS_DEFAULT_PROFILES_FILE": config_file("fastdds_udp_profile.xml")}
+                   "FASTDDS_DEFAULT_PROFILES_FILE": profile,
+                   "RMW_FASTRTPS_PUBLICATION_MODE": "AUTO"}     # the profile's publish mode applies
             print(f"[launcher] hosts: master on {hosts.address(0)}, servers on "
                   f"{', '.join(hosts.address(i + 1) for i in range(cfg.servers))}"
                   + (f", egress capped at {args.rate}" if args.rate else ""), flush=True)

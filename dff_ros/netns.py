@@ -50,6 +50,35 @@ def tbf_args(rate: str) -> list[str]:
     return ["tbf", "rate", rate, "burst", str(burst), "latency", "200ms"]
 
 
+def with_flow_controller(profile_xml: str, bytes_per_second: float, period_ms: int = 50) -> str:
+    """A Fast DDS profile (XML text) whose participants send at most ``bytes_per_second``:
+    a FIFO flow controller used by every data writer (asynchronous publishing). Without one,
+    reliable messages of many fragments overrun a capped link, the drops are resent at full
+    speed and nothing gets through (seen here at 20 Mbit/s: 760 MB sent for 11 MB delivered)."""
+    import xml.etree.ElementTree as ET
+
+    ns = "http://www.eprosima.com"
+    ET.register_namespace("", ns)
+    q = lambda tag: f"{{{ns}}}{tag}"  # noqa: E731
+    root = ET.fromstring(profile_xml)
+    profiles = root.find(q("profiles"))
+    rtps = profiles.find(f"{q('participant')}/{q('rtps')}")
+    if profiles is None or rtps is None:
+        raise ValueError("the profile has no <profiles><participant><rtps>")
+    controllers = ET.Element(q("flow_controller_descriptor_list"))
+    desc = ET.SubElement(controllers, q("flow_controller_descriptor"))
+    for tag, text in (("name", "dff_link"), ("scheduler", "FIFO"),
+                      ("max_bytes_per_period", str(max(1, int(bytes_per_second * period_ms / 1000)))),
+                      ("period_ms", str(period_ms))):
+        ET.SubElement(desc, q(tag)).text = text
+    rtps.insert(0, controllers)   # the schema wants it before the transports
+    writer = ET.SubElement(profiles, q("data_writer"), profile_name="dff_writer", is_default_profile="true")
+    mode = ET.SubElement(ET.SubElement(writer, q("qos")), q("publishMode"))
+    ET.SubElement(mode, q("kind")).text = "ASYNCHRONOUS"
+    ET.SubElement(mode, q("flow_controller_name")).text = "dff_link"
+    return ET.tostring(root, encoding="unicode")
+
+
 @dataclass
 class VirtualHosts:
     count: int

@@ -33,7 +33,7 @@ from dff_ros.nodes.master_pff import ParameterRun, plot_timeline
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.driver import PipelineDriver, check_supported
-from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
+from dff_ros.srv import CreateLayers, DeleteModel, SaveWeights
 from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
                                      train_from_msg, train_to_msg)
 from dff_ros.transport.tensors import nbytes

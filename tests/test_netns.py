@@ -1,0 +1,48 @@
+"""The emulated-hosts helper's pure parts (the namespaces themselves: test_multihost.py)."""
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from rosutil import REPO
+
+from dff_ros.netns import VirtualHosts, rate_bits, tbf_args, with_flow_controller
+
+NS = {"d": "http://www.eprosima.com"}
+
+
+def test_rates_and_tbf():
+    assert rate_bits("20mbit") == 20e6 and rate_bits("1.5gbit") == 1.5e9 and rate_bits("800kbit") == 800e3
+    for bad in ("20", "20mb", "fast", "-1mbit"):
+        with pytest.raises(ValueError, match="rate"):
+            rate_bits(bad)
+    args = tbf_args("20mbit")
+    assert args[:3] == ["tbf", "rate", "20mbit"] and int(args[args.index("burst") + 1]) == 32 * 1024
+    assert int(tbf_args("1gbit")[4]) == 1_250_000          # 10 ms at the rate once that exceeds 32 kB
+
+
+def test_host_names_and_addresses_are_checked():
+    hosts = VirtualHosts(3, prefix="ab1", subnet="10.9.0")
+    assert [hosts.name(i) for i in range(3)] == ["ab10", "ab11", "ab12"]
+    assert hosts.address(2) == "10.9.0.3" and hosts.bridge == "br-ab1"
+    for kwargs in ({"prefix": "../x"}, {"prefix": "A"}, {"subnet": "10.9"}, {"rate": "lots"}):
+        with pytest.raises(ValueError):
+            VirtualHosts(2, **kwargs)
+    with pytest.raises(ValueError, match="count"):
+        VirtualHosts(0)
+
+
+def test_flow_controller_paces_every_writer_of_the_udp_profile():
+    base = (REPO / "config" / "fastdds_udp_profile.xml").read_text()
+    root = ET.fromstring(with_flow_controller(base, 2_000_000, period_ms=50))
+    rtps = root.find("d:profiles/d:participant/d:rtps", NS)
+    desc = rtps.find("d:flow_controller_descriptor_list/d:flow_controller_descriptor", NS)
+    assert desc.find("d:max_bytes_per_period", NS).text == "100000"      # 2 MB/s in 50 ms periods
+    assert desc.find("d:period_ms", NS).text == "50"
+    assert list(rtps)[0].tag.endswith("flow_controller_descriptor_list")  # before the transports
+    writer = root.find("d:profiles/d:data_writer", NS)
+    assert writer.get("is_default_profile") == "true"
+    mode = writer.find("d:qos/d:publishMode", NS)
+    assert mode.find("d:kind", NS).text == "ASYNCHRONOUS"
+    assert mode.find("d:flow_controller_name", NS).text == desc.find("d:name", NS).text
+    # the transports stay: UDP only
+    assert [t.text for t in rtps.findall("d:userTransports/d:transport_id", NS)] == ["dff_udp"]
