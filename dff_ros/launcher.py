@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         master_cmd.append("--no-progress")
 
     servers: list[subprocess.Popen] = []
-    hosts = None
+    hosts = scratch = None
     try:
         if args.role == "server":
             proc = start(server_cmd, "server")
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
             profile = config_file("fastdds_udp_profile.xml")
             if args.rate:   # pace every node below its link, or the link drowns in resends
                 from dff_ros.netns import rate_bits, with_flow_controller
-                paced = Path(tempfile.mkdtemp(prefix="dff_ros_")) / "fastdds_udp_paced.xml"
+                scratch = tempfile.TemporaryDirectory(prefix="dff_ros_")
+                paced = Path(scratch.name) / "fastdds_udp_paced.xml"
                 paced.write_text(with_flow_controller(Path(profile).read_text(), 0.8 * rate_bits(args.rate) / 8))
                 profile = str(paced)
             env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",   # discovery across the bridge, data over UDP
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
                 print(f"[launcher] host {hosts.address(i)} ({'master' if i == 0 else f'server#{i}'}) "
                       f"sent {hosts.sent_bytes(i)} bytes, received {hosts.received_bytes(i)} bytes", flush=True)
             hosts.down()
+        if scratch is not None:
+            scratch.cleanup()
 
 
 if __name__ == "__main__":
