@@ -178,12 +178,9 @@ class ParameterRun:
             finally:
                 if not p.keep_layers:
                     master.delete(nodes)
-            return {"run_id": master.run_id, "model": m.name, "mode": "pff", "transport": "parameters",
-                    "pff_variant": plan.variant, "nodes": nodes, "trained": False, "weights_restored": True,
+            return {**self._about(plan, nodes, result), "trained": False, "weights_restored": True,
                     "restored_from": {self.names[part]: server for part, server in sorted(sources.items())},
-                    "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
-                    "test_samples": result["test_samples"], "weights": {}, "config": m.to_dict(),
-                    "pipeline": {k: v for k, v in vars(p).items()}}
+                    "weights": {}}
         master.log(f"PFF {plan.variant}: {len(nodes)} node(s) {', '.join(nodes)}; "
                    + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
         created = time.perf_counter()
@@ -227,7 +224,7 @@ class ParameterRun:
 
     def summary(self, plan: PFFPlan, nodes: list[str], train_seconds: float, setup_seconds: float, result: dict,
                 status: dict, paths: dict) -> dict:
-        m, t = self.model, self.model.train
+        t = self.model.train
         total_bytes = sum(self.bytes.values())
         per_node = []
         for i, server in enumerate(nodes):
@@ -244,16 +241,20 @@ class ParameterRun:
                             "end": round(x["end"] - t0, 3), "wait": x.get("wait"), "inputs": x["inputs"]}
                            for x in self.tasks + self.scoring), key=lambda x: (x["start"], x["node"]))
         return {
-            "run_id": self.master.run_id, "model": m.name, "mode": "pff", "transport": "parameters",
-            "pff_variant": plan.variant, "nodes": nodes, "layer_nodes": list(plan.layer_nodes), "trained": True,
-            "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
+            **self._about(plan, nodes, result), "layer_nodes": list(plan.layer_nodes), "trained": True,
             "train_seconds": round(train_seconds, 2), "setup_seconds": round(setup_seconds, 2),
             "samples_per_second": round(self._samples() * t.epochs / train_seconds, 1),
             "bytes_published": total_bytes, "bytes_per_epoch": round(total_bytes / t.epochs),
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
             "per_node": per_node, "timeline": timeline, "dropped": self.dropped, "weights": paths,
-            "optimizer_state_passed": plan.passes_optimizer, "negatives_lag": plan.negatives_lag, "test_samples": result["test_samples"],
-            "config": m.to_dict(), "pipeline": {k: v for k, v in vars(self.p).items()}}
+            "optimizer_state_passed": plan.passes_optimizer, "negatives_lag": plan.negatives_lag}
+
+    def _about(self, plan: PFFPlan, nodes: list[str], result: dict) -> dict:
+        """What every PFF summary says: the run, its nodes, the test result and the settings."""
+        return {"run_id": self.master.run_id, "model": self.model.name, "mode": "pff", "transport": "parameters",
+                "pff_variant": plan.variant, "nodes": nodes, "accuracy": result["accuracy"],
+                "eval_seconds": result["eval_seconds"], "test_samples": result["test_samples"],
+                "config": self.model.to_dict(), "pipeline": dict(vars(self.p))}
 
     def _samples(self) -> int:
         t = self.model.train

@@ -120,9 +120,10 @@ class PFFJob:
             return
         msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.get_name(), node=self.node)
         self.bytes_out += nbytes(msg)
-        pub.publish(msg)
+        wire = serialize_message(msg)   # published as is: serialized once, and its size is known
+        pub.publish(wire)
         if self.tasks_publisher is not None:   # the task's report: its meta without the tensors
-            report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": len(serialize_message(msg))})
+            report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": len(wire)})
             self.tasks_publisher.publish(params_to_msg(report, run_id=self.run_id, model=self.model,
                                                        node_name=self.node.get_name(), node=self.node))
         self.node.publish_status(self.status())

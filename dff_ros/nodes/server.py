@@ -212,8 +212,11 @@ class ServerNode(Node):
         if not 0 <= req.node_index < req.num_nodes:
             raise ValueError(f"node_index {req.node_index} outside 0..{req.num_nodes - 1}")
         plan = PFFPlan.for_model(config, req.pff_variant, int(req.num_nodes), tuple(int(n) for n in req.layer_nodes))
-        data = self._dataset(dataset.name, req.data_root)
-        x, y = data["train_images"], data["train_labels"]
+        if req.evaluate_only:   # nothing to train: a robot with saved weights needs no training data
+            x, y = torch.empty(0, specs[0].in_features), torch.empty(0, dtype=torch.long)
+        else:
+            data = self._dataset(dataset.name, req.data_root)
+            x, y = data["train_images"], data["train_labels"]
         if train.train_subset:
             x, y = x[:train.train_subset], y[:train.train_subset]
         if plan.variant == "federated":  # this node's own shard; the other rows never leave their nodes
