@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +98,43 @@ class Client:
     def close(self) -> None:
         self.node.destroy_node()
         self.rclpy.shutdown(context=self.context)
+
+
+def wait_status(client: Client, ready, timeout: float = 600.0):
+    """The first /dff/status message that satisfies ``ready``."""
+    from dff_ros.msg import LayerStatus
+    from dff_ros.nodes.common import STATUS_QOS, STATUS_TOPIC
+
+    seen = []
+    sub = client.node.create_subscription(LayerStatus, STATUS_TOPIC, seen.append, STATUS_QOS)
+    try:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            client.spin(0.1)
+            hit = [m for m in seen if ready(m)]
+            if hit:
+                return hit[0]
+            seen.clear()
+        raise AssertionError(f"no status message as waited for within {timeout:.0f} s")
+    finally:
+        client.node.destroy_subscription(sub)
+
+
+def kill_when(client: Client, server: Proc, name: str, ready, timeout: float = 600.0, close: bool = True,
+              delay: float = 0.0):
+    """SIGKILL ``server`` (no goodbye) ``delay`` s after one of its status messages satisfies
+    ``ready``; returns that message. ``close``: close the client afterwards."""
+    try:
+        hit = wait_status(client, lambda m: m.server == name and ready(m), timeout)
+        time.sleep(delay)
+        server.p.send_signal(signal.SIGKILL)
+        server.p.wait()
+        return hit
+    except AssertionError:
+        raise AssertionError(f"{name} never reported what was waited for:\n{server.output()}") from None
+    finally:
+        if close:
+            client.close()
 
 
 def write_pipeline(tmp_path, data_root, widths=(300, 300), pipeline=None, **train):

@@ -8,7 +8,7 @@ import torch
 from dff_ros.config import parse_model_config
 from dff_ros.ff.trainer import ReferenceTrainer
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
-from dff_ros.pipeline.driver import PipelineDriver, check_supported
+from dff_ros.pipeline.driver import PipelineDriver, ServerLost, check_supported
 from dff_ros.pipeline.host import LayerHost
 
 
@@ -48,6 +48,73 @@ def test_pipeline_matches_reference(mnist, schedule):
     for k in ("goodness", "softmax"):
         # both schedules run the same updates in the same order as the reference
         assert abs(got[k] - ref[k]) <= 0.005, (k, got, ref)
+
+
+def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_once(mnist):
+    """Layer 1 dies while chapter 1 reaches it (checkpoint: after chapter 0); layer 0 has gone
+    on to chapter 2. A new host resumes from the checkpoint, the driver resends from chapter 1,
+    layer 0 only passes replayed chapters on, and the run ends as if nothing happened."""
+    cfg = config("chapters", splits=3)
+    n = cfg.train.train_subset
+    ref = ReferenceTrainer(cfg, mnist, progress=False).fit()["accuracy"]
+    results, checkpoints, state = queue.Queue(), {}, {"dead": False, "lost": 0}
+    hosts = [LayerHost(s, cfg.train, cfg.num_classes, last=s.index == 2,
+                       on_checkpoint=lambda p: checkpoints.__setitem__(p.part, p)) for s in cfg.layers]
+
+    def push(i, chunk, infer):
+        if i == 1 and not infer and chunk.chapter == 1 and chunk.attempt == 0:
+            state["dead"] = True
+        if i == 1 and state["dead"]:
+            return                                  # the server is gone: its input goes nowhere
+        outs = [hosts[i].infer(chunk)] if infer else hosts[i].train(chunk)
+        for out in outs:
+            results.put(out) if i + 1 == len(hosts) else push(i + 1, out, infer)
+
+    def health():
+        if state["dead"]:
+            raise ServerLost("server_2", 5.0)
+
+    def recover(lost):
+        state["dead"], state["lost"] = False, state["lost"] + 1
+        hosts[1] = LayerHost(cfg.layers[1], cfg.train, cfg.num_classes, last=False,
+                             on_checkpoint=hosts[0].on_checkpoint)
+        hosts[1].resume(checkpoints[1])
+        return min(h.chapters_done for h in hosts)
+
+    driver = PipelineDriver(cfg, mnist, send_train=lambda c: push(0, c, False), send_infer=lambda c: push(0, c, True),
+                            results=results, chunk_rows=700, progress=False, health=health, recover=recover)
+    driver.fit()
+    got = driver.evaluate()["accuracy"]
+    assert state["lost"] == 1 and driver.attempt == 1 and checkpoints[1].version == 3
+    # exactly once: every layer (and the head) trained every chapter, none twice
+    assert [h.chapters_done for h in hosts] == [3, 3, 3] and driver.head_done == 3
+    assert [h.samples for h in hosts] == [n * cfg.train.epochs] * 3
+    assert hosts[0].stale == 0 and hosts[2].stale == 0
+    for k in ("goodness", "softmax"):
+        assert abs(got[k] - ref[k]) <= 0.02, (k, got, ref)
+
+
+def test_host_drops_stale_and_out_of_order_chapters(mnist):
+    cfg = config("chapters", splits=3)
+    trained = []
+    host = LayerHost(cfg.layers[0], cfg.train, 10, last=False, on_checkpoint=lambda p: trained.append(p.version))
+    x, y = mnist["train_images"][:50], mnist["train_labels"][:50]
+
+    def chunk(chapter, attempt):
+        return TrainChunk(chapter, 1, 0, 1, y, images=(x * 255).to(torch.uint8), neg_labels=(y + 1) % 10,
+                          attempt=attempt)
+
+    assert host.train(chunk(1, 0)) == [] and host.stale == 1       # chapter 0 never came
+    assert len(host.train(chunk(0, 0))) == 1 and host.chapters_done == 1 and trained == [1]
+    before = host.layer.linear.weight.clone()
+    assert len(host.train(chunk(0, 1))) == 1 and trained == [1]   # replayed: passed on only
+    assert torch.equal(before, host.layer.linear.weight) and host.chapters_done == 1
+    assert host.train(chunk(1, 0)) == [] and host.stale == 2       # older attempt
+    resumed = LayerHost(cfg.layers[0], cfg.train, 10, last=False)
+    resumed.resume(host.checkpoint())
+    assert resumed.chapters_done == 1 and torch.equal(resumed.layer.linear.weight, before)
+    with pytest.raises(ValueError, match="does not fit layer 1"):
+        LayerHost(cfg.layers[1], cfg.train, 10, last=False).resume(host.checkpoint())
 
 
 def test_host_rejects_bad_chunks():

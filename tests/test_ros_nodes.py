@@ -1,16 +1,16 @@
 """Server and master nodes as separate processes over real DDS (each test: its own domain)."""
 import time
+from pathlib import Path
 
 import pytest
-import torch
 
 from rosutil import Client, Proc, ros_env, run_launcher, start_server, write_pipeline
 
-from dff_ros.msg import LayerSpec, TrainingBatch
+from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg
+
+from dff_ros.msg import TrainingBatch
 from dff_ros.nodes.common import DATA_QOS, SERVER_NAME, layer_topics
-from dff_ros.srv import CreateLayers, DeleteModel, ListLayers
-from dff_ros.transport.codec import to_parameter_value, to_parameters
-from dff_ros.transport.tensors import to_msg
+from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
 
 
 @pytest.fixture
@@ -47,16 +47,8 @@ def test_servers_started_together_get_distinct_names(env, tmp_path):
         client.close()
 
 
-def spec_msg(index=0, module="FFDense", args=(50,), in_features=784, out_features=50, last=True):
-    t = layer_topics("bad", index, 0 if last else 1)
-    return LayerSpec(index=index, source=index - 1, module=module, args=[to_parameter_value(a) for a in args],
-                     in_features=in_features, out_features=out_features, last=last, **t)
-
-
-def create(client, layers, train=None, model="bad", num_classes=10):
-    req = CreateLayers.Request(run_id="r", model=model, num_classes=num_classes, layers=layers,
-                               train=to_parameters(train or {"epochs": 1, "splits": 1}))
-    return client.call(CreateLayers, "/server_1/create_layers", req)
+def create(client, request):
+    return client.call(CreateLayers, "/server_1/create_layers", request)
 
 
 def test_bad_requests_and_malformed_chunks_are_answered_not_fatal(env, tmp_path):
@@ -64,57 +56,47 @@ def test_bad_requests_and_malformed_chunks_are_answered_not_fatal(env, tmp_path)
     client = Client(env)
     try:
         server.wait_for("ready:")
-        cases = [
-            ([spec_msg(module="NoSuchLayer")], None, "unknown layer type"),
-            ([spec_msg(args=(-5,))], None, "positive integer"),
-            ([spec_msg(out_features=7)], None, "out_features 7"),
-            ([spec_msg()], {"epochs": 3, "splits": 2}, "train.splits"),
-            ([spec_msg()], {"lr": "fast"}, "train.lr"),
-            ([], None, "no layers"),
-        ]
-        for layers, train, reason in cases:
-            res = create(client, layers, train)
-            assert not res.success and reason in res.message, (reason, res.message)
-        bad_topic = spec_msg()
-        bad_topic.train_input = "relative/topic"
-        res = create(client, [bad_topic])
-        assert not res.success and "absolute topic" in res.message
+        for what, request, reason in request_cases():
+            res = create(client, request)
+            assert not res.success and reason in res.message, (what, res.message)
 
-        res = create(client, [spec_msg()])
+        res = create(client, create_request([spec_msg()]))
         assert res.success and list(res.weights_restored) == [False], res.message
         listing = client.call(ListLayers, "/server_1/list_layers", ListLayers.Request())
         assert [(l.model, l.index, l.out_features) for l in listing.layers] == [("bad", 0, 50)]
 
-        # malformed chunks on the layer's input: dropped and counted, the server keeps serving
+        # malformed and foreign chunks on the layer's input: dropped and counted by kind, the
+        # first of each kind logged; the server keeps serving
         pub = client.node.create_publisher(TrainingBatch, layer_topics("bad", 0, 0)["train_input"], DATA_QOS)
         client.spin(1.5)
-        bad = TrainingBatch(model="bad", run_id="r", count=1)
-        bad.labels.dtype = "float32"                          # labels must be int64
-        bad.labels.shape = [2]
-        bad.labels.data = bytes(8)
-        pub.publish(bad)
-        short = TrainingBatch(model="bad", run_id="r", count=1)
-        to_msg(torch.tensor([1, 2]), short.labels)
-        to_msg(torch.tensor([3, 4]), short.neg_labels)
-        short.images.dtype, short.images.shape, short.images.data = "uint8", [2, 784], bytes(10)  # too few bytes
-        pub.publish(short)
-        wrong_width = TrainingBatch(model="bad", run_id="r", count=1)
-        to_msg(torch.tensor([1, 2]), wrong_width.labels)
-        to_msg(torch.tensor([3, 4]), wrong_width.neg_labels)
-        to_msg(torch.zeros(2, 10, dtype=torch.uint8), wrong_width.images)
-        pub.publish(wrong_width)
+        cases = chunk_cases("bad", "r")
+        for _, msg, _ in cases:
+            pub.publish(msg)
         end = time.monotonic() + 20
         while time.monotonic() < end:
             listing = client.call(ListLayers, "/server_1/list_layers", ListLayers.Request())
-            if listing.layers[0].dropped >= 3:
+            if listing.layers[0].dropped >= len(cases):
                 break
             client.spin(0.2)
-        assert listing.layers[0].dropped == 3, server.output()
-        assert "dropped a malformed chunk (labels: dtype float32, expected int64)" in server.output()
+        assert listing.layers[0].dropped == len(cases), server.output()
+        out = server.output()
+        assert "dropped a malformed chunk (images: shape [2, 784] of uint8 needs 1568 bytes, got 10)" in out
+        assert "dropped a misrouted chunk (from layer 3, this layer reads layer -1)" in out
+        assert "dropped a foreign chunk (run 'someone-else', this layer belongs to run 'r')" in out
+        assert out.count("dropped a malformed chunk") == 1, out   # once per kind
+
+        # names that try to leave the weights folder stay inside it
+        weights = (tmp_path / "weights").resolve()
+        for name in TRAVERSAL_NAMES:
+            assert create(client, create_request([spec_msg(model=name)], model=name)).success, name
+            saved = client.call(SaveWeights, "/server_1/save_weights", SaveWeights.Request(model=name))
+            assert saved.success and len(saved.paths) == 1, (name, saved.message)
+            assert Path(saved.paths[0]).resolve().parent.parent == weights, (name, saved.paths)
 
         res = client.call(DeleteModel, "/server_1/delete_model", DeleteModel.Request(model="bad"))
         assert res.success and res.deleted == 1
-        assert not client.call(ListLayers, "/server_1/list_layers", ListLayers.Request()).layers
+        assert [l.model for l in client.call(ListLayers, "/server_1/list_layers", ListLayers.Request()).layers] \
+            == TRAVERSAL_NAMES
     finally:
         server.stop()
         client.close()

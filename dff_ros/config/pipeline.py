@@ -79,6 +79,8 @@ class PipelineConfig:
     wait_servers_seconds: float = 60.0
     service_timeout_seconds: float = 30.0
     stall_seconds: float = 300.0
+    heartbeat_timeout_seconds: float = 10.0   # a hosting server silent this long is lost
+    recover: bool = True                    # DFF chapters: move a lost server's layers to live servers
     source: str = "<dict>"
 
 
@@ -116,12 +118,12 @@ def parse_pipeline_config(raw: Mapping, source: str, base: Path | None = None) -
         v = values[k]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(source, k, f"must be a positive integer, got {v!r}")
-    for k in ("wait_servers_seconds", "service_timeout_seconds", "stall_seconds"):
+    for k in ("wait_servers_seconds", "service_timeout_seconds", "stall_seconds", "heartbeat_timeout_seconds"):
         v = values[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(source, k, f"must be a positive number, got {v!r}")
         values[k] = float(v)
-    for k in ("restore_weights", "train", "keep_layers"):
+    for k in ("restore_weights", "train", "keep_layers", "recover"):
         if not isinstance(values[k], bool):
             raise ConfigError(source, k, "must be true or false")
     for k in ("data_root", "weights_dir"):

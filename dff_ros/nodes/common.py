@@ -13,6 +13,7 @@ from dff_ros.pff.plan import NEGATIVES
 
 LAYER_WEIGHTS_FORMAT = "dff_ros.layer/1"   # one layer, saved by the server hosting or training it
 HEAD_WEIGHTS_FORMAT = "dff_ros.head/1"     # a softmax head
+RUN_STATE_FORMAT = "dff_ros.run/1"         # a DFF run in progress, saved by the master after each chapter
 SERVER_NAME = re.compile(r"^server_(\d+)$")
 STATUS_TOPIC = "/dff/status"
 CLAIMS_TOPIC = "/dff/server_claims"
@@ -39,6 +40,13 @@ def params_qos(depth: int) -> QoSProfile:
 # the master; late or restarted listeners get the whole history.
 TASKS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10000, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def checkpoints_topic(model: str) -> str:
+    """DFF layer checkpoints (``params_qos``): each hosted layer's state after every chapter it
+    trains (weights and optimizer, a few MB: ~1 % of a chapter's activations). The master keeps
+    the newest per layer for the server that takes over a lost server's layer."""
+    return f"/dff/{topic_token(model)}/checkpoints"
 
 
 def tasks_topic(model: str) -> str:

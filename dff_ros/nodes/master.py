@@ -26,14 +26,14 @@ from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, 
                                      plan_layers)
 from dff_ros.config.schema import ConfigError, load_model_config
 from dff_ros.data.datasets import DatasetMissing, load_dataset
-from dff_ros.msg import InferenceBatch, LayerStatus, TrainingBatch
-from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC, default_weights_dir,
-                                  head_weights_file, layer_topics, path_token)
+from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, TrainingBatch
+from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC,
+                                  checkpoints_topic, default_weights_dir, head_weights_file, layer_topics, params_qos, path_token)
 from dff_ros.nodes.master_pff import ParameterRun, plot_timeline
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
-from dff_ros.pipeline.driver import PipelineDriver, check_supported
-from dff_ros.srv import CreateLayers, DeleteModel, SaveWeights
+from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost, check_supported
+from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
 from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
                                      train_from_msg, train_to_msg)
 from dff_ros.transport.tensors import nbytes
@@ -51,6 +51,12 @@ class MasterNode(Node):
         self.server_status: dict[str, LayerStatus] = {}   # latest per server
         self.bytes_sent = self.bytes_received = 0
         self.dropped = 0
+        self.last_seen: dict[str, float] = {}             # server -> monotonic time of its last status
+        self.lost: set[str] = set()
+        self.placed: dict[int, dict] = {}                 # DFF: layer -> {"server", "restored"}
+        self.checkpoints: dict[int, LayerParameters] = {}  # DFF: newest checkpoint per layer
+        self.recoveries: list[dict] = []
+        self.resumed: dict | None = None                   # DFF: the run this master took over
         self.create_subscription(LayerStatus, STATUS_TOPIC, self._on_status, STATUS_QOS)
 
     def log(self, text: str) -> None:
@@ -109,28 +115,89 @@ class MasterNode(Node):
 
     # ------------------------------------------------------------------ layers
     def distribute(self, servers: list[str]) -> dict[int, dict]:
-        m, layers = self.model, self.model.layers
-        plan = plan_layers(len(layers), servers, self.p.placement, self.p.source)
-        last = len(layers) - 1
-        train = m.to_dict()["train"]
+        plan = plan_layers(len(self.model.layers), servers, self.p.placement, self.p.source)
         placed: dict[int, dict] = {}
         for server in sorted(set(plan), key=plan.index):
-            req = CreateLayers.Request(run_id=self.run_id, model=m.name, num_classes=m.num_classes,
-                                       restore_weights=self.p.restore_weights, train=to_parameters(train))
-            mine = [s for s in layers if plan[s.index] == server]
-            req.layers = [spec_to_msg(s, layer_topics(m.name, s.index, last), s.index == last) for s in mine]
-            res = self.call(CreateLayers, f"/{server}/create_layers", req)
-            if not res.success:
-                raise RunError(f"{server} refused layers {[s.index for s in mine]}: {res.message}")
-            if len(res.weights_restored) != len(mine):
-                raise RunError(f"{server} confirmed {len(res.weights_restored)} of {len(mine)} layers")
-            for s, restored in zip(mine, res.weights_restored):
-                placed[s.index] = {"server": server, "restored": bool(restored)}
-            self.log(f"{server}: {res.message}")
+            mine = [s.index for s in self.model.layers if plan[s.index] == server]
+            placed.update(self.host(server, mine, restore=self.p.restore_weights))
+        self.placed = placed
         return placed
 
+    def host(self, server: str, indices: list[int], *, restore: bool, resume: list | None = None) -> dict[int, dict]:
+        """Have ``server`` host these layers (``resume``: their checkpoints, added to a running run)."""
+        m, layers = self.model, self.model.layers
+        last = len(layers) - 1
+        req = CreateLayers.Request(run_id=self.run_id, model=m.name, num_classes=m.num_classes,
+                                   restore_weights=restore, train=to_parameters(m.to_dict()["train"]),
+                                   add_layers=resume is not None, resume_from=resume or [])
+        mine = [layers[i] for i in indices]
+        req.layers = [spec_to_msg(s, layer_topics(m.name, s.index, last), s.index == last) for s in mine]
+        res = self.call(CreateLayers, f"/{server}/create_layers", req)
+        if not res.success:
+            raise RunError(f"{server} refused layers {indices}: {res.message}")
+        if len(res.weights_restored) != len(mine):
+            raise RunError(f"{server} confirmed {len(res.weights_restored)} of {len(mine)} layers")
+        self.last_seen[server] = time.monotonic()
+        self.log(f"{server}: {res.message}")
+        return {s.index: {"server": server, "restored": bool(r)} for s, r in zip(mine, res.weights_restored)}
+
+    # ------------------------------------------------------------------ faults
+    def lost_server(self, servers) -> ServerLost | None:
+        """The first of ``servers`` whose heartbeat (its status messages) stopped; from now on
+        it is lost: nothing is asked of it any more."""
+        now = time.monotonic()
+        for s in sorted(set(servers)):
+            seen = self.last_seen.get(s)
+            if seen is not None and now - seen > self.p.heartbeat_timeout_seconds:
+                self.lost.add(s)
+                return ServerLost(s, now - seen)
+        return None
+
+    def check_servers(self) -> None:
+        lost = self.lost_server(v["server"] for v in self.placed.values())
+        if lost is not None:
+            raise lost
+
+    def recover(self, lost: ServerLost) -> int:
+        """Move a lost server's layers to the live servers with the fewest layers (a spare one
+        first), each resumed from its newest checkpoint; returns the first chapter some layer
+        has not trained, where the master resends from."""
+        start = time.perf_counter()
+        moved = sorted(i for i, v in self.placed.items() if v["server"] == lost.server)
+        self.get_logger().warning(f"{lost}: its layer(s) {moved} move to live servers")
+        names = {n for n, _ in self.get_node_names_and_namespaces() if SERVER_NAME.match(n)}
+        while self.lost_server(names - self.lost) is not None:   # more may have gone silent meanwhile
+            pass
+        live = sorted(n for n in names - self.lost if self.count_services_ready(n))
+        if not live:
+            raise RunError(f"{lost}, and no live server can take over layer(s) {moved}")
+        load = {s: sum(v["server"] == s for v in self.placed.values()) for s in live}
+        groups: dict[str, list[int]] = {}
+        for i in moved:
+            target = min(live, key=lambda s: (load[s], len(s), s))
+            load[target] += 1
+            groups.setdefault(target, []).append(i)
+        for target, indices in groups.items():
+            resume = [self.checkpoints[i] for i in indices if i in self.checkpoints]
+            hosted = self.host(target, indices, restore=False, resume=resume)
+            for i in indices:
+                self.placed[i] = {**hosted[i], "restored": self.placed[i]["restored"], "moved_from": lost.server}
+        last = len(self.model.layers) - 1
+        self._wait_connected([layer_topics(self.model.name, i, last) for i in range(last + 1)],
+                             hosts={i: self.placed[i]["server"] for i in moved})
+        done = {i: (self.checkpoints[i].version if i in self.checkpoints else 0) if i in moved
+                else (self.status[i].chapters_done if i in self.status else 0) for i in self.placed}
+        resume_at = min(done.values())
+        self.recoveries.append({
+            "server": lost.server, "layers": moved, "to": {i: self.placed[i]["server"] for i in moved},
+            "silent_seconds": round(lost.silent_seconds, 2), "chapters_done": done, "resumed_from_chapter": resume_at,
+            "takeover_seconds": round(time.perf_counter() - start, 2)})
+        self.log(f"layer(s) {moved} now on {', '.join(groups)}, resumed after chapter(s) "
+                 f"{[done[i] for i in moved]}; took {time.perf_counter() - start:.1f} s")
+        return resume_at
+
     def delete(self, servers) -> None:
-        for server in servers:
+        for server in [s for s in servers if s not in self.lost]:
             try:
                 self.call(DeleteModel, f"/{server}/delete_model", DeleteModel.Request(model=self.model.name))
             except RunError as e:
@@ -145,6 +212,8 @@ class MasterNode(Node):
         infer_pub = self.create_publisher(InferenceBatch, first["infer_input"], DATA_QOS)
         self.create_subscription(TrainingBatch, out["train_output"], lambda msg: self._on_result(msg, True), DATA_QOS)
         self.create_subscription(InferenceBatch, out["infer_output"], lambda msg: self._on_result(msg, False), DATA_QOS)
+        self.create_subscription(LayerParameters, checkpoints_topic(m.name), self._on_checkpoint,
+                                 params_qos(2 * len(m.layers)))
         self._wait_connected([layer_topics(m.name, i, len(m.layers) - 1) for i in range(len(m.layers))])
 
         def send(pub, encode):
@@ -157,16 +226,28 @@ class MasterNode(Node):
         return PipelineDriver(m, self.data, send_train=send(train_pub, train_to_msg),
                               send_infer=send(infer_pub, infer_to_msg), results=self.results,
                               chunk_rows=self.p.chunk_rows, window=self.p.window,
-                              stall_seconds=self.p.stall_seconds, progress=self.show_progress, log=self.log)
+                              stall_seconds=self.p.stall_seconds, progress=self.show_progress, log=self.log,
+                              health=self.check_servers,
+                              recover=self.recover if self.p.recover and m.train.schedule == "chapters" else None)
 
-    def _wait_connected(self, topics: list[dict], timeout: float = 30.0) -> None:
+    def _wait_connected(self, topics: list[dict], timeout: float = 30.0, hosts: dict[int, str] | None = None) -> None:
         """Every hop has its reader and writer matched before the first chunk goes out
-        (volatile topics drop what is published before a reader is there)."""
+        (volatile topics drop what is published before a reader is there). ``hosts``: layers
+        that just moved, whose new server's endpoints must be among them."""
         deadline = time.monotonic() + timeout
         names = [t[k] for t in topics for k in ("train_input", "infer_input")]
         names += [topics[-1]["train_output"], topics[-1]["infer_output"]]
+
+        def moved_missing():
+            for i, server in (hosts or {}).items():
+                if server not in {e.node_name for e in self.get_subscriptions_info_by_topic(topics[i]["train_input"])}:
+                    yield f"{topics[i]['train_input']} (reader on {server})"
+                if server not in {e.node_name for e in self.get_publishers_info_by_topic(topics[i]["train_output"])}:
+                    yield f"{topics[i]['train_output']} (writer on {server})"
+
         while True:
             missing = [n for n in names if self.count_publishers(n) < 1 or self.count_subscribers(n) < 1]
+            missing += list(moved_missing())
             if not missing:
                 time.sleep(0.5)  # graph info is seen before the remote endpoints finish matching
                 return
@@ -177,6 +258,11 @@ class MasterNode(Node):
     def _on_result(self, msg, training: bool) -> None:
         if msg.model != self.model.name or msg.run_id != self.run_id:
             return
+        if msg.layer != len(self.model.layers) - 1:
+            self.dropped += 1
+            self.get_logger().warning(f"dropped a result from layer {msg.layer} (results come from the last layer)",
+                                      throttle_duration_sec=5.0)
+            return
         self.bytes_received += nbytes(msg)
         try:
             self.results.put(train_from_msg(msg) if training else infer_from_msg(msg))
@@ -184,7 +270,15 @@ class MasterNode(Node):
             self.dropped += 1
             self.get_logger().warning(f"dropped a malformed result ({e})", throttle_duration_sec=5.0)
 
+    def _on_checkpoint(self, msg: LayerParameters) -> None:
+        if msg.model != self.model.name or msg.run_id != self.run_id or not 0 <= msg.part < len(self.model.layers):
+            return
+        old = self.checkpoints.get(msg.part)
+        if old is None or msg.version >= old.version:
+            self.checkpoints[msg.part] = msg
+
     def _on_status(self, msg: LayerStatus) -> None:
+        self.last_seen[msg.server] = time.monotonic()   # any status is a heartbeat
         if msg.model != self.model.name or msg.run_id != self.run_id:
             return
         self.status[msg.layer] = msg
@@ -223,14 +317,77 @@ class MasterNode(Node):
         self.log(f"servers: {', '.join(servers)}")
         if p.transport == "parameters":
             return ParameterRun(self, RunError).run(servers, self.data)
-        placed = self.distribute(servers)
+        state = self.saved_run(servers) if p.train else None
+        if state is not None:
+            self.run_id, self.placed = state["run_id"], state["placed"]
+            placed = self.placed
+        else:
+            placed = self.distribute(servers)
         try:
-            return self._train_and_test(placed)
+            return self._train_and_test(placed, state)
+        except ServerLost as e:
+            why = ("recover: false" if not p.recover else "only the chapters schedule resumes after a lost server"
+                   if m.train.schedule != "chapters" else "it was lost while testing")
+            raise RunError(f"{e}; the run stops ({why})") from None
+        except PipelineStalled as e:
+            raise RunError(str(e)) from None
         finally:
             if not p.keep_layers:
                 self.delete(sorted({v["server"] for v in placed.values()}))
 
-    def _train_and_test(self, placed: dict) -> dict:
+    # ------------------------------------------------------------------ master restart
+    def run_state_path(self) -> Path:
+        return Path(self.p.summary_dir) / f"{path_token(self.model.name)}.run-state.pt"
+
+    def save_run_state(self, driver: PipelineDriver) -> None:
+        save_atomic({"format": RUN_STATE_FORMAT, "run_id": self.run_id, "config": self.model.to_dict(),
+                     "placed": {i: v["server"] for i, v in self.placed.items()}, **driver.state()},
+                    self.run_state_path())
+
+    def saved_run(self, servers: list[str]) -> dict | None:
+        """The run a killed master of this model left, if its layers are all still hosted:
+        then this master takes it over (same run id) instead of starting again."""
+        path = self.run_state_path()
+        if not path.exists():
+            return None
+        try:
+            state = load_weights(path)
+        except Exception as e:  # a file this version cannot read: say so, start again
+            self.get_logger().warning(f"{path}: unreadable run state ({e}); starting a new run")
+            return None
+        if not isinstance(state, dict) or state.get("format") != RUN_STATE_FORMAT:
+            self.get_logger().warning(f"{path}: not a run state; starting a new run")
+            return None
+        if state["config"] != self.model.to_dict():
+            self.get_logger().warning(f"{path}: run {state['run_id']} had another config; starting a new run")
+            return None
+        hosted: dict[int, dict] = {}
+        for server in servers:
+            listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request())
+            for info in listing.layers:
+                if info.model == self.model.name and info.run_id == state["run_id"]:
+                    hosted[info.index] = {"server": server, "restored": info.weights_restored}
+        missing = sorted(set(range(len(self.model.layers))) - set(hosted))
+        if missing:
+            self.get_logger().warning(f"run {state['run_id']} of {self.model.name!r} was interrupted after "
+                                      f"{state['head_done']} chapter(s), but layer(s) {missing} are no longer "
+                                      f"hosted; starting a new run")
+            return None
+        self.log(f"taking over run {state['run_id']} (interrupted after {state['head_done']} chapter(s)); "
+                 f"layers on {[hosted[i]['server'] for i in sorted(hosted)]}")
+        return {**state, "placed": hosted}
+
+    def _layers_done(self, timeout: float = 10.0) -> int:
+        """The fewest chapters a layer has trained, from the layers' heartbeats."""
+        deadline = time.monotonic() + timeout
+        while len(self.status) < len(self.model.layers):
+            if time.monotonic() > deadline:
+                raise RunError(f"no status from layer(s) {sorted(set(self.placed) - set(self.status))} "
+                               f"within {timeout:.0f} s")
+            time.sleep(0.1)
+        return min(self.status[i].chapters_done for i in self.placed)
+
+    def _train_and_test(self, placed: dict, state: dict | None = None) -> dict:
         m, p = self.model, self.p
         driver = self.connect()
         head_restored = False
@@ -239,6 +396,12 @@ class MasterNode(Node):
             if isinstance(blob, dict) and blob.get("format") == HEAD_WEIGHTS_FORMAT:
                 driver.head.load_state_dict(blob["state_dict"])
                 head_restored = True
+        if state is not None:   # the interrupted run's head, not the last finished one
+            driver.restore(state, self._layers_done())
+            self.resumed = {"run_id": self.run_id, "head_done": driver.head_done,
+                            "from_chapter": driver.start_chapter, "attempt": driver.attempt}
+            self.log(f"resending from chapter {driver.start_chapter} (attempt {driver.attempt})")
+        driver.on_chapter = lambda: self.save_run_state(driver)
         restored = all(v["restored"] for v in placed.values()) and (driver.head is None or head_restored)
         if not p.train and not restored:
             raise RunError("train: false needs saved weights for every layer and the head; "
@@ -248,6 +411,7 @@ class MasterNode(Node):
             self.log(f"training {m.name}: {m.train.epochs} epochs, schedule {m.train.schedule}, "
                      f"{len(driver.train_y)} samples, layers on {[placed[i]['server'] for i in sorted(placed)]}")
             fit = driver.fit()
+            self.run_state_path().unlink(missing_ok=True)   # finished: nothing to take over
             if driver.head is not None:
                 save_atomic({"format": HEAD_WEIGHTS_FORMAT, "state_dict": driver.head.state_dict()}, self.head_path())
         result = driver.evaluate()
@@ -262,13 +426,14 @@ class MasterNode(Node):
         for i in sorted(placed):
             st = self.status.get(i)
             layers.append({"index": i, "server": placed[i]["server"], "weights_restored": placed[i]["restored"],
+                           "moved_from": placed[i].get("moved_from"),
                            "busy_seconds": round(st.busy_seconds, 2) if st else None,
                            "bytes_in": st.bytes_in if st else None, "bytes_out": st.bytes_out if st else None,
                            "dropped": st.dropped if st else None, "samples": st.samples if st else None})
         return {"run_id": self.run_id, "model": m.name, "mode": "dff", "schedule": m.train.schedule,
                 "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"], **fit,
                 "trained": p.train, "weights_restored": restored, "head_weights": str(self.head_path()),
-                "layers": layers, "weights": paths,
+                "layers": layers, "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
                            "dropped": self.dropped},
                 "train_samples": len(driver.train_y), "test_samples": len(driver.test_y),

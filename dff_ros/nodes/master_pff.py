@@ -144,6 +144,10 @@ class ParameterRun:
                 errors = self.master.errors_of(nodes)
                 if errors:
                     raise self.RunError("a node failed: " + "; ".join(errors))
+                lost = self.master.lost_server(nodes)
+                if lost is not None:
+                    raise self.RunError(f"{lost}; a PFF run does not move a lost node's share yet: restart "
+                                        "the run (transport: activations recovers from a lost server)")
                 quiet = time.monotonic() - self.last_news
                 if quiet > self.p.stall_seconds:
                     missing = [f"{self.names[p]} v{final}" for p in range(self.parts) if self.versions.get(p, 0) < final]

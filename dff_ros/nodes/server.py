@@ -30,9 +30,9 @@ from dff_ros.checkpoint import load_weights, save_atomic
 from dff_ros.config.schema import (ConfigError, DatasetConfig, LayerSpec, ModelConfig, validate_model_rows,
                                    validate_train)
 from dff_ros.data.datasets import DATASETS, DatasetMissing, load_dataset
-from dff_ros.msg import InferenceBatch, LayerInfo, LayerStatus, ServerClaim, TrainingBatch
-from dff_ros.nodes.common import (LAYER_WEIGHTS_FORMAT, CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS, STATUS_QOS, STATUS_TOPIC,
-                                  default_weights_dir, path_token)
+from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
+from dff_ros.nodes.common import (LAYER_WEIGHTS_FORMAT, CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS,
+                                  STATUS_QOS, STATUS_TOPIC, checkpoints_topic, default_weights_dir, params_qos, path_token)
 from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
 from dff_ros.pff.plan import PFFPlan, shard_indices
@@ -40,8 +40,8 @@ from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.host import LayerHost
 from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
-from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, params_to_msg, spec_hash,
-                                     train_from_msg, train_to_msg)
+from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, params_from_msg, params_to_msg,
+                                     spec_hash, train_from_msg, train_to_msg)
 from dff_ros.transport.tensors import nbytes
 from rclpy.parameter import parameter_value_to_python
 
@@ -65,6 +65,7 @@ class Hosted:
     bytes_in: int = 0
     bytes_out: int = 0
     dropped: int = 0
+    drops: dict = field(default_factory=dict)   # kind -> chunks dropped
     phase: str = "created"
     saved_path: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)  # compute vs. save
@@ -92,18 +93,23 @@ class ServerNode(Node):
         self.create_service(ListLayers, "~/list_layers", self.on_list)
         self.create_service(SaveWeights, "~/save_weights", self.on_save)
         self.create_service(FetchParameters, "~/fetch_parameters", self.on_fetch)
-        self.create_timer(1.0, self._jobs_status)
+        self.create_timer(1.0, self._heartbeat)
         self.get_logger().info(f"ready: weights in {weights_dir}, {threads} torch thread(s)")
 
     def publish_status(self, msg: LayerStatus) -> None:
         msg.header.stamp = self.get_clock().now().to_msg()
         self.status_pub.publish(msg)
 
-    def _jobs_status(self) -> None:
+    def _heartbeat(self) -> None:
+        """Every hosted layer's and running PFF share's status, once a second: the master's
+        sign that this server is alive."""
         with self.lock:
             running = [j for j in self.jobs.values() if j.phase == "training"]
+            hosted = list(self.layers.values())
         for job in running:
             self.publish_status(job.status())
+        for h in hosted:
+            self._status(h, h.phase)
 
     def _on_claim(self, msg) -> None:
         # another *running* server holds the same name with a lower token: it keeps the name.
@@ -125,12 +131,15 @@ class ServerNode(Node):
             self.get_logger().warning(res.message)
             return res
         with self.lock:
-            self._drop_model(req.model)
+            if pff or not req.add_layers:
+                self._drop_model(req.model)
             if pff:
                 self.jobs[req.model] = built
                 built.start()
             else:
                 for h in built:
+                    if (h.model, h.spec.index) in self.layers:
+                        self._stop(self.layers.pop((h.model, h.spec.index)))
                     self._start(h)
                     self.layers[(h.model, h.spec.index)] = h
         res.success = True
@@ -143,7 +152,8 @@ class ServerNode(Node):
         else:
             res.weights_restored = [h.restored for h in built]
             res.message = (f"hosting layer(s) {[h.spec.index for h in built]} of {req.model!r}"
-                           + (f"; restored {sum(res.weights_restored)} from {self.weights_dir}"
+                           + (f"; resumed after chapter(s) {[h.host.chapters_done for h in built]}" if req.resume_from
+                              else f"; restored {sum(res.weights_restored)} from {self.weights_dir}"
                               if any(res.weights_restored) else ""))
         self.get_logger().info(res.message)
         return res
@@ -181,6 +191,18 @@ class ServerNode(Node):
     def _build(self, req) -> list[Hosted]:
         where = f"create_layers({req.model!r})"
         train_raw, train = self._train_config(req, where)
+        indices = [m.index for m in req.layers]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"layer indices {indices} name a layer twice")
+        checkpoints = {}
+        for msg in req.resume_from:
+            try:
+                p = params_from_msg(msg)
+            except ChunkError as e:
+                raise ValueError(f"resume_from: {e}") from None
+            if p.part not in indices:
+                raise ValueError(f"resume_from: a checkpoint of layer {p.part}, which is not requested")
+            checkpoints[p.part] = p
         out = []
         for m, spec in zip(req.layers, self._specs(req, where)):
             for key in ("train_input", "train_output", "infer_input", "infer_output"):
@@ -190,7 +212,10 @@ class ServerNode(Node):
             h = Hosted(req.model, req.run_id, spec, host, spec_hash(req.model, spec, train_raw),
                        {k: getattr(m, k) for k in ("train_input", "train_output", "infer_input", "infer_output")},
                        False, train.epochs, train.splits)
-            if req.restore_weights:
+            if spec.index in checkpoints:
+                host.resume(checkpoints[spec.index])
+                h.restored = True
+            elif req.restore_weights:
                 h.restored = self._restore(h)
             out.append(h)
         return out
@@ -318,14 +343,18 @@ class ServerNode(Node):
         h.entities = [
             self.create_publisher(TrainingBatch, h.topics["train_output"], DATA_QOS),
             self.create_publisher(InferenceBatch, h.topics["infer_output"], DATA_QOS),
+            self.create_publisher(LayerParameters, checkpoints_topic(h.model), params_qos(1)),
         ]
-        train_pub, infer_pub = h.entities
+        train_pub, infer_pub, checkpoint_pub = h.entities
         h.entities += [
             self.create_subscription(TrainingBatch, h.topics["train_input"],
                                      lambda m, h=h: self._receive(h, m, True), DATA_QOS),
             self.create_subscription(InferenceBatch, h.topics["infer_input"],
                                      lambda m, h=h: self._receive(h, m, False), DATA_QOS),
         ]
+        # a chapter's checkpoint goes out as soon as it is trained: what a replacement resumes from
+        h.host.on_checkpoint = lambda p: checkpoint_pub.publish(
+            params_to_msg(p, run_id=h.run_id, model=h.model, node_name=self.get_name(), node=self))
         h.worker = threading.Thread(target=self._work, args=(h, train_pub, infer_pub), daemon=True,
                                     name=f"layer{h.spec.index}-{h.model}")
         h.worker.start()
@@ -342,18 +371,28 @@ class ServerNode(Node):
 
     def _receive(self, h: Hosted, msg, training: bool) -> None:
         if msg.model != h.model:
-            return self._drop(h, f"chunk for model {msg.model!r} on {h.model!r}'s topic")
+            return self._drop(h, "foreign", f"model {msg.model!r} on {h.model!r}'s topic")
+        if msg.run_id != h.run_id:   # another pipeline of the same model, or a stray publisher
+            return self._drop(h, "foreign", f"run {msg.run_id!r}, this layer belongs to run {h.run_id!r}")
+        if msg.layer != h.spec.source:
+            return self._drop(h, "misrouted", f"from layer {msg.layer}, this layer reads layer {h.spec.source}")
         h.bytes_in += nbytes(msg)
         try:
             chunk = train_from_msg(msg) if training else infer_from_msg(msg)
         except ChunkError as e:
-            return self._drop(h, str(e))
+            return self._drop(h, "malformed", str(e))
+        if training:
+            h.host.note_attempt(chunk.attempt)
         h.inbox.put((training, msg.run_id, chunk))
 
-    def _drop(self, h: Hosted, why: str) -> None:
+    def _drop(self, h: Hosted, kind: str, why: str) -> None:
+        """Count a chunk that is not for this layer or does not fit it; the first of each kind is
+        logged, the rest only counted (LayerStatus.dropped, and per kind in its message)."""
         h.dropped += 1
-        self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped a malformed chunk "
-                                  f"({why}); {h.dropped} dropped so far", throttle_duration_sec=5.0)
+        h.drops[kind] = h.drops.get(kind, 0) + 1
+        if h.drops[kind] == 1:
+            self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped a {kind} chunk ({why}); "
+                                      f"more {kind} chunks are only counted (see /dff/status)")
 
     def _work(self, h: Hosted, train_pub, infer_pub) -> None:
         last_status = 0.0
@@ -384,7 +423,7 @@ class ServerNode(Node):
                     h.bytes_out += nbytes(m)
                     infer_pub.publish(m)
             except ChunkError as e:
-                self._drop(h, str(e))
+                self._drop(h, "malformed", str(e))
                 continue
             except Exception as e:  # a bug or a bad tensor must not take the server down
                 self.get_logger().error(f"layer {h.spec.index} of {h.model!r}: {type(e).__name__}: {e}")
@@ -403,9 +442,11 @@ class ServerNode(Node):
     def _status(self, h: Hosted, phase: str, message: str = "") -> None:
         host = h.host
         loss = host.mean_loss
+        if not message and h.drops:
+            message = "dropped: " + ", ".join(f"{k} {n}" for k, n in sorted(h.drops.items()))
         self.status_pub.publish(LayerStatus(
             run_id=h.run_id, model=h.model, server=self.get_name(), layer=h.spec.index, phase=phase,
-            chapter=host.chapter, epoch=host.epoch, loss=float(loss), samples=host.samples,
+            chapter=host.chapter, chapters_done=host.chapters_done, epoch=host.epoch, loss=float(loss), samples=host.samples,
             busy_seconds=host.busy_seconds, bytes_in=h.bytes_in, bytes_out=h.bytes_out, dropped=h.dropped,
             message=message))
 

@@ -22,6 +22,7 @@ class TrainChunk:
     neg_labels: torch.Tensor | None = None
     acts: Activities | None = None
     features: torch.Tensor | None = None
+    attempt: int = 0      # the master's resume count: chunks of an older attempt are stale
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

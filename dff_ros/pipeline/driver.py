@@ -18,12 +18,21 @@ from dff_ros.ff.chapter import head_step, train_chapter
 from dff_ros.ff.network import build_head, make_head_learner
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.schedule import chapters
+from dff_ros.pff.state import load_part_state, part_state
 from dff_ros.pipeline.chunks import InferChunk, TrainChunk
 from dff_ros.progress import Progress
 
 
 class PipelineStalled(RuntimeError):
     """Nothing came out of the pipeline for too long (a server died or a message was lost)."""
+
+
+class ServerLost(RuntimeError):
+    """A server hosting layers stopped answering (no heartbeat for ``silent_seconds``)."""
+
+    def __init__(self, server: str, silent_seconds: float):
+        super().__init__(f"{server} sent no heartbeat for {silent_seconds:.1f} s")
+        self.server, self.silent_seconds = server, silent_seconds
 
 
 def check_supported(config) -> None:
@@ -50,13 +59,22 @@ class PipelineDriver:
     def __init__(self, config, data: dict[str, torch.Tensor], *, send_train: Callable[[TrainChunk], None],
                  send_infer: Callable[[InferChunk], None], results: "queue.Queue", chunk_rows: int = 1000,
                  window: int = 8, stall_seconds: float = 120.0, progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, health: Callable[[], None] = lambda: None,
+                 recover: Callable[[ServerLost], int] | None = None, on_chapter: Callable[[], None] | None = None):
+        """``health`` raises ServerLost when a server is gone; ``recover`` then has its layers
+        hosted again and returns the first chapter some layer has not trained (chapters
+        schedule; without it a lost server ends the run). ``on_chapter``: after each chapter
+        the head has trained (the master saves ``state()`` there)."""
         check_supported(config)
         t = config.train
         self.config, self.t, self.log = config, t, log
         self.send_train, self.send_infer, self.results = send_train, send_infer, results
         self.chunk_rows, self.window, self.stall_seconds = chunk_rows, window, stall_seconds
         self.show_progress = progress
+        self.health, self.recover, self.on_chapter = health, recover, on_chapter
+        self.attempt = 0        # +1 per recovery; results of older attempts are stale
+        self.head_done = 0      # chapters the softmax head has trained
+        self.start_chapter = 0  # where fit() starts sending (see restore)
         x, y = data["train_images"], data["train_labels"]
         tx, ty = data["test_images"], data["test_labels"]
         if t.train_subset:
@@ -82,14 +100,27 @@ class PipelineDriver:
                                  enabled=self.show_progress)
         start = time.perf_counter()
         self._in_flight = 0
-        for chapter in chapters(t.epochs, t.splits):
-            neg = self.negatives.for_chapter(chapter.index)
-            if t.schedule == "stream":
-                self._stream_chapter(chapter, neg)
-            else:
-                self._send_chapter(chapter, neg)
-        while self._in_flight:
-            self._take_train_result()
+        plan, next_chapter = chapters(t.epochs, t.splits), self.start_chapter
+        while True:
+            try:
+                for chapter in plan[next_chapter:]:
+                    neg = self.negatives.for_chapter(chapter.index)
+                    if t.schedule == "stream":
+                        self._stream_chapter(chapter, neg)
+                    else:
+                        self._send_chapter(chapter, neg)
+                    next_chapter = chapter.index + 1
+                while self._in_flight:
+                    self._take_train_result()
+                break
+            except ServerLost as lost:
+                if self.recover is None or t.schedule != "chapters":
+                    raise
+                next_chapter = min(self.recover(lost), self.head_done)
+                self.attempt += 1
+                self._pending.clear()
+                self._in_flight = 0
+                self.log(f"resuming from chapter {next_chapter} (attempt {self.attempt})")
         seconds = time.perf_counter() - start
         return {"train_seconds": round(seconds, 2), "samples_per_second": round(n * t.epochs / seconds, 1),
                 "head_seconds": round(self.head_seconds, 2),
@@ -113,15 +144,18 @@ class PipelineDriver:
             self._take_train_result()
         for seq, idx in enumerate(rows):
             self.send_train(TrainChunk(chapter.index, chapter.epochs[0], seq, len(rows), self.train_y[idx],
-                                       images=self.train_x[idx], neg_labels=neg[idx]))
+                                       images=self.train_x[idx], neg_labels=neg[idx], attempt=self.attempt))
         self._in_flight += 1
 
     def _next_result(self, kind: type):
         deadline = time.monotonic() + self.stall_seconds
         while True:
+            self.health()
             try:
-                r = self.results.get(timeout=max(0.0, deadline - time.monotonic()))
+                r = self.results.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
                 raise PipelineStalled(f"no output from the last layer for {self.stall_seconds:.0f} s "
                                       "(is every server still running? see /dff/status)") from None
             if isinstance(r, Exception):
@@ -137,14 +171,35 @@ class PipelineDriver:
             self._in_flight -= 1
             self.progress.update(len(r), epoch=r.epoch)
             return
+        if r.attempt < self.attempt:
+            return   # sent before a recovery: that chapter is sent again
         got = self._pending.setdefault(r.chapter, {})
         got[r.seq] = r
-        self.progress.update(len(r) * self.t.chapter_epochs, epoch=r.epoch)
+        if r.chapter >= self.head_done:
+            self.progress.update(len(r) * self.t.chapter_epochs, epoch=r.epoch)
         if len(got) == r.count:
             del self._pending[r.chapter]
-            parts = [got[i] for i in range(r.count)]
-            self._head_chapter(r.chapter, parts)
+            if r.chapter == self.head_done:   # replayed chapters were trained on already
+                self._head_chapter(r.chapter, [got[i] for i in range(r.count)])
+                self.head_done += 1
+                if self.on_chapter is not None:
+                    self.on_chapter()
             self._in_flight -= 1
+
+    def state(self) -> dict:
+        """What a restarted master needs to go on: the head (with its optimizer) and where the
+        run stands."""
+        head = part_state(self.head_learner, optimizer=True) if self.head_learner is not None else {}
+        return {"attempt": self.attempt, "head_done": self.head_done, "head": head}
+
+    def restore(self, state: dict, layers_done: int) -> None:
+        """Go on from ``state()``: fit() resends from the first chapter that the head or some
+        layer (``layers_done``: the fewest chapters a layer has trained) still needs, under a
+        new attempt so the old master's chunks still in flight are stale."""
+        if self.head_learner is not None:
+            load_part_state(self.head_learner, state["head"])
+        self.head_done, self.attempt = int(state["head_done"]), int(state["attempt"]) + 1
+        self.start_chapter = min(layers_done, self.head_done)
 
     def _head_step(self, epoch: int, features, labels) -> None:
         if self.head_learner is None:

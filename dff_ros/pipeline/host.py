@@ -5,10 +5,17 @@ Schedules (same meaning as the reference trainer, so results match it):
   stream:   each chunk is one minibatch: one local update, then its activities go on;
   chapters: a chapter's chunks are collected, the layer trains C epochs on them, then the
             whole chapter goes on, recomputed with the updated layer.
+
+Recovery (chapters schedule): after a server is lost the master resends the chapters from the
+first one some layer still lacks, under a new ``attempt``. Each layer trains every chapter
+once and in order: a chapter it has already trained is only passed on, chunks of an older
+attempt are stale, and a chapter that skips ahead of the layer is dropped. A layer's state
+after each chapter (``checkpoint``) lets a replacement continue (``resume``).
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -20,6 +27,8 @@ from dff_ros.ff.network import build_layer, make_ff_learner
 from dff_ros.ff.objectives import goodness
 from dff_ros.ff.overlay import overlay_neutral
 from dff_ros.ff.schedule import chapters
+from dff_ros.pff.state import load_part_state, part_state
+from dff_ros.pff.store import Parameters
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 
 
@@ -29,10 +38,14 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 class LayerHost:
-    def __init__(self, spec, train, num_classes: int, *, last: bool):
+    def __init__(self, spec, train, num_classes: int, *, last: bool,
+                 on_checkpoint: Callable[[Parameters], None] | None = None):
+        """``on_checkpoint``: called with ``checkpoint()`` as soon as a chapter is trained,
+        before the chapter's outputs are computed (chapters schedule)."""
         if train.algorithm != "ff":
             raise ValueError(f"algorithm {train.algorithm!r} is not served by the DFF pipeline yet (use ff)")
         self.spec, self.train_cfg, self.num_classes, self.last = spec, train, num_classes, last
+        self.on_checkpoint = on_checkpoint
         self.first = spec.source < 0
         self.neutral = "softmax" in train.classifiers  # the neutral pass feeds the softmax head
         self.layer = build_layer(spec, train.seed)
@@ -44,11 +57,23 @@ class LayerHost:
         self.loss_sum, self.loss_count = 0.0, 0
         self.epoch = 0
         self.chapter = 0
+        self.chapters_done = 0   # chapters schedule: chapters 0..chapters_done-1 are trained
+        self.attempt = 0         # the newest attempt seen (see note_attempt)
+        self.stale = 0           # chunks of an older attempt, or of a chapter out of order
 
     # ------------------------------------------------------------------ training
+    def note_attempt(self, attempt: int) -> None:
+        """Called as chunks arrive, before they queue: chunks of older attempts still queued
+        are then skipped instead of trained."""
+        self.attempt = max(self.attempt, attempt)
+
     def train(self, chunk: TrainChunk) -> list[TrainChunk]:
         """Process one incoming chunk; return the chunks to publish downstream (maybe none)."""
         self._check_train(chunk)
+        self.note_attempt(chunk.attempt)
+        if chunk.attempt < self.attempt:
+            self.stale += 1
+            return []
         start = time.perf_counter()
         try:
             if self.train_cfg.schedule == "stream":
@@ -75,6 +100,8 @@ class LayerHost:
         return self._downstream(chunk, out, chunk.seq, chunk.count)
 
     def _collect_chapter(self, chunk: TrainChunk) -> list[TrainChunk]:
+        for c in [c for c, got in self._pending.items() if next(iter(got.values())).attempt < chunk.attempt]:
+            self.stale += len(self._pending.pop(c))   # a newer attempt resends these chapters
         got = self._pending.setdefault(chunk.chapter, {})
         if chunk.seq in got:
             raise ChunkError(f"chapter {chunk.chapter}: chunk {chunk.seq} arrived twice")
@@ -83,6 +110,11 @@ class LayerHost:
             return []
         del self._pending[chunk.chapter]
         parts = [got[i] for i in range(chunk.count)]
+        if chunk.chapter > self.chapters_done:   # an older attempt's chapter, ahead of this layer
+            self.stale += len(parts)
+            return []
+        if chunk.chapter < self.chapters_done:   # trained before a recovery: only pass it on
+            return [self._downstream(p, self._inputs(p).map(self.layer), p.seq, p.count) for p in parts]
         return self._train_chapter(chunk.chapter, parts)
 
     def _train_chapter(self, chapter: int, parts: list[TrainChunk]) -> list[TrainChunk]:
@@ -99,13 +131,17 @@ class LayerHost:
 
         train_chapter(self.learner, layer_step(self.learner, full), len(full), self._chapters[chapter],
                       seed=t.seed, part=self.spec.index, batch_size=t.batch_size, on_batch=done)
+        self.chapters_done = chapter + 1
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint())
         return [self._downstream(p, a.map(self.layer), p.seq, p.count) for p, a in zip(parts, inputs)]
 
     def _downstream(self, chunk: TrainChunk, out: Activities, seq: int, count: int) -> TrainChunk:
         features = self._features(chunk.features, out.neutral)
         if self.last:  # nothing reads the last layer's pos/neg: only the head features go on
             out = None
-        return TrainChunk(chunk.chapter, chunk.epoch, seq, count, chunk.labels, acts=out, features=features)
+        return TrainChunk(chunk.chapter, chunk.epoch, seq, count, chunk.labels, acts=out, features=features,
+                          attempt=chunk.attempt)
 
     def _features(self, so_far: torch.Tensor | None, neutral: torch.Tensor | None) -> torch.Tensor | None:
         """Softmax-head features: normalised neutral activities of every layer but the first."""
@@ -194,6 +230,20 @@ class LayerHost:
         self.samples = int(state.get("samples", 0))
         if "running_mean" in state:
             self.learner.running_mean = state["running_mean"]
+
+    def checkpoint(self) -> Parameters:
+        """The layer after its last trained chapter, optimizer included: what a replacement
+        host needs to continue."""
+        return Parameters(self.spec.index, self.chapters_done, part_state(self.learner, optimizer=True),
+                          {"samples": self.samples})
+
+    def resume(self, p: Parameters) -> None:
+        if p.part != self.spec.index or not 0 <= p.version <= len(self._chapters):
+            raise ValueError(f"checkpoint of part {p.part} after {p.version} chapters does not fit layer "
+                             f"{self.spec.index} ({len(self._chapters)} chapters)")
+        load_part_state(self.learner, p.tensors)
+        self.chapters_done = self.chapter = p.version
+        self.samples = int(p.meta.get("samples", 0))
 
     @property
     def mean_loss(self) -> float:

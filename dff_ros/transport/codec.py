@@ -27,7 +27,7 @@ def _stamp(msg, node, run_id: str, model: str, layer: int) -> None:
 def train_to_msg(c: TrainChunk, *, run_id: str, model: str, layer: int, node=None) -> TrainingBatch:
     m = TrainingBatch()
     _stamp(m, node, run_id, model, layer)
-    m.chapter, m.epoch, m.seq, m.count = c.chapter, c.epoch, c.seq, c.count
+    m.chapter, m.epoch, m.seq, m.count, m.attempt = c.chapter, c.epoch, c.seq, c.count, c.attempt
     to_msg(c.images, m.images)
     to_msg(c.labels, m.labels)
     to_msg(c.neg_labels, m.neg_labels)
@@ -55,7 +55,7 @@ def train_from_msg(m: TrainingBatch) -> TrainChunk:
     if t["pos"] is not None or t["neg"] is not None or t["neutral"] is not None:
         acts = Activities(t["pos"], t["neg"], t["neutral"], t["labels"])
     return TrainChunk(m.chapter, m.epoch, m.seq, m.count, t["labels"], images=t["images"],
-                      neg_labels=t["neg_labels"], acts=acts, features=t["features"])
+                      neg_labels=t["neg_labels"], acts=acts, features=t["features"], attempt=m.attempt)
 
 
 def infer_to_msg(c: InferChunk, *, run_id: str, model: str, layer: int, node=None) -> InferenceBatch:

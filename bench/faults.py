@@ -1,0 +1,260 @@
+"""Faults and bad input against real nodes; writes the README "Faults and bad input" report.
+
+    source scripts/env.sh && python bench/faults.py [--model config/models/mnist_default.yaml]
+        [--kill-after 5] [--train-set key=value ...]
+
+1. Server killed: the MNIST pipeline (DFF, chapters) on 3 servers, once undisturbed and once
+   with server_2 (layer 1) SIGKILLed after it has trained --kill-after chapters, while
+   malformed and foreign chunks are published onto layer 0's input. The master notices the
+   missing heartbeat, moves layer 1 to the spare server_3, which resumes from the last
+   checkpoint. Reported: detection and takeover time, train time lost, accuracy against the
+   undisturbed run, chunks dropped by kind, samples lost.
+2. Master killed at the same point and started again: it takes the run over.
+3. Bad service requests and path-traversal names against a live server.
+4. Config errors: the master exits 2 with a message naming the file and the key.
+5. A checkpoint writer killed mid-write (tests/test_checkpoint.py).
+Writes bench/results/faults.{json,md} and the README block.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import (REPO, RESULTS, data_root, launched, machine, machine_cell, markdown_table,  # noqa: E402
+                    publish_table)
+from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg  # noqa: E402
+from rosutil import Client, Proc, kill_when, start_server, wait_status  # noqa: E402
+
+from dff_ros.config.schema import load_model_config  # noqa: E402
+from dff_ros.msg import TrainingBatch  # noqa: E402
+from dff_ros.nodes.common import DATA_QOS, layer_topics  # noqa: E402
+from dff_ros.nodes.master import parse_set  # noqa: E402
+from dff_ros.srv import CreateLayers, SaveWeights  # noqa: E402
+
+PIPELINE = REPO / "config" / "mnist_pipeline.yaml"
+
+
+def bench_env(offset: int) -> dict:
+    return {**os.environ, "ROS_DOMAIN_ID": str(int(os.environ.get("DFF_BENCH_DOMAIN", "92")) + offset),
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1"}
+
+
+def pipeline_args(model: str, tmp: str, overrides: dict) -> list[str]:
+    args = ["--pipeline", str(PIPELINE), "--set", f"model={model}", "--set", f"data_root={data_root()}",
+            "--set", f"weights_dir={tmp}/w", "--set", f"summary_dir={tmp}/runs", "--set", "restore_weights=false",
+            "--set", "transport=activations", "--set", "server_threads=1", "--set", "servers=3", "--no-progress"]
+    for k, v in overrides.items():
+        args += ["--train-set", f"{k}={json.dumps(v)}"]
+    return args
+
+
+def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str) -> dict:
+    """Servers and master as separate processes. victim server_2: bad chunks on layer 0's
+    input, then server_2 is killed. victim master: the master is killed and started again."""
+    config = load_model_config(model, overrides)
+    env = bench_env(1 if victim == "server_2" else 4)
+    cases = chunk_cases(config.name, "faults")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        servers = [start_server(env, tmp_path, name=f"server_{i}", weights=tmp_path / "w") for i in (1, 2, 3)]
+        runs: list[Proc] = []
+        client = Client(env)
+
+        def master(name: str) -> Proc:
+            return Proc(["-m", "dff_ros.nodes.master", *pipeline_args(model, tmp, overrides), "--run-id", "faults"],
+                        env, tmp_path / f"{name}.log")
+
+        try:
+            for s in servers:
+                s.wait_for("ready:", 60)
+            runs.append(master("master"))
+            # a few seconds into chapter kill_after + 1: layer 1's checkpoint is out, the chapter half done
+            after = lambda m: m.layer == 1 and m.chapters_done >= kill_after  # noqa: E731
+            if victim == "server_2":
+                pub = client.node.create_publisher(TrainingBatch, layer_topics(config.name, 0, 1)["train_input"],
+                                                   DATA_QOS)
+                wait_status(client, lambda m: m.server == "server_1" and m.phase == "training")
+                for _, msg, _ in cases:
+                    pub.publish(msg)
+                killed = kill_when(client, servers[1], "server_2", after, close=False, delay=3.0)
+            else:
+                killed = wait_status(client, after)
+                time.sleep(3.0)
+                runs[0].p.kill()
+                runs[0].p.wait()
+                runs.append(master("master-restarted"))
+            print(f"killed {victim} after layer 1 reported {killed.chapters_done} chapter(s)", flush=True)
+            rc = runs[-1].p.wait(3600)
+            out = runs[-1].output()
+            if rc:
+                raise SystemExit(f"the disturbed run failed ({rc}):\n{out[-3000:]}")
+            summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", out).group(1)).read_text())
+        finally:
+            client.close()
+            for p in [*servers, *runs]:
+                p.stop()
+    out = {"summary": summary, "killed_after_chapters": killed.chapters_done}
+    if victim == "server_2":
+        kinds: dict[str, int] = {}
+        for _, _, kind in cases:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        out.update(chunk_cases=[[what, kind] for what, _, kind in cases], injected=kinds)
+    return out
+
+
+def service_checks() -> dict:
+    """Bad create_layers requests and path-traversal model names against a live server."""
+    env = bench_env(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        server = start_server(env, tmp_path, name="server_1")
+        client = Client(env)
+        try:
+            server.wait_for("ready:", 60)
+            refused = []
+            for what, request, reason in request_cases():
+                res = client.call(CreateLayers, "/server_1/create_layers", request)
+                refused.append({"case": what, "refused": not res.success and reason in res.message,
+                                "message": res.message})
+            contained = []
+            weights = (tmp_path / "weights").resolve()
+            for name in TRAVERSAL_NAMES:
+                client.call(CreateLayers, "/server_1/create_layers", create_request([spec_msg(model=name)], model=name))
+                saved = client.call(SaveWeights, "/server_1/save_weights", SaveWeights.Request(model=name))
+                path = Path(saved.paths[0]).resolve() if saved.success and saved.paths else None
+                contained.append({"name": name, "path": str(path.relative_to(weights)) if path else None,
+                                  "inside": path is not None and path.parent.parent == weights})
+            alive = server.p.poll() is None
+        finally:
+            client.close()
+            server.stop()
+    return {"requests": refused, "names": contained, "server_alive": alive}
+
+
+CONFIG_CASES = [  # (what, model YAML text or None, pipeline overrides, key the message must name)
+    ("unknown train key", "name: m\nmodel: [[-1, FFDense, [10]]]\ntrain: {epochz: 3}\n", {}, "epochz"),
+    ("negative layer width", "name: m\nmodel: [[-1, FFDense, [-5]]]\n", {}, "model[0]"),
+    ("YAML syntax error", "name: m\nmodel: [[-1, FFDense, [10]]\n", {}, "line"),
+    ("unknown pipeline key", None, {"servrs": 2}, "servrs"),
+    ("unknown transport", None, {"transport": "pigeon"}, "transport"),
+]
+
+
+def config_checks() -> list[dict]:
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (what, model_text, pipe, key) in enumerate(CONFIG_CASES):
+            model = Path(tmp) / f"model{i}.yaml"
+            model.write_text(model_text or (REPO / "config" / "models" / "mnist_default.yaml").read_text())
+            cmd = [sys.executable, "-m", "dff_ros.nodes.master", "--pipeline", str(PIPELINE), "--set",
+                   f"model={model}", "--no-progress"] + [a for k, v in pipe.items() for a in ("--set", f"{k}={v}")]
+            proc = subprocess.run(cmd, env=bench_env(3), cwd=REPO, capture_output=True, text=True, timeout=120)
+            message = (proc.stderr.strip().splitlines() or [""])[-1]
+            source = str(model) if model_text else str(PIPELINE)
+            out.append({"case": what, "exit": proc.returncode, "message": message,
+                        "named": proc.returncode == 2 and source in message and key in message})
+    return out
+
+
+def checkpoint_check() -> dict:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_checkpoint.py"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    return {"passed": proc.returncode == 0, "output": proc.stdout.strip().splitlines()[-1]}
+
+
+def _accuracy(run: dict, base: dict) -> str:
+    acc = " / ".join(f"{100 * v:.2f}" for v in run["accuracy"].values())
+    ref = " / ".join(f"{100 * v:.2f}" for v in base["accuracy"].values())
+    delta = max(abs(run["accuracy"][c] - base["accuracy"][c]) for c in run["accuracy"]) * 100
+    return f"accuracy {acc} vs {ref} undisturbed (Δ {delta:.2f} points)"
+
+
+def _lost_samples(s: dict) -> int:
+    return s["train_samples"] * s["config"]["train"]["epochs"] * len(s["layers"]) - sum(l["samples"] for l in s["layers"])
+
+
+def table(r: dict) -> str:
+    k, u, mk = r["killed"], r["undisturbed"], r["master_killed"]
+    s, rec = k["summary"], k["summary"]["recoveries"]
+    epochs, n, splits = s["config"]["train"]["epochs"], s["train_samples"], s["config"]["train"]["splits"]
+    setting = f"MNIST {'full' if n == 60000 else f'{n} samples'} × {epochs} epochs, DFF, 3 servers"
+    dropped = {l["index"]: l["dropped"] for l in s["layers"]}
+    kinds = ", ".join(f"{kind} {c}" for kind, c in sorted(k["injected"].items()))
+    rows = []
+    for x in rec:
+        rows.append([f"{x['server']} (layer {', '.join(map(str, x['layers']))}) SIGKILLed after "
+                     f"{k['killed_after_chapters']} of {splits} chapters ({setting})", 1,
+                     f"survived: noticed after {x['silent_seconds']:.1f} s of silence; moved to "
+                     f"{', '.join(sorted(set(x['to'].values())))} in {x['takeover_seconds']:.1f} s, resumed from "
+                     f"its checkpoint after {max(x['chapters_done'][str(i)] for i in x['layers'])} chapter(s), "
+                     f"chapters resent from {x['resumed_from_chapter']}; training "
+                     f"{s['train_seconds'] - u['train_seconds']:+.0f} s ({s['train_seconds']:.0f} vs "
+                     f"{u['train_seconds']:.0f} s); {_accuracy(s, u)}; samples lost {_lost_samples(s)}"])
+    ms = mk["summary"]
+    res = ms["resumed"] or {}
+    master_row = ([f"master SIGKILLed after layer 1 trained {mk['killed_after_chapters']} of {splits} chapters, "
+                 f"then started again ({setting})", 1,
+                 (f"survived: the new master took run `{res['run_id']}` over (head after {res['head_done']} "
+                  f"chapters, resent from chapter {res['from_chapter']}); {_accuracy(ms, u)}; samples lost "
+                  f"{_lost_samples(ms)}") if res else "NOT taken over: a new run started"])
+    rows.append([f"malformed / foreign chunks on layer 0's input during that run: "
+                 f"{'; '.join(c for c, _ in k['chunk_cases'])}", len(k["chunk_cases"]),
+                 f"all dropped and counted (injected: {kinds}; layer 0 counted {dropped[0]}), "
+                 f"master dropped {s['master']['dropped']}, training samples lost {_lost_samples(s)}"])
+    rows.append(master_row)
+    req = r["services"]["requests"]
+    rows.append([f"bad create_layers requests: {'; '.join(c['case'] for c in req)}", len(req),
+                 f"{sum(c['refused'] for c in req)} refused with a reason, server "
+                 f"{'still running' if r['services']['server_alive'] else 'DIED'}"])
+    names = r["services"]["names"]
+    tried = ", ".join("`%s`" % c["name"] for c in names)
+    became = ", ".join("`%s`" % c["path"] for c in names[:2])
+    rows.append([f"model names that try to leave the weights folder: {tried}", len(names),
+                 f"{sum(c['inside'] for c in names)} stayed inside it ({became}, …)"])
+    cfg = r["config_errors"]
+    rows.append([f"config errors: {'; '.join(c['case'] for c in cfg)}", len(cfg),
+                 f"{sum(c['named'] for c in cfg)} exited 2 naming the file and the key"])
+    rows.append(["checkpoint writer SIGKILLed mid-write (tests/test_checkpoint.py)", 5,
+                 "previous checkpoint intact, loads weights-only" if r["checkpoint"]["passed"] else "FAILED"])
+    return (markdown_table(["what was tried", "times", "outcome"], rows)
+            + f"\n{machine_cell(r['machine'])}; `python bench/faults.py"
+            + (f" {' '.join(r['args'])}" if r["args"] else "") + "`\n")
+
+
+def main() -> None:
+    a = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    a.add_argument("--model", default=str(REPO / "config" / "models" / "mnist_default.yaml"))
+    a.add_argument("--kill-after", type=int, default=5, help="chapters layer 1 has trained when its server is killed")
+    a.add_argument("--train-set", action="append", metavar="KEY=VALUE")
+    args = a.parse_args()
+    overrides = parse_set(args.train_set)
+    result = {"machine": machine(), "model": args.model, "overrides": overrides,
+              "args": sys.argv[1:], "kill_after": args.kill_after}
+    print("1/6 undisturbed run", flush=True)
+    result["undisturbed"] = launched("dff", args.model, 3, overrides)
+    print("2/6 server killed", flush=True)
+    result["killed"] = disturbed_run(args.model, overrides, args.kill_after, "server_2")
+    print("3/6 master killed and restarted", flush=True)
+    result["master_killed"] = disturbed_run(args.model, overrides, args.kill_after, "master")
+    print("4/6 service requests", flush=True)
+    result["services"] = service_checks()
+    print("5/6 config errors", flush=True)
+    result["config_errors"] = config_checks()
+    print("6/6 checkpoint writes", flush=True)
+    result["checkpoint"] = checkpoint_check()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "faults.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    publish_table("faults", table(result))
+
+
+if __name__ == "__main__":
+    main()
