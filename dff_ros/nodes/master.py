@@ -80,21 +80,36 @@ class MasterNode(Node):
         services = {n for n, _ in self.get_service_names_and_types_by_node(server, "/")}
         return f"/{server}/create_layers" in services
 
-    def call(self, srv_type, name: str, request):
-        return self.call_all(srv_type, [(name, request)])[0]
+    def call(self, srv_type, name: str, request, *, retry_every: float | None = None):
+        """One service call. ``retry_every``: for a request that may be sent again (a query),
+        resend it after that many seconds without an answer, until the service timeout: a
+        request sent before the server's reply path has matched gets no answer (seen with
+        busy servers right after a master restart)."""
+        if retry_every is None:
+            return self.call_all(srv_type, [(name, request)])[0]
+        deadline = time.monotonic() + self.p.service_timeout_seconds
+        while True:
+            try:
+                return self.call_all(srv_type, [(name, request)], timeout=retry_every)[0]
+            except RunError:
+                if time.monotonic() + retry_every > deadline:
+                    raise RunError(f"service {name} did not answer in {self.p.service_timeout_seconds:.0f} s "
+                                   f"(asked every {retry_every:.0f} s)") from None
 
-    def call_all(self, srv_type, calls: list[tuple[str, object]], *, answered: list[float] | None = None) -> list:
+    def call_all(self, srv_type, calls: list[tuple[str, object]], *, answered: list[float] | None = None,
+                 timeout: float | None = None) -> list:
         """Call several services at once (servers load data or build layers in parallel); every
-        answer is awaited with the service timeout. ``answered`` gets each answer's
-        perf_counter time."""
+        answer is awaited with the service timeout (or ``timeout``). ``answered`` gets each
+        answer's perf_counter time."""
+        timeout = self.p.service_timeout_seconds if timeout is None else timeout
         clients = [self.create_client(srv_type, name) for name, _ in calls]
         try:
             futures = []
             for client, (name, request) in zip(clients, calls):
-                if not client.wait_for_service(timeout_sec=self.p.service_timeout_seconds):
+                if not client.wait_for_service(timeout_sec=timeout):
                     raise RunError(f"service {name} is not available")
                 futures.append(client.call_async(request))
-            deadline = time.monotonic() + self.p.service_timeout_seconds
+            deadline = time.monotonic() + timeout
             seen: set[int] = set()
             while True:
                 # noted here, not in a done callback: rclpy runs those later, on the executor
@@ -106,7 +121,7 @@ class MasterNode(Node):
                     break
                 if time.monotonic() > deadline:
                     late = [name for f, (name, _) in zip(futures, calls) if not f.done()]
-                    raise RunError(f"service {', '.join(late)} did not answer in {self.p.service_timeout_seconds:.0f} s")
+                    raise RunError(f"service {', '.join(late)} did not answer in {timeout:.0f} s")
                 time.sleep(0.01)
             return [f.result() for f in futures]
         finally:
@@ -363,7 +378,7 @@ class MasterNode(Node):
             return None
         hosted: dict[int, dict] = {}
         for server in servers:
-            listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request())
+            listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request(), retry_every=5.0)
             for info in listing.layers:
                 if info.model == self.model.name and info.run_id == state["run_id"]:
                     hosted[info.index] = {"server": server, "restored": info.weights_restored}

@@ -104,7 +104,7 @@ class ServerNode(Node):
         """Every hosted layer's and running PFF share's status, once a second: the master's
         sign that this server is alive."""
         with self.lock:
-            running = [j for j in self.jobs.values() if j.phase == "training"]
+            running = list(self.jobs.values())   # finished shares too: their nodes are alive
             hosted = list(self.layers.values())
         for job in running:
             self.publish_status(job.status())
