@@ -32,3 +32,15 @@ def test_disabled_writes_nothing():
     out = io.StringIO()
     Progress(10, stream=out, interval=0.0, enabled=False).update(10)
     assert out.getvalue() == ""
+
+
+def test_listener_hears_at_most_once_a_second_and_the_end_even_when_disabled():
+    heard = []
+    p = Progress(100, stream=io.StringIO(), enabled=False, listener=lambda pr: heard.append(pr.done))
+    for _ in range(10):
+        p.update(5)           # all within a second: only the first is heard
+    assert heard == [5]
+    p.update(50)              # the end is always heard
+    assert heard == [5, 100] and p.fraction == 1.0
+    elapsed, eta = p.elapsed_eta()
+    assert elapsed >= 0 and eta == 0.0

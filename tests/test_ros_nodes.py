@@ -1,4 +1,6 @@
 """Server and master nodes as separate processes over real DDS (each test: its own domain)."""
+import json
+import re
 import time
 from pathlib import Path
 
@@ -8,8 +10,8 @@ from rosutil import Client, Proc, ros_env, run_launcher, start_server, write_pip
 
 from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg
 
-from dff_ros.msg import TrainingBatch
-from dff_ros.nodes.common import DATA_QOS, SERVER_NAME, layer_topics
+from dff_ros.msg import RunProgress, TrainingBatch
+from dff_ros.nodes.common import DATA_QOS, SERVER_NAME, layer_topics, progress_topic
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
 
 
@@ -138,6 +140,36 @@ def run_master(env, tmp_path, pipeline, *sets):
     rc = proc.p.wait(60)
     proc.stop()
     return rc, proc.output()
+
+
+def test_master_publishes_progress_for_ros2_topic_echo(env, tmp_path, data_root):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    pipeline = write_pipeline(tmp_path, data_root, epochs=2, splits=2, train_subset=3000)
+    client = Client(env)
+    got = []
+    client.node.create_subscription(RunProgress, progress_topic("pipe test"), got.append, QoSProfile(
+        depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    run = Proc(["-m", "dff_ros.launcher", "--pipeline", str(pipeline), "--no-progress"], env, tmp_path / "run.log")
+    try:
+        end = time.monotonic() + 240
+        while run.p.poll() is None and time.monotonic() < end:
+            client.spin(0.1)
+        client.spin(0.5)
+    finally:
+        run.stop()
+        client.close()
+    out = run.output()
+    summary = json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
+    phases = [m.phase for m in got]
+    assert phases[0] == "training" and phases[-1] == "done" and "testing" in phases, phases
+    training = [m for m in got if m.phase == "training"]
+    assert [m.fraction for m in training] == sorted(m.fraction for m in training) and training[-1].fraction == 1.0
+    assert training[-1].done == training[-1].total == 3000 * 2 and training[-1].chapters == 2
+    last = got[-1]
+    assert last.run_id == summary["run_id"] and last.mode == "dff" and last.chapters_done == 2
+    assert dict(zip(last.accuracy_names, last.accuracy_values)) == pytest.approx(summary["accuracy"])
+    assert list(last.loss_names) == ["layer_0", "layer_1", "head"], last.loss_names
 
 
 def test_master_reports_missing_servers(env, tmp_path, data_root):

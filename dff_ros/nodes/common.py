@@ -42,6 +42,11 @@ TASKS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10000, reliability
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+def progress_topic(model: str) -> str:
+    """The master's RunProgress (``params_qos(1)``: the latest for late listeners)."""
+    return f"/dff/{topic_token(model)}/progress"
+
+
 def checkpoints_topic(model: str) -> str:
     """DFF layer checkpoints (``params_qos``): each hosted layer's state after every chapter it
     trains (weights and optimizer, a few MB: ~1 % of a chapter's activations). The master keeps

@@ -26,9 +26,10 @@ from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, 
                                      plan_layers)
 from dff_ros.config.schema import ConfigError, load_model_config
 from dff_ros.data.datasets import DatasetMissing, load_dataset
-from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, TrainingBatch
+from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, RunProgress, TrainingBatch
 from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC,
-                                  checkpoints_topic, default_weights_dir, head_weights_file, layer_topics, params_qos, path_token)
+                                  checkpoints_topic, default_weights_dir, head_weights_file, layer_topics, params_qos, path_token,
+                                  progress_topic)
 from dff_ros.nodes.master_pff import ParameterRun, plot_timeline
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
@@ -57,10 +58,39 @@ class MasterNode(Node):
         self.checkpoints: dict[int, LayerParameters] = {}  # DFF: newest checkpoint per layer
         self.recoveries: list[dict] = []
         self.resumed: dict | None = None                   # DFF: the run this master took over
+        self.driver: PipelineDriver | None = None
+        self._progress = None                              # the run's latest Progress
+        self.progress_pub = self.create_publisher(RunProgress, progress_topic(model.name), params_qos(1))
         self.create_subscription(LayerStatus, STATUS_TOPIC, self._on_status, STATUS_QOS)
 
     def log(self, text: str) -> None:
         self.get_logger().info(text)
+
+    def publish_progress(self, progress=None, *, phase: str = "training", accuracy: dict | None = None) -> None:
+        """RunProgress on /dff/<model>/progress (``progress``: a Progress that just advanced)."""
+        if progress is not None:
+            self._progress = progress
+        pr, m = self._progress, self.model
+        msg = RunProgress(run_id=self.run_id, model=m.name, phase=phase, recoveries=len(self.recoveries),
+                          mode="dff" if self.p.transport == "activations" else self.p.pff_variant)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        if pr is not None:
+            elapsed, eta = pr.elapsed_eta()
+            msg.done, msg.total, msg.fraction = pr.done, pr.total, float(pr.fraction)
+            msg.elapsed_seconds, msg.eta_seconds = elapsed, 0.0 if phase != "training" else eta
+            msg.epoch = int(pr.info.get("epoch", 0))
+        if self.driver is not None:
+            msg.chapters_done, msg.chapters = self.driver.head_done, m.train.splits
+        elif pr is not None:
+            msg.chapters_done, msg.chapters = pr.done, pr.total
+        losses = {f"layer_{i}": st.loss for i, st in sorted(list(self.status.items())) if 0 <= i < len(m.layers)}
+        if self.driver is not None and self.driver.head_losses:
+            last = self.driver.head_losses[max(self.driver.head_losses)]
+            losses["head"] = sum(last) / len(last)
+        msg.loss_names, msg.loss_values = list(losses), [float(v) for v in losses.values()]
+        if accuracy:
+            msg.accuracy_names, msg.accuracy_values = list(accuracy), [float(v) for v in accuracy.values()]
+        self.progress_pub.publish(msg)
 
     # ------------------------------------------------------------------ servers
     def wait_for_servers(self) -> list[str]:
@@ -242,7 +272,7 @@ class MasterNode(Node):
                               send_infer=send(infer_pub, infer_to_msg), results=self.results,
                               chunk_rows=self.p.chunk_rows, window=self.p.window,
                               stall_seconds=self.p.stall_seconds, progress=self.show_progress, log=self.log,
-                              health=self.check_servers,
+                              health=self.check_servers, progress_listener=self.publish_progress,
                               recover=self.recover if self.p.recover and m.train.schedule == "chapters" else None)
 
     def _wait_connected(self, topics: list[dict], timeout: float = 30.0, hosts: dict[int, str] | None = None) -> None:
@@ -404,7 +434,7 @@ class MasterNode(Node):
 
     def _train_and_test(self, placed: dict, state: dict | None = None) -> dict:
         m, p = self.model, self.p
-        driver = self.connect()
+        driver = self.driver = self.connect()
         head_restored = False
         if driver.head is not None and p.restore_weights and self.head_path().exists():
             blob = load_weights(self.head_path())
@@ -429,6 +459,7 @@ class MasterNode(Node):
             self.run_state_path().unlink(missing_ok=True)   # finished: nothing to take over
             if driver.head is not None:
                 save_atomic({"format": HEAD_WEIGHTS_FORMAT, "state_dict": driver.head.state_dict()}, self.head_path())
+        self.publish_progress(phase="testing")
         result = driver.evaluate()
         paths = {}
         for server in sorted({v["server"] for v in placed.values()}):
@@ -515,6 +546,7 @@ def main(argv=None) -> int:
         except (RunError, ConfigError) as e:
             node.get_logger().error(str(e))
             return 1
+        node.publish_progress(phase="done", accuracy=summary["accuracy"])
         out = Path(pipeline.summary_dir) / f"{path_token(model.name)}-{node.run_id}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2, default=str))

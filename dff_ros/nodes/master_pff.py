@@ -131,7 +131,8 @@ class ParameterRun:
     def wait_trained(self, nodes: list[str]) -> None:
         final = self.model.train.splits
         progress = Progress(self.parts * final, f"train {self.model.name} (PFF {self.p.pff_variant}, "
-                            f"{len(nodes)} nodes)", enabled=self.master.show_progress)
+                            f"{len(nodes)} nodes)", enabled=self.master.show_progress,
+                            listener=self.master.publish_progress)
         seen = 0
         with self.cond:
             while not (len(self.versions) == self.parts and all(v == final for v in self.versions.values())):
@@ -217,6 +218,7 @@ class ParameterRun:
                 "fetch_seconds": round(fetch_seconds, 2), "master_bytes_received": self.fetched_bytes}
 
     def evaluate(self, data: dict) -> dict:
+        self.master.publish_progress(phase="testing")
         t = self.model.train
         x, y = data["test_images"], data["test_labels"]
         if t.test_subset:

@@ -60,7 +60,8 @@ class PipelineDriver:
                  send_infer: Callable[[InferChunk], None], results: "queue.Queue", chunk_rows: int = 1000,
                  window: int = 8, stall_seconds: float = 120.0, progress: bool = True,
                  log: Callable[[str], None] = print, health: Callable[[], None] = lambda: None,
-                 recover: Callable[[ServerLost], int] | None = None, on_chapter: Callable[[], None] | None = None):
+                 recover: Callable[[ServerLost], int] | None = None, on_chapter: Callable[[], None] | None = None,
+                 progress_listener: Callable[[Progress], None] | None = None):
         """``health`` raises ServerLost when a server is gone; ``recover`` then has its layers
         hosted again and returns the first chapter some layer has not trained (chapters
         schedule; without it a lost server ends the run). ``on_chapter``: after each chapter
@@ -72,6 +73,7 @@ class PipelineDriver:
         self.chunk_rows, self.window, self.stall_seconds = chunk_rows, window, stall_seconds
         self.show_progress = progress
         self.health, self.recover, self.on_chapter = health, recover, on_chapter
+        self.progress_listener = progress_listener
         self.attempt = 0        # +1 per recovery; results of older attempts are stale
         self.head_done = 0      # chapters the softmax head has trained
         self.start_chapter = 0  # where fit() starts sending (see restore)
@@ -97,7 +99,7 @@ class PipelineDriver:
     def fit(self) -> dict:
         t, n = self.t, len(self.train_y)
         self.progress = Progress(t.epochs * n, f"train {self.config.name} (DFF pipeline)",
-                                 enabled=self.show_progress)
+                                 enabled=self.show_progress, listener=self.progress_listener)
         start = time.perf_counter()
         self._in_flight = 0
         plan, next_chapter = chapters(t.epochs, t.splits), self.start_chapter
