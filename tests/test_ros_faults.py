@@ -82,10 +82,13 @@ def test_master_killed_mid_training_its_successor_takes_the_run_over(env, tmp_pa
             wait_status(client, lambda m: m.layer == 1 and m.chapters_done >= 2, timeout=120)
         finally:
             client.close()
+        state = tmp_path / "runs" / "pipe_test.run-state.pt"
+        end = time.monotonic() + 60
+        while not state.exists() and time.monotonic() < end:   # the head's first chapter is saved
+            time.sleep(0.1)
+        assert state.exists(), runs[0].output()
         runs[0].p.send_signal(signal.SIGKILL)
         runs[0].p.wait()
-        state = tmp_path / "runs" / "pipe_test.run-state.pt"
-        assert state.exists(), runs[0].output()
         runs.append(master(env, tmp_path, pipeline, "second"))
         summary = finished(runs[1])
     finally:

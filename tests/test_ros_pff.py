@@ -110,7 +110,9 @@ def test_federated_publishes_parameters_only(env, tmp_path, data_root):
     assert any(n.endswith("/params/layer_0") for n in dff_topics), dff_topics
     assert not any(n.endswith("/negatives") for n in dff_topics), dff_topics
     types = set().union(*dff_topics.values())
-    assert types <= {"dff_ros/msg/LayerParameters", "dff_ros/msg/LayerStatus", "dff_ros/msg/ServerClaim"}, types
+    # parameters, status, name claims and the master's progress: no data-carrying message type
+    assert types <= {"dff_ros/msg/LayerParameters", "dff_ros/msg/LayerStatus", "dff_ros/msg/ServerClaim",
+                     "dff_ros/msg/RunProgress"}, types
 
     import json
     import re
