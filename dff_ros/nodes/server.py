@@ -64,11 +64,14 @@ class Hosted:
     worker: threading.Thread | None = None
     bytes_in: int = 0
     bytes_out: int = 0
-    dropped: int = 0
     drops: dict = field(default_factory=dict)   # kind -> chunks dropped
     phase: str = "created"
     saved_path: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)  # compute vs. save
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
 
 
 class ServerNode(Node):
@@ -388,7 +391,6 @@ class ServerNode(Node):
     def _drop(self, h: Hosted, kind: str, why: str) -> None:
         """Count a chunk that is not for this layer or does not fit it; the first of each kind is
         logged, the rest only counted (LayerStatus.dropped, and per kind in its message)."""
-        h.dropped += 1
         h.drops[kind] = h.drops.get(kind, 0) + 1
         if h.drops[kind] == 1:
             self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped a {kind} chunk ({why}); "
