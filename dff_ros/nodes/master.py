@@ -165,7 +165,6 @@ class MasterNode(Node):
         for server in sorted(set(plan), key=plan.index):
             mine = [s.index for s in self.model.layers if plan[s.index] == server]
             placed.update(self.host(server, mine, restore=self.p.restore_weights))
-        self.placed = placed
         return placed
 
     def host(self, server: str, indices: list[int], *, restore: bool, resume: list | None = None) -> dict[int, dict]:
@@ -365,11 +364,10 @@ class MasterNode(Node):
         state = self.saved_run(servers) if p.train else None
         if state is not None:
             self.run_id, self.placed = state["run_id"], state["placed"]
-            placed = self.placed
         else:
-            placed = self.distribute(servers)
+            self.placed = self.distribute(servers)
         try:
-            return self._train_and_test(placed, state)
+            return self._train_and_test(state)
         except ServerLost as e:
             why = ("recover: false" if not p.recover else "only the chapters schedule resumes after a lost server"
                    if m.train.schedule != "chapters" else "it was lost while testing")
@@ -378,16 +376,16 @@ class MasterNode(Node):
             raise RunError(str(e)) from None
         finally:
             if not p.keep_layers:
-                self.delete(sorted({v["server"] for v in placed.values()}))
+                self.delete(sorted({v["server"] for v in self.placed.values()}))
 
     # ------------------------------------------------------------------ master restart
     def run_state_path(self) -> Path:
         return Path(self.p.summary_dir) / f"{path_token(self.model.name)}.run-state.pt"
 
     def save_run_state(self, driver: PipelineDriver) -> None:
+        # where the layers are is asked of the servers on takeover, not kept here
         save_atomic({"format": RUN_STATE_FORMAT, "run_id": self.run_id, "config": self.model.to_dict(),
-                     "placed": {i: v["server"] for i, v in self.placed.items()}, **driver.state()},
-                    self.run_state_path())
+                     **driver.state()}, self.run_state_path())
 
     def saved_run(self, servers: list[str]) -> dict | None:
         """The run a killed master of this model left, if its layers are all still hosted:
@@ -432,8 +430,8 @@ class MasterNode(Node):
             time.sleep(0.1)
         return min(self.status[i].chapters_done for i in self.placed)
 
-    def _train_and_test(self, placed: dict, state: dict | None = None) -> dict:
-        m, p = self.model, self.p
+    def _train_and_test(self, state: dict | None = None) -> dict:
+        m, p, placed = self.model, self.p, self.placed
         driver = self.driver = self.connect()
         head_restored = False
         if driver.head is not None and p.restore_weights and self.head_path().exists():
