@@ -113,7 +113,7 @@ def launched(run: str, model_path: str, servers: int, overrides: dict, *, extra:
                        setup_seconds=summary["setup_seconds"], fetch_seconds=summary["fetch_seconds"],
                        per_node=summary["per_node"], bytes_per_topic=summary["bytes_per_topic"])
             if timeline:
-                png = Path(proc.stdout.split("[master] timeline: ")[1].split()[0])
+                png = Path(re.search(r"\[master\] plot: (\S+-timeline\.png)", proc.stdout).group(1))
                 shutil.copy(png, RESULTS / timeline)
                 out["timeline_png"] = f"bench/results/{timeline}"
         return out

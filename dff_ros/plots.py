@@ -34,8 +34,82 @@ def timeline_png(tasks: list[dict], path, *, title: str, nodes: list[str], part_
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i % 10)) for i in range(len(parts))]
     ax.legend(handles, [part_names[p] for p in parts], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def curves_png(summary: dict, path, *, title: str) -> Path:
+    """A run's learning curves: per-epoch loss and training accuracy of every part, the final
+    test accuracy, and the bytes moved per epoch on each link (from the summary's ``history``)."""
+    plt = _pyplot()
+    h = summary["history"]
+    epochs = list(range(1, h["epochs"] + 1))
+    colours = plt.get_cmap("tab10")
+    fig, (ax_loss, ax_acc, ax_bytes) = plt.subplots(1, 3, figsize=(15, 4.2))
+    names = sorted(h["loss"], key=lambda n: (n == "head", n))
+    for k, name in enumerate(names):
+        style = {"color": colours(k % 10), "marker": "." if h["epochs"] <= 40 else None, "label": name}
+        ax_loss.plot(epochs, [_nan(v) for v in h["loss"][name]], **style)
+        ax_acc.plot(epochs, [_nan(v) for v in h["accuracy"][name]], **style)
+    for k, (name, acc) in enumerate(sorted(summary.get("accuracy", {}).items())):
+        ax_acc.scatter([h["epochs"]], [acc], marker="*", s=140, zorder=3, color=colours((len(names) + k) % 10),
+                       edgecolor="black", label=f"test, {name}: {100 * acc:.2f} %")
+    ax_loss.set(xlabel="epoch", ylabel="mean minibatch loss (log scale)", title="training loss per part",
+                yscale="log")   # FF losses start near 100, the head's below 1
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="training accuracy per part (FF layer: pos/neg\n"
+               "samples on the right side of the threshold; head: classified)", ylim=(0.0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    # bytes: a chapter's traffic spread over its epochs (a chapter's data crosses once)
+    ends = h.get("chapter_epochs") or []
+    starts = [0] + ends[:-1]
+    bottom = [0.0] * len(ends)
+    for k, (link, per_chapter) in enumerate(h.get("bytes_per_chapter", {}).items()):
+        per_epoch = [b / max(e - s, 1) / 1e6 for b, s, e in zip(per_chapter, starts, ends)]
+        ax_bytes.bar([s + 0.5 for s in starts], per_epoch, width=[e - s for s, e in zip(starts, ends)],
+                     bottom=bottom, align="edge", color=colours(k % 10), edgecolor="black", linewidth=0.3,
+                     label=link)
+        bottom = [b + v for b, v in zip(bottom, per_epoch)]
+    ax_bytes.set(xlabel="epoch", ylabel="MB per epoch", title="bytes moved per epoch, by link")
+    ax_bytes.grid(alpha=0.3, axis="y")
+    if h.get("bytes_per_chapter"):
+        ax_bytes.set_ylim(top=max(bottom, default=0.0) * 1.45 or 1.0)   # room for the legend
+        ax_bytes.legend(fontsize=7, loc="upper right")
+    from matplotlib.ticker import MaxNLocator
+    for ax in (ax_loss, ax_acc, ax_bytes):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _nan(v):
+    return float("nan") if v is None else v
+
+
+def _save(fig, plt, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def run_plots(summary: dict, config, stem) -> list[Path]:
+    """A finished run's PNGs next to its summary: <stem>-curves.png and <stem>-timeline.png."""
+    from dff_ros.pff.worker import part_names
+
+    if not summary.get("trained", True) or not summary.get("train_seconds"):
+        return []   # evaluated saved weights: nothing was trained to plot
+    if summary.get("mode") == "pff":
+        what = (f"PFF {summary['pff_variant']}, {len(summary['nodes'])} nodes, {summary['train_seconds']:.0f} s, "
+                f"utilisation {summary['utilisation']:.0%}")
+    else:
+        what = f"DFF {summary['schedule']} schedule, {len(summary['nodes']) - 1} servers, {summary['train_seconds']:.0f} s"
+    out = []
+    if summary.get("history"):
+        out.append(curves_png(summary, f"{stem}-curves.png", title=f"{config.name}: {what}"))
+    if summary.get("timeline"):
+        out.append(timeline_png(summary["timeline"], f"{stem}-timeline.png", nodes=summary["nodes"],
+                                part_names=part_names(config), title=f"{config.name}: {what}"))
+    return out

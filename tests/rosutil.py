@@ -162,3 +162,22 @@ def run_launcher(env, tmp_path, pipeline, *extra, name="run"):
     assert rc == 0, out
     summary = json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
     return summary, out
+
+
+def check_run_plots(summary: dict, out: str, parts: list[str]) -> None:
+    """A trained run's summary has per-epoch curves of every part and bytes per chapter, and
+    the master wrote its curves and timeline PNGs."""
+    h = summary["history"]
+    epochs = summary["config"]["train"]["epochs"]
+    assert sorted(h["loss"]) == sorted(parts) == sorted(h["accuracy"]), h
+    for part in parts:
+        loss, acc = h["loss"][part], h["accuracy"][part]
+        assert len(loss) == len(acc) == epochs and None not in loss + acc, (part, loss, acc)
+        assert loss[-1] < loss[0] and 0.5 < acc[-1] <= 1.0, (part, loss, acc)
+    assert h["chapter_epochs"][-1] == epochs
+    links = h["bytes_per_chapter"].values()
+    assert links and all(len(v) == len(h["chapter_epochs"]) for v in links), h
+    assert all(sum(v[c] for v in links) > 0 for c in range(len(h["chapter_epochs"]))), h   # bytes every chapter
+    pngs = re.findall(r"\[master\] plot: (\S+)", out)
+    assert sorted(Path(p).name.rsplit("-", 1)[1] for p in pngs) == ["curves.png", "timeline.png"], out[-2000:]
+    assert all(Path(p).stat().st_size > 10_000 for p in pngs)

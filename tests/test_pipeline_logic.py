@@ -36,18 +36,25 @@ def run_in_process(cfg, data):
                             send_infer=lambda c: push(0, c, True), results=results, chunk_rows=700,
                             progress=False)
     driver.fit()
-    return driver.evaluate()["accuracy"], hosts
+    return driver.evaluate()["accuracy"], hosts, driver
 
 
 @pytest.mark.parametrize("schedule", ["stream", "chapters"])
 def test_pipeline_matches_reference(mnist, schedule):
     cfg = config(schedule)
-    ref = ReferenceTrainer(cfg, mnist, progress=False).fit()["accuracy"]
-    got, _ = run_in_process(cfg, mnist)
+    reference = ReferenceTrainer(cfg, mnist, progress=False).fit()
+    ref = reference["accuracy"]
+    got, hosts, driver = run_in_process(cfg, mnist)
     assert got["goodness"] > 0.75 and got["softmax"] > 0.8
     for k in ("goodness", "softmax"):
         # both schedules run the same updates in the same order as the reference
         assert abs(got[k] - ref[k]) <= 0.005, (k, got, ref)
+    # so the per-epoch curves the plots show are the reference's too
+    history = reference["history"]
+    for name, means in [*((f"layer_{h.spec.index}", h.history) for h in hosts), ("head", driver.head_history)]:
+        loss, acc = means.as_lists(cfg.train.epochs)
+        assert loss == pytest.approx(history["loss"][name], rel=0.02), name
+        assert acc == pytest.approx(history["accuracy"][name], abs=0.01), name
 
 
 def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_once(mnist):
@@ -90,6 +97,10 @@ def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_onc
     assert [h.chapters_done for h in hosts] == [3, 3, 3] and driver.head_done == 3
     assert [h.samples for h in hosts] == [n * cfg.train.epochs] * 3
     assert hosts[0].stale == 0 and hosts[2].stale == 0
+    # the replacement took layer 1's curve over with its checkpoint: every epoch, each batch once
+    batches = -(-n // cfg.train.batch_size)
+    assert all(s[2] == batches for s in hosts[1].history._sums.values()), hosts[1].history._sums
+    assert sorted(hosts[1].history.loss()) == list(range(1, cfg.train.epochs + 1))
     for k in ("goodness", "softmax"):
         assert abs(got[k] - ref[k]) <= 0.02, (k, got, ref)
 

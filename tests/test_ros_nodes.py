@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rosutil import Client, Proc, ros_env, run_launcher, start_server, write_pipeline
+from rosutil import Client, Proc, check_run_plots, ros_env, run_launcher, start_server, write_pipeline
 
 from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg
 
@@ -112,6 +112,13 @@ def test_two_servers_train_then_restore(env, tmp_path, data_root):
     assert {l["server"] for l in first["layers"]} == {"server_1", "server_2"}
     assert not first["weights_restored"]
     assert all(l["bytes_in"] > 0 and l["dropped"] == 0 for l in first["layers"]), first["layers"]
+    check_run_plots(first, out, ["layer_0", "layer_1", "head"])
+    assert {(t["server"], t["part"]) for t in first["timeline"]} == \
+        {("server_1", 0), ("server_2", 1), ("master", 2)}, first["timeline"]
+    links = first["history"]["bytes_per_chapter"]
+    sent = links["master -> layer_0"]   # every chapter is the whole training set once
+    assert sent[0] == sent[-1] and sum(sent) < first["master"]["bytes_sent"], (links, first["master"])
+    assert links["layer_0 -> layer_1"][0] > sent[0], links   # float activities vs uint8 pixels
     weights = sorted((tmp_path / "weights" / "pipe_test").glob("layer*.pt"))
     assert len(weights) == 2 and (tmp_path / "weights" / "pipe_test").glob("head-*.pt")
 
@@ -170,6 +177,8 @@ def test_master_publishes_progress_for_ros2_topic_echo(env, tmp_path, data_root)
     assert last.run_id == summary["run_id"] and last.mode == "dff" and last.chapters_done == 2
     assert dict(zip(last.accuracy_names, last.accuracy_values)) == pytest.approx(summary["accuracy"])
     assert list(last.loss_names) == ["layer_0", "layer_1", "head"], last.loss_names
+    assert len(last.train_accuracy_values) == 3 and all(0.5 < a <= 1.0 for a in last.train_accuracy_values), \
+        list(last.train_accuracy_values)
 
 
 def test_master_reports_missing_servers(env, tmp_path, data_root):

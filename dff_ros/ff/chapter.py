@@ -8,14 +8,16 @@ schedules reproduce the sequential one.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
+from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.learners import Activities, PONLearner
 from dff_ros.ff.schedule import Chapter
 
-Step = Callable[[torch.Tensor], torch.Tensor]   # minibatch row indices -> loss
+Step = Callable[[torch.Tensor], dict]   # minibatch row indices -> metrics ("loss", "accuracy")
 
 
 def task_generator(seed: int, part: int, chapter: int) -> torch.Generator:
@@ -26,24 +28,29 @@ def layer_step(learner, inputs: Activities) -> Step:
     # FF layers train on the positive/negative passes only (their neutral pass is recomputed
     # once per chapter by whoever needs it); PON layers train on the neutral pass
     view = inputs if isinstance(learner, PONLearner) else Activities(inputs.pos, inputs.neg, None, inputs.labels)
-    return lambda idx: learner.train_step(view.select(idx))[1]["loss"]
+    return lambda idx: learner.train_step(view.select(idx))[1]
 
 
 def head_step(head_learner, features: torch.Tensor, labels: torch.Tensor) -> Step:
-    return lambda idx: head_learner.train_step(features[idx], labels[idx])["loss"]
+    return lambda idx: head_learner.train_step(features[idx], labels[idx])
 
 
 def train_chapter(learner, step: Step, rows: int, chapter: Chapter, *, seed: int, part: int, batch_size: int,
-                  on_batch: Callable[[int, float, int], None] | None = None) -> float:
+                  on_batch: Callable[[int, float, int], None] | None = None,
+                  history: EpochMeans | None = None) -> float:
     """Train ``learner`` for the chapter's epochs; returns the mean loss of its last epoch.
-    ``on_batch(epoch, loss, batch_rows)`` after every update (progress, loss history)."""
+    ``on_batch(epoch, loss, batch_rows)`` after every update (progress); ``history`` collects
+    per-epoch loss and training accuracy."""
     generator = task_generator(seed, part, chapter.index)
     mean = float("nan")
     for epoch in chapter.epochs:
         learner.set_epoch(epoch)
         total, batches = 0.0, 0
         for idx in torch.randperm(rows, generator=generator).split(batch_size):
-            loss = float(step(idx))
+            metrics = step(idx)
+            loss = float(metrics["loss"])
+            if history is not None:
+                history.add(epoch, loss, float(metrics.get("accuracy", math.nan)))
             total, batches = total + loss, batches + 1
             if on_batch is not None:
                 on_batch(epoch, loss, len(idx))

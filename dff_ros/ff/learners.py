@@ -77,6 +77,11 @@ def make_optimizer(name: str, groups: Iterable[dict]) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Training accuracy of a minibatch (no gradient)."""
+    return (logits.detach().argmax(dim=1) == labels).float().mean()
+
+
 class _Learner:
     optimizer: torch.optim.Optimizer
 
@@ -123,7 +128,10 @@ class FFLearner(_Learner):
             with torch.no_grad():
                 neutral = self.layer(a.neutral)
         out = Activities(h[:n], h[n:], neutral, a.labels)
-        return out, {"loss": loss.detach(), "g_pos": g_pos.detach().mean(), "g_neg": g_neg.detach().mean()}
+        with torch.no_grad():  # share of samples on the right side of the threshold
+            separated = ((g_pos > self.threshold).sum() + (g_neg < self.threshold).sum()) / (2.0 * n)
+        return out, {"loss": loss.detach(), "accuracy": separated,
+                     "g_pos": g_pos.detach().mean(), "g_neg": g_neg.detach().mean()}
 
     def _peer_loss(self, h_pos: torch.Tensor) -> torch.Tensor:
         """Peer normalisation (loeweX/Forward-Forward): pull every unit's running mean positive
@@ -149,9 +157,11 @@ class PONLearner(_Learner):
 
     def train_step(self, a: Activities) -> tuple[Activities, dict]:
         h = self.layer(a.neutral)
-        loss = F.cross_entropy(self.head(length_normalize(h)), a.labels)
+        logits = self.head(length_normalize(h))
+        loss = F.cross_entropy(logits, a.labels)
         self._step(loss)
-        return Activities(None, None, h.detach(), a.labels), {"loss": loss.detach()}
+        return Activities(None, None, h.detach(), a.labels), {"loss": loss.detach(),
+                                                              "accuracy": _hits(logits, a.labels)}
 
 
 class SoftmaxLearner(_Learner):
@@ -163,6 +173,7 @@ class SoftmaxLearner(_Learner):
         self.optimizer = make_optimizer(optimizer, [{"params": head.parameters(), "lr": lr}])
 
     def train_step(self, features: torch.Tensor, labels: torch.Tensor) -> dict:
-        loss = F.cross_entropy(self.head(features.detach()), labels)
+        logits = self.head(features.detach())
+        loss = F.cross_entropy(logits, labels)
         self._step(loss)
-        return {"loss": loss.detach()}
+        return {"loss": loss.detach(), "accuracy": _hits(logits, labels)}

@@ -17,6 +17,7 @@ import torch
 from dff_ros.checkpoint import load_weights, save_atomic
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import accuracy, goodness_scores
+from dff_ros.ff.history import EpochMeans, curves
 from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
@@ -48,9 +49,9 @@ class ReferenceTrainer:
                                          lag=t.negatives_lag or 1) if t.algorithm == "ff" else None)
         self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
         self.generator = torch.Generator().manual_seed(t.seed)
-        n_layers = len(self.learners)
-        self._loss_sum = torch.zeros(t.epochs, n_layers + 1)
-        self._loss_count = torch.zeros(t.epochs, n_layers + 1)
+        self.histories = {f"layer_{i}": EpochMeans() for i in range(len(self.learners))}
+        if self.head_learner is not None:
+            self.histories["head"] = EpochMeans()
 
     # ------------------------------------------------------------------ training
     def fit(self) -> dict:
@@ -89,7 +90,7 @@ class ReferenceTrainer:
             "train_samples": n,
             "test_samples": len(self.test_y),
             "threads": torch.get_num_threads(),
-            "history": self.history(),
+            "history": curves(self.histories, t.epochs),
             "curve": curve,
         }
 
@@ -104,16 +105,11 @@ class ReferenceTrainer:
             if learner is not None:
                 learner.set_epoch(epoch)
 
-    def _record(self, epoch: int, column: int, loss: float) -> None:
-        self._loss_sum[epoch - 1, column] += loss
-        self._loss_count[epoch - 1, column] += 1
-
     def _stream_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         t, sources = self.t, self.net.sources
         for epoch in chapter.epochs:
             self._set_epoch(epoch)
-            losses = torch.zeros(len(self.learners) + 1)
-            batches = 0
+            batches, loss = 0, 0.0
             for idx in torch.randperm(len(self.train_y), generator=self.generator).split(t.batch_size):
                 a = make_inputs(self.train_x[idx], self.train_y[idx], None if neg is None else neg[idx],
                                 self.num_classes, self.needs_neutral)
@@ -121,15 +117,14 @@ class ReferenceTrainer:
                 for i, (learner, src) in enumerate(zip(self.learners, sources)):
                     out, metrics = learner.train_step(a if src < 0 else outs[src])
                     outs.append(out)
-                    losses[i] += metrics["loss"]
+                    self.histories[f"layer_{i}"].add(epoch, float(metrics["loss"]), float(metrics["accuracy"]))
+                loss += float(metrics["loss"])  # the last layer's, for the progress line
                 if self.head_learner is not None:
                     feats = self.net.head_features([o.neutral for o in outs])
-                    losses[-1] += self.head_learner.train_step(feats, a.labels)["loss"]
+                    metrics = self.head_learner.train_step(feats, a.labels)
+                    self.histories["head"].add(epoch, float(metrics["loss"]), float(metrics["accuracy"]))
                 batches += 1
-                self.progress.update(len(idx), epoch=epoch, loss=float(losses[-2]) / batches)
-            for col in range(len(losses) - (self.head_learner is None)):
-                self._loss_sum[epoch - 1, col] += float(losses[col])
-                self._loss_count[epoch - 1, col] += batches
+                self.progress.update(len(idx), epoch=epoch, loss=loss / batches)
 
     def _layerwise_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         t = self.t
@@ -139,7 +134,7 @@ class ReferenceTrainer:
         for i, (learner, src) in enumerate(zip(self.learners, self.net.sources)):
             inputs = acts[src]
             train_chapter(learner, layer_step(learner, inputs), len(inputs), chapter, seed=t.seed, part=i,
-                          batch_size=t.batch_size, on_batch=self._on_batch(i, i))
+                          batch_size=t.batch_size, on_batch=self._on_batch(i), history=self.histories[f"layer_{i}"])
             if i < last:
                 acts[i] = inputs.map(learner.layer)
             elif self.head_learner is not None:
@@ -148,23 +143,13 @@ class ReferenceTrainer:
             n = len(self.learners)
             feats = self.net.head_features([acts[i].neutral for i in range(n)])
             train_chapter(self.head_learner, head_step(self.head_learner, feats, self.train_y), len(feats),
-                          chapter, seed=t.seed, part=n, batch_size=t.batch_size, on_batch=self._on_batch(n, "head"))
+                          chapter, seed=t.seed, part=n, batch_size=t.batch_size, on_batch=self._on_batch("head"),
+                          history=self.histories["head"])
 
-    def _on_batch(self, column: int, name):
+    def _on_batch(self, name):
         def done(epoch: int, loss: float, rows: int) -> None:
-            self._record(epoch, column, loss)
             self.progress.update(rows, epoch=epoch, layer=name)
         return done
-
-    def history(self) -> list[dict]:
-        mean = self._loss_sum / self._loss_count.clamp(min=1)
-        rows = []
-        for e in range(self.t.epochs):
-            row = {"epoch": e + 1, "layer_loss": [round(float(v), 5) for v in mean[e, :-1]]}
-            if self.head_learner is not None:
-                row["head_loss"] = round(float(mean[e, -1]), 5)
-            rows.append(row)
-        return rows
 
     # ------------------------------------------------------------------ evaluation, weights
     def evaluate(self) -> dict[str, float]:

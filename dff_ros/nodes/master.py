@@ -26,13 +26,16 @@ from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, 
                                      plan_layers)
 from dff_ros.config.schema import ConfigError, load_model_config
 from dff_ros.data.datasets import DatasetMissing, load_dataset
+from dff_ros.ff.history import curves, rounded
+from dff_ros.ff.schedule import chapters
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, RunProgress, TrainingBatch
 from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC,
                                   checkpoints_topic, default_weights_dir, head_weights_file, layer_topics, params_qos, path_token,
                                   progress_topic)
-from dff_ros.nodes.master_pff import ParameterRun, plot_timeline
+from dff_ros.nodes.master_pff import ParameterRun
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
+from dff_ros.plots import run_plots
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost, check_supported
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
 from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
@@ -51,6 +54,9 @@ class MasterNode(Node):
         self.status: dict[int, LayerStatus] = {}          # DFF: by layer
         self.server_status: dict[str, LayerStatus] = {}   # latest per server
         self.bytes_sent = self.bytes_received = 0
+        self.chapter_bytes_sent: dict[int, int] = {}       # DFF: training bytes sent per chapter
+        self.hosted_status: dict[tuple[str, int], LayerStatus] = {}  # DFF: latest per (server, layer): the
+        # history of a layer's every host, a lost one's included (plots)
         self.dropped = 0
         self.last_seen: dict[str, float] = {}             # server -> monotonic time of its last status
         self.lost: set[str] = set()
@@ -83,11 +89,18 @@ class MasterNode(Node):
             msg.chapters_done, msg.chapters = self.driver.head_done, m.train.splits
         elif pr is not None:
             msg.chapters_done, msg.chapters = pr.done, pr.total
-        losses = {f"layer_{i}": st.loss for i, st in sorted(list(self.status.items())) if 0 <= i < len(m.layers)}
-        if self.driver is not None and self.driver.head_losses:
-            last = self.driver.head_losses[max(self.driver.head_losses)]
-            losses["head"] = sum(last) / len(last)
+        losses, train_acc = {}, {}
+        for i, st in sorted(list(self.status.items())):
+            if 0 <= i < len(m.layers):
+                losses[f"layer_{i}"] = st.loss
+                trained = [a for a in st.epoch_accuracy if a == a]
+                train_acc[f"layer_{i}"] = trained[-1] if trained else float("nan")
+        head = self.driver.head_history if self.driver is not None else None
+        if head is not None and head.loss():
+            last = max(head.loss())
+            losses["head"], train_acc["head"] = head.loss()[last], head.accuracy()[last]
         msg.loss_names, msg.loss_values = list(losses), [float(v) for v in losses.values()]
+        msg.train_accuracy_values = [float(train_acc[k]) for k in losses]
         if accuracy:
             msg.accuracy_names, msg.accuracy_values = list(accuracy), [float(v) for v in accuracy.values()]
         self.progress_pub.publish(msg)
@@ -263,7 +276,10 @@ class MasterNode(Node):
         def send(pub, encode):
             def go(chunk):
                 msg = encode(chunk, run_id=self.run_id, model=m.name, layer=-1, node=self)
-                self.bytes_sent += nbytes(msg)
+                size = nbytes(msg)
+                self.bytes_sent += size
+                if encode is train_to_msg:
+                    self.chapter_bytes_sent[chunk.chapter] = self.chapter_bytes_sent.get(chunk.chapter, 0) + size
                 pub.publish(msg)
             return go
 
@@ -327,6 +343,7 @@ class MasterNode(Node):
             return
         self.status[msg.layer] = msg
         self.server_status[msg.server] = msg
+        self.hosted_status[(msg.server, msg.layer)] = msg
         if msg.phase == "error":
             self.get_logger().error(f"{msg.server} layer {msg.layer}: {msg.message}")
 
@@ -478,10 +495,41 @@ class MasterNode(Node):
                 "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"], **fit,
                 "trained": p.train, "weights_restored": restored, "head_weights": str(self.head_path()),
                 "layers": layers, "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
+                **(self.history(driver) if p.train else {}),
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
                            "dropped": self.dropped},
                 "train_samples": len(driver.train_y), "test_samples": len(driver.test_y),
                 "config": m.to_dict(), "pipeline": {k: v for k, v in vars(p).items()}}
+
+
+    def history(self, driver: PipelineDriver) -> dict:
+        """The summary's ``history`` (per-epoch curves, bytes per chapter) and ``timeline``
+        (who trained which chapter when), from the layers' status and the head."""
+        m, t = self.model, self.model.train
+        nan = float("nan")
+        hosts = sorted(self.hosted_status.items())
+        curves_ = curves({"head": driver.head_history} if driver.head is not None else {}, t.epochs)
+        for i in range(len(m.layers)):
+            st = self.status.get(i)
+            loss, acc = (list(st.epoch_loss), list(st.epoch_accuracy)) if st else ([nan] * t.epochs,) * 2
+            curves_["loss"][f"layer_{i}"], curves_["accuracy"][f"layer_{i}"] = rounded(loss), rounded(acc)
+        links = {"master -> layer_0": [self.chapter_bytes_sent.get(c, 0) for c in range(t.splits)]}
+        for (server, layer), st in hosts:
+            after = f"layer_{layer + 1}" if layer + 1 < len(m.layers) else "master"
+            link = links.setdefault(f"layer_{layer} -> {after}", [0] * t.splits)
+            for c, n in enumerate(st.chapter_bytes_out[:t.splits]):
+                link[c] += int(n)
+        servers = sorted({server for server, _ in self.hosted_status}, key=lambda s: (len(s), s))
+        nodes = servers + ["master"]
+        spans = [(servers.index(server), layer, c, a, b) for (server, layer), st in hosts
+                 for c, (a, b) in enumerate(zip(st.chapter_start, st.chapter_end)) if a == a]
+        spans += [(len(servers), len(m.layers), c, a, b) for c, (a, b) in sorted(driver.head_spans.items())]
+        t0 = min((x[3] for x in spans), default=0.0)
+        timeline = [{"node": n, "server": nodes[n], "part": part, "chapter": c, "start": round(a - t0, 3),
+                     "end": round(b - t0, 3)} for n, part, c, a, b in sorted(spans, key=lambda x: (x[3], x[0]))]
+        return {"nodes": nodes, "timeline": timeline,
+                "history": {**curves_, "chapter_epochs": [c.epochs[-1] for c in chapters(t.epochs, t.splits)],
+                            "bytes_per_chapter": links}}
 
 
 def parse_set(items) -> dict:
@@ -548,12 +596,11 @@ def main(argv=None) -> int:
         out = Path(pipeline.summary_dir) / f"{path_token(model.name)}-{node.run_id}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2, default=str))
-        if summary.get("timeline"):
-            try:
-                png = plot_timeline(summary, model, pipeline.summary_dir)
-                print(f"[master] timeline: {png}", flush=True)
-            except ImportError as e:
-                print(f"[master] no timeline plot ({e}); pip install matplotlib", flush=True)
+        try:
+            for png in run_plots(summary, model, out.with_suffix("")):
+                print(f"[master] plot: {png}", flush=True)
+        except ImportError as e:
+            print(f"[master] no plots ({e}); pip install matplotlib", flush=True)
         acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["accuracy"].items())
         print(f"[master] {model.name}: test accuracy {acc}"
               + (f"; trained in {summary['train_seconds']} s" if summary.get("train_seconds") else " (restored weights)"),

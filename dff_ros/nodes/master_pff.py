@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 from rclpy.serialization import serialize_message
 
 from dff_ros.config.pipeline import plan_layers
 from dff_ros.ff.classifiers import accuracy
+from dff_ros.ff.history import EpochMeans, curves
+from dff_ros.ff.schedule import chapters
 from dff_ros.msg import LayerParameters
-from dff_ros.nodes.common import TASKS_QOS, params_topic, path_token, tasks_topic
+from dff_ros.nodes.common import TASKS_QOS, params_topic, tasks_topic
 from dff_ros.pff.plan import NEGATIVES, PFFPlan
 from dff_ros.pff.store import Parameters
 from dff_ros.pff.worker import network_from_parts, part_names
@@ -38,6 +39,8 @@ class ParameterRun:
         self.bytes: dict[str, int] = {}          # serialized bytes published per params topic
         self.fetched_bytes = 0                   # what the master itself received of them
         self.tasks: list[dict] = []
+        self.histories: dict[int, EpochMeans] = {}   # part -> per-epoch loss, training accuracy
+        self.chapter_bytes: dict[str, dict[int, int]] = {}  # link -> chapter -> bytes published
         self.scoring: list[dict] = []            # adaptive negatives scored (node, start, end)
         self.dropped = 0
         self.cond = threading.Condition()
@@ -101,13 +104,18 @@ class ParameterRun:
         with self.cond:
             topic = params_topic(self.model.name, part, self.L)
             self.bytes[topic] = self.bytes.get(topic, 0) + int(meta.get("bytes", 0))
+            link = f"{meta.get('node_name', '?')}: {self.names[part]}"   # who published what
+            per_chapter = self.chapter_bytes.setdefault(link, {})
+            per_chapter[report.version - 1] = per_chapter.get(report.version - 1, 0) + int(meta.get("bytes", 0))
             if part == NEGATIVES:      # labels sent to other nodes: only their bytes count here
                 return
+            self.histories.setdefault(part, EpochMeans()).load(meta)
             if "negatives_start" in meta:  # the node scored adaptive negatives before this task
                 self.scoring.append({"node": meta["node"], "part": NEGATIVES, "chapter": int(meta["negatives_for"]),
                                      "start": meta["negatives_start"], "end": meta["negatives_end"], "inputs": {}})
             self.versions[part] = max(self.versions.get(part, 0), report.version)
-            self.tasks.append({**{k: v for k, v in meta.items() if k != "inputs" and not k.startswith("negatives_")},
+            self.tasks.append({**{k: v for k, v in meta.items()
+                                  if k != "inputs" and not k.startswith(("negatives_", "epoch_"))},
                                "part": part, "inputs": meta["inputs"]})
             self.last_news = time.monotonic()
             self.cond.notify_all()
@@ -253,6 +261,11 @@ class ParameterRun:
             "bytes_published": total_bytes, "bytes_per_epoch": round(total_bytes / t.epochs),
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
             "per_node": per_node, "timeline": timeline, "dropped": self.dropped, "weights": paths,
+            "history": {**curves({("head" if p == self.L else f"layer_{p}"): h
+                                   for p, h in sorted(self.histories.items())}, t.epochs),
+                        "chapter_epochs": [c.epochs[-1] for c in chapters(t.epochs, t.splits)],
+                        "bytes_per_chapter": {k: [v.get(c, 0) for c in range(t.splits)]
+                                              for k, v in sorted(self.chapter_bytes.items())}},
             "optimizer_state_passed": plan.passes_optimizer, "negatives_lag": plan.negatives_lag}
 
     def _about(self, plan: PFFPlan, nodes: list[str], result: dict) -> dict:
@@ -265,12 +278,3 @@ class ParameterRun:
     def _samples(self) -> int:
         t = self.model.train
         return t.train_subset or len(self.master.data["train_labels"])
-
-def plot_timeline(summary: dict, config, summary_dir: str) -> Path:
-    """The run's task timeline as <summary_dir>/<model>-<run>-timeline.png."""
-    from dff_ros.plots import timeline_png
-
-    path = Path(summary_dir) / f"{path_token(config.name)}-{summary['run_id']}-timeline.png"
-    return timeline_png(summary["timeline"], path, nodes=summary["nodes"], part_names=part_names(config),
-                        title=f"{config.name}: PFF {summary['pff_variant']}, {len(summary['nodes'])} nodes, "
-                              f"{summary['train_seconds']:.0f} s, utilisation {summary['utilisation']:.0%}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -36,13 +37,14 @@ from dff_ros.nodes.common import (LAYER_WEIGHTS_FORMAT, CLAIMS_QOS, CLAIMS_TOPIC
 from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
 from dff_ros.pff.plan import PFFPlan, shard_indices
+from dff_ros.pff.state import saved_part_tensors
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.host import LayerHost
 from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
 from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, params_from_msg, params_to_msg,
                                      spec_hash, train_from_msg, train_to_msg)
-from dff_ros.transport.tensors import nbytes
+from dff_ros.transport.tensors import nbytes, to_msg
 from rclpy.parameter import parameter_value_to_python
 
 _STOP = object()
@@ -64,6 +66,7 @@ class Hosted:
     worker: threading.Thread | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    chapter_bytes: dict = field(default_factory=dict)   # chapter -> bytes published for it
     drops: dict = field(default_factory=dict)   # kind -> chunks dropped
     phase: str = "created"
     saved_path: str = ""
@@ -273,10 +276,21 @@ class ServerNode(Node):
         return len(gone) + (len(job.trains) if job is not None else 0)
 
     def on_delete(self, req, res):
+        if req.weights and not req.model:
+            res.success, res.message = False, "removing saved weights needs a model name"
+            return res
         with self.lock:
             gone = self._drop_model(req.model)
         res.success, res.deleted = True, gone
         res.message = f"deleted {gone} layer(s) of {req.model!r}"
+        if req.weights:
+            folder = self.weights_dir / path_token(req.model)
+            files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+            for f in files:
+                f.unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            res.message += f" and {len(files)} saved weight file(s) in {folder}"
         self.get_logger().info(res.message)
         return res
 
@@ -292,9 +306,19 @@ class ServerNode(Node):
                     input_topic=h.topics["train_input"], output_topic=h.topics["train_output"]))
             for job in self.jobs.values():
                 res.layers.extend(job.infos())
+        for path in sorted(self.weights_dir.glob("*/*.pt"))[:MAX_LISTED_FILES]:
+            try:
+                st = path.stat()
+            except OSError:   # removed meanwhile
+                continue
+            res.saved_files.append(f"{path.parent.name}/{path.name}")
+            res.saved_bytes.append(st.st_size)
+            res.saved_at.append(st.st_mtime)
         return res
 
     def on_fetch(self, req, res):
+        if req.file:
+            return self._fetch_saved(req, res)
         with self.lock:
             job = self.jobs.get(req.model)
         try:
@@ -317,6 +341,31 @@ class ServerNode(Node):
             res.success, res.message = True, f"saved {len(res.paths)} layer(s)"
         except OSError as e:
             res.success, res.message = False, f"saving failed: {e}"
+        return res
+
+    def _fetch_saved(self, req, res):
+        """A part's weights from a file saved here (``dff-ros export``), weights-only."""
+        path = self.weights_dir / path_token(req.model) / req.file
+        res.success = False
+        if not SAVED_FILE.match(req.file):
+            res.message = f"{req.file!r} is not a weights file name (layer<i>-<module>-<hash>.pt or head-<hash>.pt)"
+        elif not path.is_file():
+            res.message = f"no {req.file} of {req.model!r} in {self.weights_dir}"
+        else:
+            try:
+                blob = load_weights(path)
+                tensors = saved_part_tensors(blob)
+                if "index" in blob and int(blob["index"]) != req.part:
+                    raise ValueError(f"it holds layer {blob['index']}, not part {req.part}")
+            except Exception as e:   # unreadable, pickled code, another format: say so, stay up
+                res.message = f"{path}: {e}"
+                return res
+            m = res.parameters
+            m.header.stamp = self.get_clock().now().to_msg()
+            m.run_id, m.model, m.node, m.part = str(blob.get("run_id", "")), req.model, self.get_name(), req.part
+            m.names, m.tensors = list(tensors), [to_msg(t) for t in tensors.values()]
+            m.metric_names, m.metric_values = ["saved_at"], [path.stat().st_mtime]
+            res.success, res.message = True, f"{path} ({len(tensors)} tensors)"
         return res
 
     # ------------------------------------------------------------------ weights
@@ -410,7 +459,9 @@ class ServerNode(Node):
                         outs = h.host.train(chunk)
                     for out in outs:
                         m = train_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self)
-                        h.bytes_out += nbytes(m)
+                        size = nbytes(m)
+                        h.bytes_out += size
+                        h.chapter_bytes[out.chapter] = h.chapter_bytes.get(out.chapter, 0) + size
                         train_pub.publish(m)
                     if self._finished(h, chunk, outs):
                         h.phase = "trained"
@@ -450,7 +501,21 @@ class ServerNode(Node):
             run_id=h.run_id, model=h.model, server=self.get_name(), layer=h.spec.index, phase=phase,
             chapter=host.chapter, chapters_done=host.chapters_done, epoch=host.epoch, loss=float(loss), samples=host.samples,
             busy_seconds=host.busy_seconds, bytes_in=h.bytes_in, bytes_out=h.bytes_out, dropped=h.dropped,
-            message=message))
+            message=message, **history_fields(host, h)))
+
+
+MAX_LISTED_FILES = 1000   # saved weights listed by list_layers
+SAVED_FILE = re.compile(r"^(layer\d+-[A-Za-z0-9_.-]+-[0-9a-f]{12}|head-[0-9a-f]{12})\.pt$")
+
+
+def history_fields(host: LayerHost, h: Hosted) -> dict:
+    """LayerStatus' history arrays of a hosted layer (see msg/LayerStatus.msg)."""
+    loss, acc = host.history.as_lists(h.total_epochs)
+    nan = float("nan")
+    spans = [host.timeline.get(c, (nan, nan)) for c in range(h.splits)]
+    return {"epoch_loss": loss, "epoch_accuracy": acc, "chapter_start": [s[0] for s in spans],
+            "chapter_end": [s[1] for s in spans],
+            "chapter_bytes_out": [int(h.chapter_bytes.get(c, 0)) for c in range(h.splits)]}
 
 
 def parse_args(argv):

@@ -13,6 +13,7 @@ import torch
 
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import goodness_scores
+from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
@@ -182,10 +183,12 @@ class PFFWorker:
             if self.on_batch is not None:
                 self.on_batch(part, chapter.index, epoch, loss, n)
 
+        history = EpochMeans()   # the task's epochs, for the master's per-epoch curves
         loss = train_chapter(learner, step, rows, chapter, seed=self.t.seed, part=part,
-                             batch_size=self.t.batch_size, on_batch=done)
+                             batch_size=self.t.batch_size, on_batch=done, history=history)
         meta = {"node": self.node, "part": part, "chapter": chapter.index, "start": start, "end": time.time(),
-                "wait": round(waited, 4), "loss": loss, "inputs": dict(used), **self.scoring_meta}
+                "wait": round(waited, 4), "loss": loss, "inputs": dict(used), **self.scoring_meta,
+                **history.state()}
         self.scoring_meta = {}
         self.store.put(Parameters(part, chapter.index + 1, part_state(learner, optimizer=self.plan.passes_optimizer),
                                   meta))

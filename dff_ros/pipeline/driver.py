@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dff_ros.ff.chapter import head_step, train_chapter
+from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.network import build_head, make_head_learner
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.schedule import chapters
@@ -91,7 +92,8 @@ class PipelineDriver:
         widths = [s.out_features for s in config.layers]
         self.head = build_head(widths, c, t.seed) if "softmax" in t.classifiers else None
         self.head_learner = make_head_learner(self.head, t) if self.head is not None else None
-        self.head_losses: dict[int, list[float]] = {}
+        self.head_history = EpochMeans()                      # per-epoch loss, training accuracy
+        self.head_spans: dict[int, list[float]] = {}          # chapter -> [start, end] (time.time())
         self._pending: dict[int, dict[int, TrainChunk]] = {}
         self.head_seconds = 0.0
 
@@ -126,7 +128,7 @@ class PipelineDriver:
         seconds = time.perf_counter() - start
         return {"train_seconds": round(seconds, 2), "samples_per_second": round(n * t.epochs / seconds, 1),
                 "head_seconds": round(self.head_seconds, 2),
-                "head_loss": {e: round(sum(v) / len(v), 5) for e, v in sorted(self.head_losses.items())}}
+                "head_loss": {e: round(v, 5) for e, v in self.head_history.loss().items()}}
 
     def _stream_chapter(self, chapter, neg: torch.Tensor) -> None:
         for epoch in chapter.epochs:
@@ -169,7 +171,7 @@ class PipelineDriver:
     def _take_train_result(self) -> None:
         r = self._next_result(TrainChunk)
         if self.t.schedule == "stream":
-            self._head_step(r.epoch, r.features, r.labels)
+            self._head_step(r.chapter, r.epoch, r.features, r.labels)
             self._in_flight -= 1
             self.progress.update(len(r), epoch=r.epoch)
             return
@@ -192,7 +194,8 @@ class PipelineDriver:
         """What a restarted master needs to go on: the head (with its optimizer) and where the
         run stands."""
         head = part_state(self.head_learner, optimizer=True) if self.head_learner is not None else {}
-        return {"attempt": self.attempt, "head_done": self.head_done, "head": head}
+        return {"attempt": self.attempt, "head_done": self.head_done, "head": head,
+                "head_history": self.head_history.state()}
 
     def restore(self, state: dict, layers_done: int) -> None:
         """Go on from ``state()``: fit() resends from the first chapter that the head or some
@@ -201,31 +204,32 @@ class PipelineDriver:
         if self.head_learner is not None:
             load_part_state(self.head_learner, state["head"])
         self.head_done, self.attempt = int(state["head_done"]), int(state["attempt"]) + 1
+        self.head_history = EpochMeans()
+        self.head_history.load(state.get("head_history", {}))
         self.start_chapter = min(layers_done, self.head_done)
 
-    def _head_step(self, epoch: int, features, labels) -> None:
+    def _head_step(self, chapter: int, epoch: int, features, labels) -> None:
         if self.head_learner is None:
             return
-        start = time.perf_counter()
+        start, began = time.perf_counter(), time.time()
         self.head_learner.set_epoch(epoch)
-        loss = float(self.head_learner.train_step(features, labels)["loss"])
-        self.head_losses.setdefault(epoch, []).append(loss)
+        metrics = self.head_learner.train_step(features, labels)
+        self.head_history.add(epoch, float(metrics["loss"]), float(metrics["accuracy"]))
         self.head_seconds += time.perf_counter() - start
+        span = self.head_spans.setdefault(chapter, [began, began])
+        span[1] = time.time()
 
     def _head_chapter(self, chapter: int, parts: list[TrainChunk]) -> None:
         if self.head_learner is None:
             return
         feats = torch.cat([p.features for p in parts])
         labels = torch.cat([p.labels for p in parts])
-        start = time.perf_counter()
-
-        def done(epoch: int, loss: float, rows: int) -> None:
-            self.head_losses.setdefault(epoch, []).append(loss)
-
+        start, began = time.perf_counter(), time.time()
         train_chapter(self.head_learner, head_step(self.head_learner, feats, labels), len(labels),
                       chapters(self.t.epochs, self.t.splits)[chapter], seed=self.t.seed,
-                      part=len(self.config.layers), batch_size=self.t.batch_size, on_batch=done)
+                      part=len(self.config.layers), batch_size=self.t.batch_size, history=self.head_history)
         self.head_seconds += time.perf_counter() - start
+        self.head_spans[chapter] = [began, time.time()]
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

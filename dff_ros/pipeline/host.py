@@ -21,6 +21,7 @@ import torch
 
 from dff_ros.ff.chapter import layer_step, train_chapter
 from dff_ros.ff.classifiers import label_candidates
+from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.layers import length_normalize
 from dff_ros.ff.learners import Activities, make_inputs
 from dff_ros.ff.network import build_layer, make_ff_learner
@@ -60,6 +61,8 @@ class LayerHost:
         self.chapters_done = 0   # chapters schedule: chapters 0..chapters_done-1 are trained
         self.attempt = 0         # the newest attempt seen (see note_attempt)
         self.stale = 0           # chunks of an older attempt, or of a chapter out of order
+        self.history = EpochMeans()  # per-epoch loss and training accuracy (plots)
+        self.timeline: dict[int, list[float]] = {}  # chapter -> [start, end] of its training (time.time())
 
     # ------------------------------------------------------------------ training
     def note_attempt(self, attempt: int) -> None:
@@ -93,7 +96,10 @@ class LayerHost:
             self.epoch, self.loss_sum, self.loss_count = chunk.epoch, 0.0, 0
             self.learner.set_epoch(chunk.epoch)
         self.chapter = chunk.chapter
+        began = time.time()
         out, metrics = self.learner.train_step(self._inputs(chunk))
+        self._busy(chunk.chapter, began)
+        self.history.add(chunk.epoch, float(metrics["loss"]), float(metrics["accuracy"]))
         self.loss_sum += float(metrics["loss"])
         self.loss_count += 1
         self.samples += len(chunk)
@@ -129,12 +135,19 @@ class LayerHost:
                 self.epoch, self.loss_sum, self.loss_count = epoch, 0.0, 0
             self.loss_sum, self.loss_count, self.samples = self.loss_sum + loss, self.loss_count + 1, self.samples + rows
 
+        began = time.time()
         train_chapter(self.learner, layer_step(self.learner, full), len(full), self._chapters[chapter],
-                      seed=t.seed, part=self.spec.index, batch_size=t.batch_size, on_batch=done)
+                      seed=t.seed, part=self.spec.index, batch_size=t.batch_size, on_batch=done,
+                      history=self.history)
+        self._busy(chapter, began)
         self.chapters_done = chapter + 1
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.checkpoint())
         return [self._downstream(p, a.map(self.layer), p.seq, p.count) for p, a in zip(parts, inputs)]
+
+    def _busy(self, chapter: int, began: float) -> None:
+        span = self.timeline.setdefault(chapter, [began, began])
+        span[1] = time.time()
 
     def _downstream(self, chunk: TrainChunk, out: Activities, seq: int, count: int) -> TrainChunk:
         features = self._features(chunk.features, out.neutral)
@@ -235,7 +248,7 @@ class LayerHost:
         """The layer after its last trained chapter, optimizer included: what a replacement
         host needs to continue."""
         return Parameters(self.spec.index, self.chapters_done, part_state(self.learner, optimizer=True),
-                          {"samples": self.samples})
+                          {"samples": self.samples, **self.history.state()})
 
     def resume(self, p: Parameters) -> None:
         if p.part != self.spec.index or not 0 <= p.version <= len(self._chapters):
@@ -244,6 +257,8 @@ class LayerHost:
         load_part_state(self.learner, p.tensors)
         self.chapters_done = self.chapter = p.version
         self.samples = int(p.meta.get("samples", 0))
+        self.history = EpochMeans()
+        self.history.load(p.meta)
 
     @property
     def mean_loss(self) -> float:

@@ -1,0 +1,59 @@
+"""sensor_msgs/Image <-> the model's input: a float32 row of H*W grey values in [0, 1].
+
+Works on any object with the Image fields (height, width, encoding, is_bigendian, step, data),
+so it is tested without ROS. Images the model cannot take raise ImageError saying why; nothing
+is resized or guessed (a wrongly cropped camera frame would be classified with confidence).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# encoding -> (channels, numpy dtype, scale to [0, 1])
+ENCODINGS = {
+    "mono8": (1, np.uint8, 255.0), "8UC1": (1, np.uint8, 255.0),
+    "mono16": (1, np.uint16, 65535.0), "16UC1": (1, np.uint16, 65535.0),
+    "32FC1": (1, np.float32, 1.0),
+    "rgb8": (3, np.uint8, 255.0), "bgr8": (3, np.uint8, 255.0),
+    "rgba8": (4, np.uint8, 255.0), "bgra8": (4, np.uint8, 255.0),
+}
+LUMA = {"rgb": (0.299, 0.587, 0.114), "bgr": (0.114, 0.587, 0.299)}   # ITU-R BT.601
+
+
+class ImageError(ValueError):
+    """An image the model cannot classify; the message says what is wrong."""
+
+
+def image_to_row(msg, height: int, width: int) -> torch.Tensor:
+    """[height*width] float32 in [0, 1]; colour images become grey (BT.601 luma)."""
+    if msg.encoding not in ENCODINGS:
+        raise ImageError(f"encoding {msg.encoding!r} is not supported (use one of {', '.join(ENCODINGS)})")
+    if (msg.height, msg.width) != (height, width):
+        raise ImageError(f"image is {msg.height}x{msg.width} (HxW), the model takes {height}x{width}: "
+                         "resize or crop it before publishing")
+    channels, dtype, scale = ENCODINGS[msg.encoding]
+    item = np.dtype(dtype).itemsize
+    row_bytes = width * channels * item
+    if msg.step < row_bytes:
+        raise ImageError(f"step {msg.step} is shorter than a row of {row_bytes} bytes")
+    data = bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray, memoryview, np.ndarray)) else msg.data
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size < msg.step * height:
+        raise ImageError(f"{buf.size} data bytes for {height} rows of step {msg.step}")
+    rows = buf[:msg.step * height].reshape(height, msg.step)[:, :row_bytes]
+    order = ">" if msg.is_bigendian else "<"
+    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order) if item > 1 else dtype)
+    pixels = pixels.reshape(height, width, channels).astype(np.float32) / scale
+    if channels > 1:
+        weights = np.asarray(LUMA[msg.encoding[:3]], dtype=np.float32)
+        pixels = pixels[:, :, :3] @ weights
+    out = torch.from_numpy(np.ascontiguousarray(pixels.reshape(-1)))
+    if not torch.isfinite(out).all():
+        raise ImageError("image holds NaN or infinite values")
+    return out.clamp_(0.0, 1.0)
+
+
+def row_to_mono8(row: torch.Tensor, height: int, width: int) -> tuple[bytes, int]:
+    """A [H*W] row in [0, 1] as mono8 bytes and the step (what a camera driver would send)."""
+    pixels = (row.reshape(height, width) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return pixels.numpy().tobytes(), width

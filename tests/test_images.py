@@ -1,0 +1,68 @@
+"""sensor_msgs/Image decoding for the classifier node (pure: any object with the Image fields)."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from dff_ros.transport.images import ImageError, image_to_row, row_to_mono8
+
+
+def image(pixels: np.ndarray, encoding: str, *, step=None, bigendian=False, data=None):
+    h, w = pixels.shape[:2]
+    raw = pixels.astype(pixels.dtype.newbyteorder(">" if bigendian else "<")).tobytes()
+    row = len(raw) // h
+    if step is not None and step > row:   # padded rows, as some drivers send
+        raw = b"".join(raw[r * row:(r + 1) * row] + b"\0" * (step - row) for r in range(h))
+    return SimpleNamespace(height=h, width=w, encoding=encoding, is_bigendian=int(bigendian),
+                           step=step or row, data=raw if data is None else data)
+
+
+def test_mono8_round_trip_and_padded_rows():
+    row = torch.rand(28 * 28)
+    data, step = row_to_mono8(row, 28, 28)
+    got = image_to_row(SimpleNamespace(height=28, width=28, encoding="mono8", is_bigendian=0, step=step,
+                                       data=data), 28, 28)
+    assert got.shape == (784,) and got.dtype == torch.float32
+    assert torch.allclose(got, row, atol=0.5 / 255 + 1e-6)
+    pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    padded = image_to_row(image(pixels, "mono8", step=32), 28, 28)
+    assert torch.equal(padded, torch.from_numpy(pixels.reshape(-1).astype(np.float32) / 255))
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_mono16_and_float_and_colour(bigendian):
+    grey = np.random.default_rng(0).random((28, 28)).astype(np.float32)
+    mono16 = image_to_row(image((grey * 65535).round().astype(np.uint16), "mono16", bigendian=bigendian), 28, 28)
+    assert torch.allclose(mono16, torch.from_numpy(grey.reshape(-1)), atol=1e-4)
+    assert torch.allclose(image_to_row(image(grey, "32FC1"), 28, 28), torch.from_numpy(grey.reshape(-1)))
+    rgb = np.stack([grey * 255] * 3, axis=2).round().astype(np.uint8)   # grey in colour: luma = grey
+    for enc in ("rgb8", "bgr8"):
+        assert torch.allclose(image_to_row(image(rgb, enc), 28, 28), torch.from_numpy(grey.reshape(-1)), atol=0.01)
+
+
+@pytest.mark.parametrize("what, msg, words", [
+    ("wrong size", image(np.zeros((32, 32), np.uint8), "mono8"), "32x32 (HxW), the model takes 28x28"),
+    ("unknown encoding", image(np.zeros((28, 28), np.uint8), "yuv422"), "encoding 'yuv422' is not supported"),
+    ("short data", image(np.zeros((28, 28), np.uint8), "mono8", data=b"\0" * 100), "100 data bytes"),
+    ("step too short", image(np.zeros((28, 28), np.uint8), "mono8", step=10), "step 10 is shorter"),
+    ("NaN pixels", image(np.full((28, 28), np.nan, np.float32), "32FC1"), "NaN"),
+])
+def test_images_the_model_cannot_take_are_named(what, msg, words):
+    with pytest.raises(ImageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        image_to_row(msg, 28, 28)
+
+
+def test_live_score_counts_accuracy_latency_and_refusals():
+    from dff_ros.nodes.image_demo import LiveScore
+
+    s = LiveScore()
+    for i, label in enumerate([3, 1, 4, 1]):
+        s.note_sent(f"f{i}", label, at=10.0 + i)
+    assert s.note_prediction("f0", 3, at=10.5) and s.note_prediction("f1", 7, at=11.1)
+    assert s.note_prediction("f2", -1, at=12.2)
+    assert not s.note_prediction("f0", 3, at=13.0) and not s.note_prediction("other", 1, at=13.0)
+    out = s.summary()
+    assert out["answered"] == 3 and out["unanswered"] == 1 and out["refused"] == 1
+    assert out["accuracy"] == pytest.approx(1 / 3, abs=1e-4)
+    assert out["latency_ms"]["p50"] == pytest.approx(200.0) and out["latency_ms"]["max"] == pytest.approx(500.0)
