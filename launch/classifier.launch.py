@@ -8,10 +8,10 @@ Arguments: weights (network file from `dff-ros export` or `dff-ros train`), imag
 classify, remapped onto the node's `image`), prediction (where dff_ros/Prediction goes),
 classifier (goodness | softmax | ...; default softmax when trained), input_qos (best_effort |
 reliable), demo (true: also start image_demo, which publishes MNIST test images on the image
-topic and prints live accuracy and latency; demo_count, demo_rate).
+topic and prints live accuracy and latency; demo_count, demo_rate, data_root).
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -24,6 +24,7 @@ ARGS = {
     "demo": ("false", "also publish MNIST test images and report live accuracy and latency"),
     "demo_count": ("1000", "test images the demo sends"),
     "demo_rate": ("50", "demo images per second"),
+    "data_root": ("", "demo: folder with MNIST/raw/ (default $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)"),
 }
 
 
@@ -37,8 +38,11 @@ def _nodes(context):
         args += ["--classifier", value["classifier"]]
     actions = [Node(package="dff_ros", executable="classifier", output="screen", arguments=args, remappings=remap)]
     if value["demo"].lower() in ("true", "1", "yes"):
+        demo = ["--count", value["demo_count"], "--rate", value["demo_rate"]]
+        if value["data_root"]:
+            demo += ["--data-root", value["data_root"]]
         actions.append(Node(package="dff_ros", executable="image_demo", output="screen", remappings=remap,
-                            arguments=["--count", value["demo_count"], "--rate", value["demo_rate"]]))
+                            arguments=demo, on_exit=Shutdown(reason="demo finished")))
     return actions
 
 

@@ -62,22 +62,32 @@ class ImageDemo(Node):
         self.score = LiveScore()
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = self.create_publisher(Image, "image", qos)
-        self.create_subscription(Prediction, "prediction", self._on_prediction, qos)
+        self.sub = self.create_subscription(Prediction, "prediction", self._on_prediction, qos)
 
     def wait_for_classifier(self, timeout: float) -> bool:
+        """Until both topics are matched and a warm-up image came back classified (the first
+        images would otherwise race discovery, and the first forward pass is slow)."""
         end = time.monotonic() + timeout
+        warmups = 0
         while time.monotonic() < end:
-            if self.pub.get_subscription_count() and self.count_publishers(self.resolve_topic_name("prediction")):
-                return True
+            if self.pub.get_subscription_count() and self.sub.get_publisher_count():
+                self.publish(0, frame_id=f"warmup_{warmups}")
+                warmups += 1
+                stop = min(end, time.monotonic() + 1.0)
+                while time.monotonic() < stop:
+                    rclpy.spin_once(self, timeout_sec=0.05)
+                    if self.score.answered:
+                        self.score = LiveScore()   # warm-up does not count
+                        return True
             rclpy.spin_once(self, timeout_sec=0.1)
         return False
 
-    def publish(self, i: int) -> None:
+    def publish(self, i: int, frame_id: str = "") -> None:
         h, w = self.shape
         msg = Image(height=h, width=w, encoding="mono8", is_bigendian=0)
         msg.data, msg.step = row_to_mono8(self.images[i], h, w)
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = f"mnist_test_{i}"
+        msg.header.frame_id = frame_id or f"mnist_test_{i}"
         self.score.note_sent(msg.header.frame_id, int(self.labels[i]), time.monotonic())
         self.pub.publish(msg)
 

@@ -497,11 +497,12 @@ class ServerNode(Node):
         loss = host.mean_loss
         if not message and h.drops:
             message = "dropped: " + ", ".join(f"{k} {n}" for k, n in sorted(h.drops.items()))
-        self.status_pub.publish(LayerStatus(
+        msg = LayerStatus(
             run_id=h.run_id, model=h.model, server=self.get_name(), layer=h.spec.index, phase=phase,
             chapter=host.chapter, chapters_done=host.chapters_done, epoch=host.epoch, loss=float(loss), samples=host.samples,
             busy_seconds=host.busy_seconds, bytes_in=h.bytes_in, bytes_out=h.bytes_out, dropped=h.dropped,
-            message=message, **history_fields(host, h)))
+            message=message, **history_fields(host, h))
+        self.publish_status(msg)
 
 
 MAX_LISTED_FILES = 1000   # saved weights listed by list_layers
