@@ -13,6 +13,9 @@
 3. Bad service requests and path-traversal names against a live server.
 4. Config errors: the master exits 2 with a message naming the file and the key.
 5. A checkpoint writer killed mid-write (tests/test_checkpoint.py).
+6. PFF All-Layers on 2 nodes and a spare: node 1's server killed mid-chapter; the spare takes
+   its share over from the parameter topics' history.
+`--only pff_killed` (etc.) runs some steps again and keeps the others' last results.
 Writes bench/results/faults.{json,md} and the README block.
 """
 from __future__ import annotations
@@ -111,6 +114,37 @@ def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str) -> 
     return out
 
 
+def pff_disturbed_run(model: str, overrides: dict, kill_in_chapter: int) -> dict:
+    """PFF All-Layers on server_1 and server_2, server_3 spare: server_2 (node 1) is killed a
+    few seconds into a chapter of its own; server_3 takes its share over."""
+    env = bench_env(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        servers = [start_server(env, tmp_path, name=f"server_{i}", weights=tmp_path / "w") for i in (1, 2, 3)]
+        args = pipeline_args(model, tmp, overrides)
+        args[args.index("transport=activations")] = "transport=parameters"
+        args[args.index("servers=3")] = "servers=2"
+        args += ["--set", "pff_variant=all_layers"]
+        run, client = None, Client(env)
+        try:
+            for s in servers:
+                s.wait_for("ready:", 60)
+            run = Proc(["-m", "dff_ros.nodes.master", *args, "--run-id", "faults-pff"], env, tmp_path / "master.log")
+            killed = kill_when(client, servers[1], "server_2",
+                               lambda m: m.phase == "training" and m.chapter >= kill_in_chapter, close=False, delay=3.0)
+            print(f"killed server_2 (PFF node 1) in chapter {killed.chapter}", flush=True)
+            rc = run.p.wait(3600)
+            out = run.output()
+            if rc:
+                raise SystemExit(f"the disturbed PFF run failed ({rc}):\n{out[-3000:]}")
+            summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", out).group(1)).read_text())
+        finally:
+            client.close()
+            for p in [*servers, *([run] if run else [])]:
+                p.stop()
+    return {"summary": summary, "killed_in_chapter": killed.chapter}
+
+
 def service_checks() -> dict:
     """Bad create_layers requests and path-traversal model names against a live server."""
     env = bench_env(2)
@@ -206,6 +240,16 @@ def table(r: dict) -> str:
                  (f"survived: the new master took run `{res['run_id']}` over (head after {res['head_done']} "
                   f"chapters, resent from chapter {res['from_chapter']}); {_accuracy(ms, u)}; samples lost "
                   f"{_lost_samples(ms)}") if res else "NOT taken over: a new run started"])
+    if "pff_killed" in r:
+        ps, pk = r["pff_killed"]["summary"], r["pff_killed"]
+        for x in ps["recoveries"]:
+            rows.append([f"{x['server']} (PFF All-Layers node {x['node']}) SIGKILLed in chapter "
+                         f"{pk['killed_in_chapter'] + 1} of {splits} (MNIST {'full' if n == 60000 else n} × {epochs} "
+                         f"epochs, 2 nodes + 1 spare server)", 1,
+                         f"survived: noticed after {x['silent_seconds']:.1f} s of silence; {x['to']} took node "
+                         f"{x['node']}'s share in {x['takeover_seconds']:.1f} s, from chapter "
+                         f"{x['resumed_from_chapter'] + 1} on the versions the parameter topics kept; trained in "
+                         f"{ps['train_seconds']:.0f} s; {_accuracy(ps, u)}"])
     rows.append([f"malformed / foreign chunks on layer 0's input during that run: "
                  f"{'; '.join(c for c, _ in k['chunk_cases'])}", len(k["chunk_cases"]),
                  f"all dropped and counted (injected: {kinds}; layer 0 counted {dropped[0]}), "
@@ -225,9 +269,11 @@ def table(r: dict) -> str:
                  f"{sum(c['named'] for c in cfg)} exited 2 naming the file and the key"])
     rows.append(["checkpoint writer SIGKILLed mid-write (tests/test_checkpoint.py)", 5,
                  "previous checkpoint intact, loads weights-only" if r["checkpoint"]["passed"] else "FAILED"])
+    partial = "".join(f"; {machine_cell(x['machine'])}: `python bench/faults.py {' '.join(x['args'])}`"
+                      for x in r.get("partial_runs", []))
     return (markdown_table(["what was tried", "times", "outcome"], rows)
             + f"\n{machine_cell(r['machine'])}; `python bench/faults.py"
-            + (f" {' '.join(r['args'])}" if r["args"] else "") + "`\n")
+            + (f" {' '.join(r['args'])}" if r["args"] else "") + "`" + partial + "\n")
 
 
 def main() -> None:
@@ -235,22 +281,30 @@ def main() -> None:
     a.add_argument("--model", default=str(REPO / "config" / "models" / "mnist_default.yaml"))
     a.add_argument("--kill-after", type=int, default=5, help="chapters layer 1 has trained when its server is killed")
     a.add_argument("--train-set", action="append", metavar="KEY=VALUE")
+    a.add_argument("--only", help="comma-separated steps to run again (the rest keep their last results)")
     args = a.parse_args()
     overrides = parse_set(args.train_set)
     result = {"machine": machine(), "model": args.model, "overrides": overrides,
               "args": sys.argv[1:], "kill_after": args.kill_after}
-    print("1/6 undisturbed run", flush=True)
-    result["undisturbed"] = launched("dff", args.model, 3, overrides)
-    print("2/6 server killed", flush=True)
-    result["killed"] = disturbed_run(args.model, overrides, args.kill_after, "server_2")
-    print("3/6 master killed and restarted", flush=True)
-    result["master_killed"] = disturbed_run(args.model, overrides, args.kill_after, "master")
-    print("4/6 service requests", flush=True)
-    result["services"] = service_checks()
-    print("5/6 config errors", flush=True)
-    result["config_errors"] = config_checks()
-    print("6/6 checkpoint writes", flush=True)
-    result["checkpoint"] = checkpoint_check()
+    steps = {
+        "undisturbed": lambda: launched("dff", args.model, 3, overrides),
+        "killed": lambda: disturbed_run(args.model, overrides, args.kill_after, "server_2"),
+        "master_killed": lambda: disturbed_run(args.model, overrides, args.kill_after, "master"),
+        "pff_killed": lambda: pff_disturbed_run(args.model, overrides, 2 * (args.kill_after // 2) + 1),
+        "services": service_checks,
+        "config_errors": config_checks,
+        "checkpoint": checkpoint_check,
+    }
+    only = args.only.split(",") if args.only else list(steps)
+    if set(only) - set(steps):
+        raise SystemExit(f"--only: unknown step(s) {sorted(set(only) - set(steps))} (steps: {', '.join(steps)})")
+    if args.only:   # the other steps' results stay as last measured
+        old = json.loads((RESULTS / "faults.json").read_text())
+        result = {**old, "partial_runs": [*old.get("partial_runs", []),
+                                          {"args": sys.argv[1:], "machine": result["machine"]}]}
+    for i, name in enumerate(only, 1):
+        print(f"{i}/{len(only)} {name}", flush=True)
+        result[name] = steps[name]()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "faults.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     publish_table("faults", table(result))

@@ -110,6 +110,7 @@ def run_plots(summary: dict, config, stem) -> list[Path]:
     if summary.get("history"):
         out.append(curves_png(summary, f"{stem}-curves.png", title=f"{config.name}: {what}"))
     if summary.get("timeline"):
-        out.append(timeline_png(summary["timeline"], f"{stem}-timeline.png", nodes=summary["nodes"],
+        out.append(timeline_png(summary["timeline"], f"{stem}-timeline.png",
+                                nodes=summary.get("timeline_nodes") or summary["nodes"],
                                 part_names=part_names(config), title=f"{config.name}: {what}"))
     return out

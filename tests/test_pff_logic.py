@@ -221,3 +221,69 @@ def test_federated_and_pon(mnist):
     pon = config(layers=2, algorithm="pon", classifiers=["pon_last", "pon_all"])
     net, _ = run_workers(pon, mnist, PFFPlan("all_layers", 2, 2, head=False))
     assert accuracy(net, test_x, test_y, "pon_all") > 0.8
+
+
+def test_a_replacement_node_finishes_a_lost_nodes_share_with_the_same_parameters(mnist):
+    """All-Layers, 2 nodes: node 1 dies in its second chapter (3). A new node 1 starts at
+    chapter 3 from the versions already published (what the parameter topics' transient-local
+    history gives a late joiner); the run ends with the sequential run's parameters."""
+    from dff_ros.pff.worker import WorkerStopped
+
+    cfg, plan = config(), PFFPlan("all_layers", 2, 3, head=True)
+    ref = ReferenceTrainer(cfg, mnist, progress=False)
+    ref.fit()
+    t = cfg.train
+    x, y = mnist["train_images"][:t.train_subset], mnist["train_labels"][:t.train_subset]
+    lock, history, seen = threading.Lock(), [], ParameterStore()
+    stores: list[ParameterStore] = []
+
+    def broadcast(params, sender):
+        with lock:
+            history.append(params)
+            for s in [*stores, seen]:
+                if s is not sender:
+                    s.add(params)
+
+    def node(index: int, on_batch=None):
+        store = ParameterStore()
+        store.publish = lambda params: broadcast(params, store)
+        with lock:
+            stores.append(store)
+            for params in history:   # transient local: a late joiner gets what was published
+                store.add(params)
+        return PFFWorker(cfg, x, y, plan, index, store, wait_seconds=120, on_batch=on_batch)
+
+    def kill_in_chapter_3(part, chapter, epoch, loss, rows):
+        if chapter == 3:
+            doomed.stop("killed")
+
+    first = node(0)
+    doomed = node(1, on_batch=kill_in_chapter_3)
+    outcome = {}
+    threads = [threading.Thread(target=lambda: first.run()),
+               threading.Thread(target=lambda: outcome.setdefault("doomed", _run_catching(doomed)))]
+    for th in threads:
+        th.start()
+    threads[1].join()
+    assert isinstance(outcome["doomed"], WorkerStopped), outcome
+    assert doomed.held.get(0) == 2 and 3 not in [e["chapter"] for e in doomed.timeline]
+    replacement = node(1)
+    th = threading.Thread(target=lambda: replacement.run(start_chapter=3))
+    th.start()
+    th.join(300)
+    threads[0].join(300)
+    final = {p: seen.latest(p) for p in range(plan.parts)}
+    assert all(f.version == t.splits for f in final.values())
+    assert {e["chapter"] for e in replacement.timeline} == {3}   # only what was left
+    assert all(replacement.held[p] == t.splits for p in range(plan.parts))   # holds the final versions
+    net = network_from_parts(cfg, {p: f.tensors for p, f in final.items()})
+    for mine, theirs in zip(net.state_dict().values(), ref.net.state_dict().values()):
+        assert torch.allclose(mine, theirs, atol=1e-5), "the lost chapter trained again, from the same inputs"
+
+
+def _run_catching(worker):
+    try:
+        worker.run()
+    except Exception as e:
+        return e
+    return None

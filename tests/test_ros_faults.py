@@ -1,6 +1,6 @@
 """Faults over real DDS: a server killed mid-training (SIGKILL, no goodbye) is noticed by its
 missing heartbeat; DFF moves its layer to a live server that resumes from the last checkpoint,
-PFF stops with a message. A killed master's successor takes the run over. Separate processes,
+PFF moves the node's share to a spare server. A killed master's successor takes the run over. Separate processes,
 one ROS domain per test."""
 import json
 import re
@@ -105,9 +105,38 @@ def test_master_killed_mid_training_its_successor_takes_the_run_over(env, tmp_pa
         assert abs(v - undisturbed["accuracy"][k]) <= 0.03, (summary["accuracy"], undisturbed["accuracy"])
 
 
+def test_pff_node_killed_mid_training_a_spare_takes_its_share(env, tmp_path, data_root, undisturbed):
+    """All-Layers on server_1 and server_2 (server_3 spare): server_2 dies in its second
+    chapter. server_3 becomes node 1 from that chapter, on the versions the parameter topics
+    kept; the run ends with the undisturbed run's result (the tasks are deterministic)."""
+    pipeline = write_pipeline(tmp_path, data_root, pipeline={"transport": "parameters", "pff_variant": "all_layers",
+                                                             **FAST}, **TRAIN)
+    servers = [start_server(env, tmp_path, name=f"server_{i}") for i in (1, 2, 3)]
+    run = None
+    try:
+        for s in servers:
+            s.wait_for("ready:")
+        run = master(env, tmp_path, pipeline)
+        kill_when(Client(env), servers[1], "server_2", lambda m: m.phase == "training" and m.chapter == 3, delay=0.3)
+        summary = finished(run)
+    finally:
+        for p in [*servers, *([run] if run else [])]:
+            p.stop()
+    (rec,) = summary["recoveries"]
+    assert (rec["server"], rec["node"], rec["to"], rec["resumed_from_chapter"]) == ("server_2", 1, "server_3", 3), rec
+    assert 3 <= rec["silent_seconds"] < 10, rec
+    assert summary["nodes"] == ["server_1", "server_3"] and summary["timeline_nodes"][-1] == "server_2 (lost)"
+    by_server = {}
+    for task in summary["timeline"]:
+        by_server.setdefault(task["server"], set()).add(task["chapter"])
+    assert by_server == {"server_1": {0, 2}, "server_2": {1} | (by_server["server_2"] & {3}), "server_3": {3}}, by_server
+    for k, v in summary["accuracy"].items():
+        assert abs(v - undisturbed["accuracy"][k]) <= 0.005, (summary["accuracy"], undisturbed["accuracy"])
+
+
 def test_lost_server_stops_the_run_with_a_message_when_it_cannot_recover(env, tmp_path, data_root):
-    """PFF does not move a lost node's share (yet), and recover: false: the master says which
-    server went silent and exits non-zero instead of waiting for stall_seconds."""
+    """PFF without a spare server, and recover: false: the master says which server went
+    silent and exits non-zero instead of waiting for stall_seconds."""
     for name, pipe in (("pff", {"transport": "parameters", "pff_variant": "all_layers"}),
                        ("norecover", {"recover": False})):
         env = ros_env()
@@ -130,4 +159,4 @@ def test_lost_server_stops_the_run_with_a_message_when_it_cannot_recover(env, tm
         assert rc == 1, (name, out)
         assert took < 20, (name, took, out)
         assert "server_2 sent no heartbeat for" in out, (name, out)
-        assert ("does not move a lost node's share" if name == "pff" else "recover: false") in out, (name, out)
+        assert ("its PFF share cannot move: no spare server" if name == "pff" else "recover: false") in out, (name, out)

@@ -80,7 +80,7 @@ class PipelineConfig:
     service_timeout_seconds: float = 30.0
     stall_seconds: float = 300.0
     heartbeat_timeout_seconds: float = 10.0   # a hosting server silent this long is lost
-    recover: bool = True                    # DFF chapters: move a lost server's layers to live servers
+    recover: bool = True                    # a lost server: DFF chapters, its layers move; PFF, a spare takes its share
     source: str = "<dict>"
 
 

@@ -15,7 +15,7 @@ from dff_ros.ff.classifiers import accuracy
 from dff_ros.ff.history import EpochMeans, curves
 from dff_ros.ff.schedule import chapters
 from dff_ros.msg import LayerParameters
-from dff_ros.nodes.common import TASKS_QOS, params_topic, tasks_topic
+from dff_ros.nodes.common import SERVER_NAME, TASKS_QOS, params_topic, tasks_topic
 from dff_ros.pff.plan import NEGATIVES, PFFPlan
 from dff_ros.pff.store import Parameters
 from dff_ros.pff.worker import network_from_parts, part_names
@@ -39,6 +39,7 @@ class ParameterRun:
         self.bytes: dict[str, int] = {}          # serialized bytes published per params topic
         self.fetched_bytes = 0                   # what the master itself received of them
         self.tasks: list[dict] = []
+        self.reported: set[tuple[int, int]] = set()   # (part, chapter) of every task reported
         self.histories: dict[int, EpochMeans] = {}   # part -> per-epoch loss, training accuracy
         self.chapter_bytes: dict[str, dict[int, int]] = {}  # link -> chapter -> bytes published
         self.scoring: list[dict] = []            # adaptive negatives scored (node, start, end)
@@ -61,24 +62,28 @@ class ParameterRun:
         self.master.create_subscription(LayerParameters, tasks_topic(self.model.name), self._on_task, TASKS_QOS)
 
     def create(self, plan: PFFPlan, nodes: list[str], *, evaluate_only: bool = False,
-               answered: list[float] | None = None) -> dict[str, list[int]]:
-        """Give every node its share (a node starts training as it answers); returns the parts
-        each node restored (evaluate_only)."""
+               answered: list[float] | None = None, only: int | None = None,
+               start_chapter: int = 0) -> dict[str, list[int]]:
+        """Give every node (or node ``only``, from ``start_chapter``) its share; a node starts
+        training as it answers. Returns the parts each node restored (evaluate_only)."""
         m, p = self.model, self.p
         train = m.to_dict()["train"]
         no_topics = dict.fromkeys(("train_input", "train_output", "infer_input", "infer_output"), "")
         calls = []
         for index, server in enumerate(nodes):
+            if only is not None and index != only:
+                continue
             req = CreateLayers.Request(
                 run_id=self.master.run_id, model=m.name, num_classes=m.num_classes, restore_weights=False,
                 train=to_parameters(train), transport="parameters", pff_variant=plan.variant, node_index=index,
                 num_nodes=plan.nodes, layer_nodes=list(plan.layer_nodes), dataset=m.dataset.name,
                 data_root=p.data_root or m.dataset.root or "", param_history=p.param_history,
-                evaluate_only=evaluate_only)
+                evaluate_only=evaluate_only, start_chapter=start_chapter)
             req.layers = [spec_to_msg(s, no_topics, s.index == self.L - 1) for s in m.layers]
             calls.append((f"/{server}/create_layers", req))
         restored = {}
-        for server, res in zip(nodes, self.master.call_all(CreateLayers, calls, answered=answered)):
+        for (_, req), res in zip(calls, self.master.call_all(CreateLayers, calls, answered=answered)):
+            server = nodes[req.node_index]
             if not res.success:
                 raise self.RunError(f"{server} refused its PFF share: {res.message}")
             self.master.log(f"{server}: {res.message}")
@@ -114,6 +119,7 @@ class ParameterRun:
                 self.scoring.append({"node": meta["node"], "part": NEGATIVES, "chapter": int(meta["negatives_for"]),
                                      "start": meta["negatives_start"], "end": meta["negatives_end"], "inputs": {}})
             self.versions[part] = max(self.versions.get(part, 0), report.version)
+            self.reported.add((part, report.version - 1))
             self.tasks.append({**{k: v for k, v in meta.items()
                                   if k != "inputs" and not k.startswith(("negatives_", "epoch_"))},
                                "part": part, "inputs": meta["inputs"]})
@@ -136,14 +142,18 @@ class ParameterRun:
             out.append(params)
         return out
 
-    def wait_trained(self, nodes: list[str]) -> None:
+    def wait_trained(self, plan: PFFPlan, nodes: list[str]) -> None:
+        """Until every part's final version is reported. A lost node's share goes to a spare
+        server (``replace``); ``nodes`` is updated in place."""
         final = self.model.train.splits
         progress = Progress(self.parts * final, f"train {self.model.name} (PFF {self.p.pff_variant}, "
                             f"{len(nodes)} nodes)", enabled=self.master.show_progress,
                             listener=self.master.publish_progress)
         seen = 0
-        with self.cond:
-            while not (len(self.versions) == self.parts and all(v == final for v in self.versions.values())):
+        while True:
+            with self.cond:   # (released while a share is moved: task reports keep coming in)
+                if len(self.versions) == self.parts and all(v == final for v in self.versions.values()):
+                    return
                 self.cond.wait(1.0)
                 if len(self.tasks) > seen:
                     last = self.tasks[-1]
@@ -154,14 +164,46 @@ class ParameterRun:
                 if errors:
                     raise self.RunError("a node failed: " + "; ".join(errors))
                 lost = self.master.lost_server(nodes)
-                if lost is not None:
-                    raise self.RunError(f"{lost}; a PFF run does not move a lost node's share yet: restart "
-                                        "the run (transport: activations recovers from a lost server)")
                 quiet = time.monotonic() - self.last_news
-                if quiet > self.p.stall_seconds:
+                if lost is None and quiet > self.p.stall_seconds:
                     missing = [f"{self.names[p]} v{final}" for p in range(self.parts) if self.versions.get(p, 0) < final]
                     raise self.RunError(f"no task done for {quiet:.0f} s while waiting for {', '.join(missing)} "
                                         f"(are {', '.join(nodes)} still running? see /dff/status)")
+            if lost is not None:
+                self.replace(plan, nodes, lost)
+
+    def replace(self, plan: PFFPlan, nodes: list[str], lost) -> None:
+        """A spare server takes the lost node's place (same node index) from the first chapter
+        whose tasks of that node were not all reported; the versions before it come from the
+        parameter topics' history. Tasks the lost node did in that chapter are trained again
+        from the same inputs, so they give the same versions."""
+        t = self.model.train
+        why = None
+        if not self.p.recover:
+            why = "recover: false"
+        elif t.negatives == "adaptive":
+            why = "adaptive negatives are scored from a node's own earlier state, which went with it"
+        graph = {n for n, _ in self.master.get_node_names_and_namespaces() if SERVER_NAME.match(n)}
+        live = sorted((s for s in graph - set(nodes) - self.master.lost if self.master.count_services_ready(s)),
+                      key=lambda s: (len(s), s))
+        if why is None and not live:
+            why = "no spare server (start one more server than the run uses)"
+        if why is not None:
+            raise self.RunError(f"{lost}; its PFF share cannot move: {why}")
+        began = time.perf_counter()
+        index, spare = nodes.index(lost.server), live[0]
+        with self.cond:
+            done = set(self.reported)
+        start = next((c for c in range(t.splits) if any((p, c) not in done for p in plan.parts_for(index, c))),
+                     t.splits)
+        self.master.get_logger().warning(f"{lost}: node {index}'s share moves to {spare}, from chapter {start}")
+        nodes[index] = spare
+        self.create(plan, nodes, only=index, start_chapter=start)
+        with self.cond:
+            self.last_news = time.monotonic()
+        self.master.recoveries.append({
+            "server": lost.server, "node": index, "to": spare, "silent_seconds": round(lost.silent_seconds, 2),
+            "takeover_seconds": round(time.perf_counter() - began, 2), "resumed_from_chapter": start})
 
     def gather_saved(self, plan: PFFPlan, nodes: list[str]) -> dict:
         """train: false. Every node loads the final versions saved on it; each part is fetched
@@ -205,13 +247,15 @@ class ParameterRun:
             # trainer's, it leaves out loading data and building the model
             start = min(answered)
             setup_seconds = start - created
-            self.wait_trained(nodes)
+            self.wait_trained(plan, nodes)
             train_seconds = time.perf_counter() - start
+            # every node done (a replacement may still be taking final versions from the topics)
+            status = master.wait_phase(nodes, "trained", timeout=30.0)
             final = self.model.train.splits - 1
+            fetching = time.perf_counter()
             self.latest = {v.part: v for v in self.fetch([(nodes[plan.trainer(part, final)], part)
                                                           for part in range(self.parts)])}
-            fetch_seconds = time.perf_counter() - start - train_seconds
-            status = master.wait_phase(nodes, "trained", timeout=30.0)
+            fetch_seconds = time.perf_counter() - fetching
             result = self.evaluate(data)
             paths = {}
             for server in nodes:
@@ -250,7 +294,11 @@ class ParameterRun:
                              "bytes_out": st.bytes_out if st else None, "bytes_in": st.bytes_in if st else None})
         busy = sum(n["busy_seconds"] or 0.0 for n in per_node)
         t0 = min(task["start"] for task in self.tasks)
-        timeline = sorted(({"node": int(x["node"]), "server": nodes[int(x["node"])], "part": x["part"],
+        rows = nodes + [r["server"] for r in self.master.recoveries]   # a lost node keeps its row
+
+        def server(x):
+            return x.get("node_name") or nodes[int(x["node"])]
+        timeline = sorted(({"node": rows.index(server(x)), "server": server(x), "part": x["part"],
                             "chapter": int(x["chapter"]), "start": round(x["start"] - t0, 3),
                             "end": round(x["end"] - t0, 3), "wait": x.get("wait"), "inputs": x["inputs"]}
                            for x in self.tasks + self.scoring), key=lambda x: (x["start"], x["node"]))
@@ -260,7 +308,10 @@ class ParameterRun:
             "samples_per_second": round(self._samples() * t.epochs / train_seconds, 1),
             "bytes_published": total_bytes, "bytes_per_epoch": round(total_bytes / t.epochs),
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
-            "per_node": per_node, "timeline": timeline, "dropped": self.dropped, "weights": paths,
+            "per_node": per_node, "timeline": timeline,
+            "timeline_nodes": nodes + [f"{r['server']} (lost)" for r in self.master.recoveries],
+            "recoveries": self.master.recoveries,
+            "dropped": self.dropped, "weights": paths,
             "history": {**curves({("head" if p == self.L else f"layer_{p}"): h
                                    for p, h in sorted(self.histories.items())}, t.epochs),
                         "chapter_epochs": [c.epochs[-1] for c in chapters(t.epochs, t.splits)],

@@ -27,9 +27,11 @@ from dff_ros.transport.tensors import nbytes
 
 class PFFJob:
     def __init__(self, node, *, run_id: str, config, plan: PFFPlan, index: int, images, labels,
-                 hashes: dict[int, str], history: int, wait_seconds: float, evaluate_only: bool = False):
+                 hashes: dict[int, str], history: int, wait_seconds: float, evaluate_only: bool = False,
+                 start_chapter: int = 0):
         """``evaluate_only``: train nothing; load the parts saved on this node (``restored``),
-        for the master to fetch, assemble and test."""
+        for the master to fetch, assemble and test. ``start_chapter``: this node replaces a lost
+        one and goes on from there."""
         self.node, self.run_id, self.config, self.plan, self.index = node, run_id, config, plan, index
         self.model = config.name
         self.hashes, self.history = hashes, history
@@ -41,6 +43,9 @@ class PFFJob:
         self.restored = self.restore() if evaluate_only else {}     # part -> when it was saved
         self.trains = [] if evaluate_only else plan.trained_by(index, config.train.splits)
         self.receives = [] if evaluate_only else plan.received_by(index, config.train.splits)
+        self.start_chapter = start_chapter
+        if start_chapter:   # a replacement also needs the versions the lost node published
+            self.receives = sorted(set(self.receives) | set(self.trains))
         self.publishers: dict[int, object] = {}
         self.tasks_publisher = None
         self.subscriptions: list = []
@@ -85,7 +90,7 @@ class PFFJob:
         log = self.node.get_logger()
         self.phase = "training"
         try:
-            self.worker.run()
+            self.worker.run(self.start_chapter)
             self.saved = self.save()
             self.phase, self.message = "trained", f"weights saved to {', '.join(self.saved) or '(none final here)'}"
             log.info(f"PFF {self.model}: node {self.index} done; {self.message}")

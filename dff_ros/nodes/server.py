@@ -243,6 +243,9 @@ class ServerNode(Node):
         if not 0 <= req.node_index < req.num_nodes:
             raise ValueError(f"node_index {req.node_index} outside 0..{req.num_nodes - 1}")
         plan = PFFPlan.for_model(config, req.pff_variant, int(req.num_nodes), tuple(int(n) for n in req.layer_nodes))
+        if req.start_chapter > train.splits or (req.start_chapter and req.evaluate_only):
+            raise ValueError(f"start_chapter {req.start_chapter}: outside 0..{train.splits} (train.splits), "
+                             "or given with evaluate_only")
         if req.evaluate_only:   # nothing to train: a robot with saved weights needs no training data
             x, y = torch.empty(0, specs[0].in_features), torch.empty(0, dtype=torch.long)
         else:
@@ -256,7 +259,7 @@ class ServerNode(Node):
         hashes = {s.index: spec_hash(req.model, s, train_raw) for s in specs}
         return PFFJob(self, run_id=req.run_id, config=config, plan=plan, index=int(req.node_index), images=x,
                       labels=y, hashes=hashes, history=int(req.param_history) or 4, wait_seconds=self.wait_seconds,
-                      evaluate_only=bool(req.evaluate_only))
+                      evaluate_only=bool(req.evaluate_only), start_chapter=int(req.start_chapter))
 
     def _dataset(self, name: str, root: str) -> dict:
         # the server's own data root wins: the master's path may not exist on this robot

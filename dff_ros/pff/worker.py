@@ -88,13 +88,22 @@ class PFFWorker:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def run(self) -> None:
+    def run(self, start_chapter: int = 0) -> None:
+        """Train this node's tasks in order. ``start_chapter`` > 0: this node replaces a lost
+        one; its tasks before that chapter were done there, and the versions they produced
+        come from the store (so the final versions of parts this node finishes are held here,
+        even when the lost node had trained them)."""
         start = time.perf_counter()
         try:
-            for chapter in chapters(self.t.epochs, self.t.splits):
+            for chapter in chapters(self.t.epochs, self.t.splits)[start_chapter:]:
                 mine = self.plan.parts_for(self.node, chapter.index)
                 if mine:
                     self._chapter(chapter, mine)
+            final = self.t.splits
+            for part in self.plan.parts_for(self.node, final - 1):
+                if self.held.get(part, 0) != final:
+                    load_part_state(self.parts[part], self._wait(part, final, exact=True).tensors)
+                    self.held[part] = final
         finally:
             self.busy_seconds = time.perf_counter() - start - self.idle_seconds
 
