@@ -59,11 +59,40 @@ class Proc:
         self._f.close()
 
 
-def start_server(env: dict, tmp: Path, name: str = "", weights: Path | None = None) -> Proc:
+def start_server(env: dict, tmp: Path, name: str = "", weights: Path | None = None, wrap: list[str] = ()) -> Proc:
     args = ["-m", "dff_ros.nodes.server", "--weights-dir", str(weights or tmp / "weights")]
     if name:
         args += ["--name", name]
-    return Proc(args, env, tmp / f"server-{name or time.monotonic_ns()}.log")
+    return Proc(args, env, tmp / f"server-{name or time.monotonic_ns()}.log", wrap=wrap)
+
+
+def master(env, tmp_path, pipeline, name="master", wrap: list[str] = ()) -> Proc:
+    return Proc(["-m", "dff_ros.nodes.master", "--pipeline", str(pipeline), "--no-progress"], env,
+                tmp_path / f"{name}.log", wrap=wrap)
+
+
+def finished(run: Proc) -> dict:
+    """The summary of a master run that ended well."""
+    rc = run.p.wait(240)
+    out = run.output()
+    assert rc == 0, out
+    return json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
+
+
+def server_2_killed(env, tmp_path, pipeline, ready, delay: float):
+    """server_1..3 and a master; server_2 is SIGKILLed ``delay`` s after a status of it
+    satisfies ``ready``. The run's summary and that status."""
+    servers = [start_server(env, tmp_path, name=f"server_{i}") for i in (1, 2, 3)]
+    run = None
+    try:
+        for s in servers:
+            s.wait_for("ready:")
+        run = master(env, tmp_path, pipeline)
+        killed = kill_when(Client(env), servers[1], "server_2", ready, delay=delay)
+        return finished(run), killed
+    finally:
+        for p in [*servers, *([run] if run else [])]:
+            p.stop()
 
 
 class Client:

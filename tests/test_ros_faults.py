@@ -2,14 +2,14 @@
 missing heartbeat; DFF moves its layer to a live server that resumes from the last checkpoint,
 PFF moves the node's share to a spare server. A killed master's successor takes the run over. Separate processes,
 one ROS domain per test."""
-import json
 import re
 import signal
 import time
 
 import pytest
 
-from rosutil import Client, Proc, kill_when, ros_env, run_launcher, start_server, wait_status, write_pipeline
+from rosutil import (Client, finished, kill_when, master, ros_env, run_launcher, server_2_killed, start_server,
+                     wait_status, write_pipeline)
 
 FAST = {"heartbeat_timeout_seconds": 3, "restore_weights": False}
 TRAIN = {"epochs": 8, "splits": 4, "train_subset": 6000}
@@ -29,33 +29,11 @@ def undisturbed(tmp_path_factory, data_root):
     return summary
 
 
-def master(env, tmp_path, pipeline, name="master") -> Proc:
-    return Proc(["-m", "dff_ros.nodes.master", "--pipeline", str(pipeline), "--no-progress"], env,
-                tmp_path / f"{name}.log")
-
-
-def finished(run: Proc) -> dict:
-    rc = run.p.wait(240)
-    out = run.output()
-    assert rc == 0, out
-    return json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
-
-
 def test_dff_server_killed_mid_training_its_layer_moves_and_the_run_finishes(env, tmp_path, data_root, undisturbed):
     pipeline = write_pipeline(tmp_path, data_root, pipeline={"servers": 3, **FAST}, **TRAIN)
-    servers = [start_server(env, tmp_path, name=f"server_{i}") for i in (1, 2, 3)]
-    run = None
-    try:
-        for s in servers:
-            s.wait_for("ready:")
-        run = master(env, tmp_path, pipeline)
-        # layer 1 (round robin: server_2) dies after its first chapter, mid-way through the second
-        killed = kill_when(Client(env), servers[1], "server_2", lambda m: m.layer == 1 and m.chapters_done >= 1,
-                           delay=0.5)
-        summary = finished(run)
-    finally:
-        for p in [*servers, *([run] if run else [])]:
-            p.stop()
+    # layer 1 (round robin: server_2) dies after its first chapter, mid-way through the second
+    summary, killed = server_2_killed(env, tmp_path, pipeline, lambda m: m.layer == 1 and m.chapters_done >= 1,
+                                      delay=0.5)
     (rec,) = summary["recoveries"]
     assert rec["server"] == "server_2" and rec["layers"] == [1] and rec["to"] == {"1": "server_3"}, rec
     # resumed from layer 1's newest checkpoint: no chapter it had trained is trained again
@@ -111,17 +89,8 @@ def test_pff_node_killed_mid_training_a_spare_takes_its_share(env, tmp_path, dat
     kept; the run ends with the undisturbed run's result (the tasks are deterministic)."""
     pipeline = write_pipeline(tmp_path, data_root, pipeline={"transport": "parameters", "pff_variant": "all_layers",
                                                              **FAST}, **TRAIN)
-    servers = [start_server(env, tmp_path, name=f"server_{i}") for i in (1, 2, 3)]
-    run = None
-    try:
-        for s in servers:
-            s.wait_for("ready:")
-        run = master(env, tmp_path, pipeline)
-        kill_when(Client(env), servers[1], "server_2", lambda m: m.phase == "training" and m.chapter == 3, delay=0.3)
-        summary = finished(run)
-    finally:
-        for p in [*servers, *([run] if run else [])]:
-            p.stop()
+    summary, _ = server_2_killed(env, tmp_path, pipeline, lambda m: m.phase == "training" and m.chapter == 3,
+                                 delay=0.3)
     (rec,) = summary["recoveries"]
     assert (rec["server"], rec["node"], rec["to"], rec["resumed_from_chapter"]) == ("server_2", 1, "server_3", 3), rec
     assert 3 <= rec["silent_seconds"] < 10, rec
