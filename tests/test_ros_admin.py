@@ -47,7 +47,7 @@ def test_status_export_delete(trained, tmp_path, data_root):
                                                                                    model="hosted", run_id="r7"))
         assert res.success, res.message
         # export reads only weights files, by plain names in the model's folder
-        for bad in ["../../../etc/passwd", "layer0-FFDense-xyz.pt", "x.pt", *TRAVERSAL_NAMES]:
+        for bad in ["../../../etc/passwd", "layer0-FFDense-xyz.pt", "x.pt", "head-0123456789ab.pt\n", *TRAVERSAL_NAMES]:
             got = client.call(FetchParameters, "/server_1/fetch_parameters",
                               FetchParameters.Request(model="pipe test", part=0, file=bad))
             assert not got.success and "not a weights file name" in got.message, (bad, got.message)

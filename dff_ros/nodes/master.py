@@ -35,8 +35,8 @@ from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMA
 from dff_ros.nodes.master_pff import ParameterRun
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
-from dff_ros.plots import run_plots
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost, check_supported
+from dff_ros.plots import run_plots
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
 from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
                                      train_from_msg, train_to_msg)
@@ -500,7 +500,6 @@ class MasterNode(Node):
                            "dropped": self.dropped},
                 "train_samples": len(driver.train_y), "test_samples": len(driver.test_y),
                 "config": m.to_dict(), "pipeline": {k: v for k, v in vars(p).items()}}
-
 
     def history(self, driver: PipelineDriver) -> dict:
         """The summary's ``history`` (per-epoch curves, bytes per chapter) and ``timeline``

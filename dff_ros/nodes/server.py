@@ -350,7 +350,7 @@ class ServerNode(Node):
         """A part's weights from a file saved here (``dff-ros export``), weights-only."""
         path = self.weights_dir / path_token(req.model) / req.file
         res.success = False
-        if not SAVED_FILE.match(req.file):
+        if not SAVED_FILE.fullmatch(req.file):
             res.message = f"{req.file!r} is not a weights file name (layer<i>-<module>-<hash>.pt or head-<hash>.pt)"
         elif not path.is_file():
             res.message = f"no {req.file} of {req.model!r} in {self.weights_dir}"
@@ -509,7 +509,7 @@ class ServerNode(Node):
 
 
 MAX_LISTED_FILES = 1000   # saved weights listed by list_layers
-SAVED_FILE = re.compile(r"^(layer\d+-[A-Za-z0-9_.-]+-[0-9a-f]{12}|head-[0-9a-f]{12})\.pt$")
+SAVED_FILE = re.compile(r"(layer\d+-[A-Za-z0-9_.-]+-[0-9a-f]{12}|head-[0-9a-f]{12})\.pt")   # fullmatch
 
 
 def history_fields(host: LayerHost, h: Hosted) -> dict:
