@@ -39,7 +39,6 @@ class ParameterRun:
         self.bytes: dict[str, int] = {}          # serialized bytes published per params topic
         self.fetched_bytes = 0                   # what the master itself received of them
         self.tasks: list[dict] = []
-        self.reported: set[tuple[int, int]] = set()   # (part, chapter) of every task reported
         self.histories: dict[int, EpochMeans] = {}   # part -> per-epoch loss, training accuracy
         self.chapter_bytes: dict[str, dict[int, int]] = {}  # link -> chapter -> bytes published
         self.scoring: list[dict] = []            # adaptive negatives scored (node, start, end)
@@ -119,7 +118,6 @@ class ParameterRun:
                 self.scoring.append({"node": meta["node"], "part": NEGATIVES, "chapter": int(meta["negatives_for"]),
                                      "start": meta["negatives_start"], "end": meta["negatives_end"], "inputs": {}})
             self.versions[part] = max(self.versions.get(part, 0), report.version)
-            self.reported.add((part, report.version - 1))
             self.tasks.append({**{k: v for k, v in meta.items()
                                   if k != "inputs" and not k.startswith(("negatives_", "epoch_"))},
                                "part": part, "inputs": meta["inputs"]})
@@ -193,7 +191,7 @@ class ParameterRun:
         began = time.perf_counter()
         index, spare = nodes.index(lost.server), live[0]
         with self.cond:
-            done = set(self.reported)
+            done = {(task["part"], int(task["chapter"])) for task in self.tasks}
         start = next((c for c in range(t.splits) if any((p, c) not in done for p in plan.parts_for(index, c))),
                      t.splits)
         self.master.get_logger().warning(f"{lost}: node {index}'s share moves to {spare}, from chapter {start}")
