@@ -110,9 +110,10 @@ class ImageDemo(Node):
                 "seconds": round(time.monotonic() - start, 2)}
 
     def _report(self, progress: Progress) -> None:
-        s = self.score.summary()
-        progress.update(s["answered"] - progress.done, accuracy=s["accuracy"] if s["accuracy"] is not None else float("nan"),
-                        latency_ms_p50=s["latency_ms"]["p50"] or 0.0)
+        # called per image: no percentiles here (summary() sorts every latency)
+        sc = self.score
+        progress.update(sc.answered - progress.done, accuracy=sc.correct / sc.answered if sc.answered else float("nan"),
+                        latency_ms=1000 * sc.latencies[-1] if sc.latencies else 0.0)
 
 
 def main(argv=None) -> int:

@@ -215,6 +215,13 @@ class MasterNode(Node):
         if lost is not None:
             raise lost
 
+    def live_servers(self) -> list[str]:
+        """Servers in the graph that are not lost (checked again now) and answer services."""
+        names = {n for n, _ in self.get_node_names_and_namespaces() if SERVER_NAME.match(n)}
+        while self.lost_server(names - self.lost) is not None:   # more may have gone silent meanwhile
+            pass
+        return sorted((n for n in names - self.lost if self.count_services_ready(n)), key=lambda s: (len(s), s))
+
     def recover(self, lost: ServerLost) -> int:
         """Move a lost server's layers to the live servers with the fewest layers (a spare one
         first), each resumed from its newest checkpoint; returns the first chapter some layer
@@ -222,10 +229,7 @@ class MasterNode(Node):
         start = time.perf_counter()
         moved = sorted(i for i, v in self.placed.items() if v["server"] == lost.server)
         self.get_logger().warning(f"{lost}: its layer(s) {moved} move to live servers")
-        names = {n for n, _ in self.get_node_names_and_namespaces() if SERVER_NAME.match(n)}
-        while self.lost_server(names - self.lost) is not None:   # more may have gone silent meanwhile
-            pass
-        live = sorted(n for n in names - self.lost if self.count_services_ready(n))
+        live = self.live_servers()
         if not live:
             raise RunError(f"{lost}, and no live server can take over layer(s) {moved}")
         load = {s: sum(v["server"] == s for v in self.placed.values()) for s in live}

@@ -15,7 +15,7 @@ from dff_ros.ff.classifiers import accuracy
 from dff_ros.ff.history import EpochMeans, curves
 from dff_ros.ff.schedule import chapters
 from dff_ros.msg import LayerParameters
-from dff_ros.nodes.common import SERVER_NAME, TASKS_QOS, params_topic, tasks_topic
+from dff_ros.nodes.common import TASKS_QOS, params_topic, tasks_topic
 from dff_ros.pff.plan import NEGATIVES, PFFPlan
 from dff_ros.pff.store import Parameters
 from dff_ros.pff.worker import network_from_parts, part_names
@@ -181,9 +181,7 @@ class ParameterRun:
             why = "recover: false"
         elif t.negatives == "adaptive":
             why = "adaptive negatives are scored from a node's own earlier state, which went with it"
-        graph = {n for n, _ in self.master.get_node_names_and_namespaces() if SERVER_NAME.match(n)}
-        live = sorted((s for s in graph - set(nodes) - self.master.lost if self.master.count_services_ready(s)),
-                      key=lambda s: (len(s), s))
+        live = [s for s in self.master.live_servers() if s not in nodes]
         if why is None and not live:
             why = "no spare server (start one more server than the run uses)"
         if why is not None:
@@ -292,7 +290,8 @@ class ParameterRun:
                              "bytes_out": st.bytes_out if st else None, "bytes_in": st.bytes_in if st else None})
         busy = sum(n["busy_seconds"] or 0.0 for n in per_node)
         t0 = min(task["start"] for task in self.tasks)
-        rows = nodes + [r["server"] for r in self.master.recoveries]   # a lost node keeps its row
+        lost = [r["server"] for r in self.master.recoveries]   # a lost node keeps its row
+        rows = nodes + lost
 
         def server(x):
             return x.get("node_name") or nodes[int(x["node"])]
@@ -307,7 +306,7 @@ class ParameterRun:
             "bytes_published": total_bytes, "bytes_per_epoch": round(total_bytes / t.epochs),
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
             "per_node": per_node, "timeline": timeline,
-            "timeline_nodes": nodes + [f"{r['server']} (lost)" for r in self.master.recoveries],
+            "timeline_nodes": nodes + [f"{server} (lost)" for server in lost],
             "recoveries": self.master.recoveries,
             "dropped": self.dropped, "weights": paths,
             "history": {**curves({("head" if p == self.L else f"layer_{p}"): h
