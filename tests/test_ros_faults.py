@@ -84,21 +84,34 @@ def test_master_killed_mid_training_its_successor_takes_the_run_over(env, tmp_pa
 
 
 def test_pff_node_killed_mid_training_a_spare_takes_its_share(env, tmp_path, data_root, undisturbed):
-    """All-Layers on server_1 and server_2 (server_3 spare): server_2 dies in its second
-    chapter. server_3 becomes node 1 from that chapter, on the versions the parameter topics
-    kept; the run ends with the undisturbed run's result (the tasks are deterministic)."""
+    """All-Layers on the first two servers the master finds (the third is spare): node 1 dies
+    in its second chapter. The spare becomes node 1 from that chapter, on the versions the
+    parameter topics kept; the run ends with the undisturbed run's result (the tasks are
+    deterministic)."""
     pipeline = write_pipeline(tmp_path, data_root, pipeline={"transport": "parameters", "pff_variant": "all_layers",
                                                              **FAST}, **TRAIN)
-    summary, _ = server_2_killed(env, tmp_path, pipeline, lambda m: m.phase == "training" and m.chapter == 3,
-                                 delay=0.3)
+    servers = {f"server_{i}": start_server(env, tmp_path, name=f"server_{i}") for i in (1, 2, 3)}
+    run = None
+    try:
+        for s in servers.values():
+            s.wait_for("ready:")
+        run = master(env, tmp_path, pipeline)
+        run.wait_for("PFF all_layers: 2 node(s)", 60)   # which two it found first is up to discovery
+        first, victim = re.search(r"PFF all_layers: 2 node\(s\) (\w+), (\w+)", run.output()).groups()
+        (spare,) = set(servers) - {first, victim}
+        kill_when(Client(env), servers[victim], victim, lambda m: m.phase == "training" and m.chapter == 3, delay=0.3)
+        summary = finished(run)
+    finally:
+        for p in [*servers.values(), *([run] if run else [])]:
+            p.stop()
     (rec,) = summary["recoveries"]
-    assert (rec["server"], rec["node"], rec["to"], rec["resumed_from_chapter"]) == ("server_2", 1, "server_3", 3), rec
+    assert (rec["server"], rec["node"], rec["to"], rec["resumed_from_chapter"]) == (victim, 1, spare, 3), rec
     assert 3 <= rec["silent_seconds"] < 10, rec
-    assert summary["nodes"] == ["server_1", "server_3"] and summary["timeline_nodes"][-1] == "server_2 (lost)"
+    assert summary["nodes"] == [first, spare] and summary["timeline_nodes"][-1] == f"{victim} (lost)"
     by_server = {}
     for task in summary["timeline"]:
         by_server.setdefault(task["server"], set()).add(task["chapter"])
-    assert by_server == {"server_1": {0, 2}, "server_2": {1} | (by_server["server_2"] & {3}), "server_3": {3}}, by_server
+    assert by_server == {first: {0, 2}, victim: {1} | (by_server[victim] & {3}), spare: {3}}, by_server
     for k, v in summary["accuracy"].items():
         assert abs(v - undisturbed["accuracy"][k]) <= 0.005, (summary["accuracy"], undisturbed["accuracy"])
 
