@@ -14,7 +14,10 @@
 4. Config errors: the master exits 2 with a message naming the file and the key.
 5. A checkpoint writer killed mid-write (tests/test_checkpoint.py).
 6. PFF All-Layers on 2 nodes and a spare: node 1's server killed mid-chapter; the spare takes
-   its share over from the parameter topics' history.
+   its share over from the parameter topics' history. Again with adaptive negatives (against
+   an undisturbed adaptive run): the spare scores the labels node 1 had scored again.
+7. The PFF master killed mid-run and started again: it follows the nodes' run to the end.
+8. Step 1's server kill in the stream schedule (against an undisturbed stream run).
 `--only pff_killed` (etc.) runs some steps again and keeps the others' last results.
 Writes bench/results/faults.{json,md} and the README block.
 """
@@ -60,12 +63,34 @@ def pipeline_args(model: str, tmp: str, overrides: dict) -> list[str]:
     return args
 
 
-def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str) -> dict:
+def disturb(client: Client, servers: list[Proc], runs: list[Proc], master, victim: str, ready):
+    """SIGKILL server_2, or the master (then started again, appended to ``runs``), 3 s after a
+    status satisfies ``ready``; returns that status."""
+    if victim == "server_2":
+        return kill_when(client, servers[1], "server_2", ready, close=False, delay=3.0)
+    hit = wait_status(client, ready)
+    time.sleep(3.0)
+    runs[0].p.kill()
+    runs[0].p.wait()
+    runs.append(master("master-restarted"))
+    return hit
+
+
+def summary_of(run: Proc, what: str) -> dict:
+    rc = run.p.wait(3600)
+    out = run.output()
+    if rc:
+        raise SystemExit(f"{what} failed ({rc}):\n{out[-3000:]}")
+    return json.loads(Path(re.search(r"\[master\] summary: (\S+)", out).group(1)).read_text())
+
+
+def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str, inject: bool = True) -> dict:
     """Servers and master as separate processes. victim server_2: bad chunks on layer 0's
-    input, then server_2 is killed. victim master: the master is killed and started again."""
+    input (``inject``), then server_2 is killed. victim master: the master is killed and
+    started again."""
     config = load_model_config(model, overrides)
     env = bench_env(1 if victim == "server_2" else 4)
-    cases = chunk_cases(config.name, "faults")
+    cases = chunk_cases(config.name, "faults") if inject and victim == "server_2" else []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         servers = [start_server(env, tmp_path, name=f"server_{i}", weights=tmp_path / "w") for i in (1, 2, 3)]
@@ -82,31 +107,21 @@ def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str) -> 
             runs.append(master("master"))
             # a few seconds into chapter kill_after + 1: layer 1's checkpoint is out, the chapter half done
             after = lambda m: m.layer == 1 and m.chapters_done >= kill_after  # noqa: E731
-            if victim == "server_2":
+            if cases:
                 pub = client.node.create_publisher(TrainingBatch, layer_topics(config.name, 0, 1)["train_input"],
                                                    DATA_QOS)
                 wait_status(client, lambda m: m.server == "server_1" and m.phase == "training")
                 for _, msg, _ in cases:
                     pub.publish(msg)
-                killed = kill_when(client, servers[1], "server_2", after, close=False, delay=3.0)
-            else:
-                killed = wait_status(client, after)
-                time.sleep(3.0)
-                runs[0].p.kill()
-                runs[0].p.wait()
-                runs.append(master("master-restarted"))
+            killed = disturb(client, servers, runs, master, victim, after)
             print(f"killed {victim} after layer 1 reported {killed.chapters_done} chapter(s)", flush=True)
-            rc = runs[-1].p.wait(3600)
-            out = runs[-1].output()
-            if rc:
-                raise SystemExit(f"the disturbed run failed ({rc}):\n{out[-3000:]}")
-            summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", out).group(1)).read_text())
+            summary = summary_of(runs[-1], "the disturbed run")
         finally:
             client.close()
             for p in [*servers, *runs]:
                 p.stop()
     out = {"summary": summary, "killed_after_chapters": killed.chapters_done}
-    if victim == "server_2":
+    if cases:
         kinds: dict[str, int] = {}
         for _, _, kind in cases:
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -114,10 +129,11 @@ def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str) -> 
     return out
 
 
-def pff_disturbed_run(model: str, overrides: dict, kill_in_chapter: int) -> dict:
-    """PFF All-Layers on server_1 and server_2, server_3 spare: server_2 (node 1) is killed a
-    few seconds into a chapter of its own; server_3 takes its share over."""
-    env = bench_env(5)
+def pff_disturbed_run(model: str, overrides: dict, kill_in_chapter: int, victim: str = "server_2") -> dict:
+    """PFF All-Layers on server_1 and server_2, server_3 spare. victim server_2 (node 1): killed
+    a few seconds into a chapter of its own; server_3 takes its share over. victim master:
+    killed a few seconds into that chapter and started again."""
+    env = bench_env(5 if victim == "server_2" else 6)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         servers = [start_server(env, tmp_path, name=f"server_{i}", weights=tmp_path / "w") for i in (1, 2, 3)]
@@ -125,22 +141,23 @@ def pff_disturbed_run(model: str, overrides: dict, kill_in_chapter: int) -> dict
         args[args.index("transport=activations")] = "transport=parameters"
         args[args.index("servers=3")] = "servers=2"
         args += ["--set", "pff_variant=all_layers"]
-        run, client = None, Client(env)
+        runs: list[Proc] = []
+        client = Client(env)
+
+        def master(name: str) -> Proc:
+            return Proc(["-m", "dff_ros.nodes.master", *args, "--run-id", "faults-pff"], env, tmp_path / f"{name}.log")
+
         try:
             for s in servers:
                 s.wait_for("ready:", 60)
-            run = Proc(["-m", "dff_ros.nodes.master", *args, "--run-id", "faults-pff"], env, tmp_path / "master.log")
-            killed = kill_when(client, servers[1], "server_2",
-                               lambda m: m.phase == "training" and m.chapter >= kill_in_chapter, close=False, delay=3.0)
-            print(f"killed server_2 (PFF node 1) in chapter {killed.chapter}", flush=True)
-            rc = run.p.wait(3600)
-            out = run.output()
-            if rc:
-                raise SystemExit(f"the disturbed PFF run failed ({rc}):\n{out[-3000:]}")
-            summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", out).group(1)).read_text())
+            runs.append(master("master"))
+            killed = disturb(client, servers, runs, master, victim,
+                             lambda m: m.phase == "training" and m.chapter >= kill_in_chapter)
+            print(f"killed {victim} in chapter {killed.chapter}", flush=True)
+            summary = summary_of(runs[-1], "the disturbed PFF run")
         finally:
             client.close()
-            for p in [*servers, *([run] if run else [])]:
+            for p in [*servers, *runs]:
                 p.stop()
     return {"summary": summary, "killed_in_chapter": killed.chapter}
 
@@ -240,16 +257,41 @@ def table(r: dict) -> str:
                  (f"survived: the new master took run `{res['run_id']}` over (head after {res['head_done']} "
                   f"chapters, resent from chapter {res['from_chapter']}); {_accuracy(ms, u)}; samples lost "
                   f"{_lost_samples(ms)}") if res else "NOT taken over: a new run started"])
-    if "pff_killed" in r:
-        ps, pk = r["pff_killed"]["summary"], r["pff_killed"]
+    mnist = f"MNIST {'full' if n == 60000 else n} × {epochs} epochs"
+    if "stream_killed" in r and "stream_undisturbed" in r:
+        ss, su = r["stream_killed"]["summary"], r["stream_undisturbed"]
+        for x in ss["recoveries"]:
+            rows.append([f"{x['server']} (layer {', '.join(map(str, x['layers']))}) SIGKILLed after "
+                         f"{r['stream_killed']['killed_after_chapters']} of {splits} chapters, stream schedule "
+                         f"(one minibatch per message; {mnist}, DFF, 3 servers)", 1,
+                         f"survived: noticed after {x['silent_seconds']:.1f} s; moved to "
+                         f"{', '.join(sorted(set(x['to'].values())))} in {x['takeover_seconds']:.1f} s, minibatches "
+                         f"resent from chapter {x['resumed_from_chapter']}, each trained once per layer; training "
+                         f"{ss['train_seconds']:.0f} vs {su['train_seconds']:.0f} s; {_accuracy(ss, su)} (stream); "
+                         f"samples lost {_lost_samples(ss)}"])
+    for key, base, what in (("pff_killed", u, "random negatives"),
+                            ("pff_adaptive_killed", r.get("pff_adaptive_undisturbed"), "adaptive negatives")):
+        if key not in r or base is None:
+            continue
+        ps, pk = r[key]["summary"], r[key]
         for x in ps["recoveries"]:
             rows.append([f"{x['server']} (PFF All-Layers node {x['node']}) SIGKILLed in chapter "
-                         f"{pk['killed_in_chapter'] + 1} of {splits} (MNIST {'full' if n == 60000 else n} × {epochs} "
-                         f"epochs, 2 nodes + 1 spare server)", 1,
+                         f"{pk['killed_in_chapter'] + 1} of {splits} ({mnist}, {what}, 2 nodes + 1 spare server)", 1,
                          f"survived: noticed after {x['silent_seconds']:.1f} s of silence; {x['to']} took node "
                          f"{x['node']}'s share in {x['takeover_seconds']:.1f} s, from chapter "
-                         f"{x['resumed_from_chapter'] + 1} on the versions the parameter topics kept; trained in "
-                         f"{ps['train_seconds']:.0f} s; {_accuracy(ps, u)}"])
+                         f"{x['resumed_from_chapter'] + 1} on the versions the parameter topics kept"
+                         + ("; it scored the negatives node 1 had scored again" if "adaptive" in what else "")
+                         + f"; trained in {ps['train_seconds']:.0f} s; {_accuracy(ps, base)}"
+                         + (" (adaptive)" if "adaptive" in what else "")])
+    if "pff_master_killed" in r:
+        ps, pk = r["pff_master_killed"]["summary"], r["pff_master_killed"]
+        res = ps.get("resumed") or {}
+        rows.append([f"PFF master SIGKILLed in chapter {pk['killed_in_chapter'] + 1} of {splits}, then started again "
+                     f"({mnist}, All-Layers, 2 nodes)", 1,
+                     (f"survived: the new master took run `{res['run_id']}` over (the nodes had reported "
+                      f"{res['head_done']} whole chapter(s)) and followed it to the end; trained in "
+                      f"{ps['train_seconds']:.0f} s counting the gap; {_accuracy(ps, u)}") if res
+                     else "NOT taken over: a new run started"])
     rows.append([f"malformed / foreign chunks on layer 0's input during that run: "
                  f"{'; '.join(c for c, _ in k['chunk_cases'])}", len(k["chunk_cases"]),
                  f"all dropped and counted (injected: {kinds}; layer 0 counted {dropped[0]}), "
@@ -286,11 +328,18 @@ def main() -> None:
     overrides = parse_set(args.train_set)
     result = {"machine": machine(), "model": args.model, "overrides": overrides,
               "args": sys.argv[1:], "kill_after": args.kill_after}
+    pff_kill = 2 * (args.kill_after // 2) + 1   # a chapter of node 1 (0-based odd)
     steps = {
         "undisturbed": lambda: launched("dff", args.model, 3, overrides),
         "killed": lambda: disturbed_run(args.model, overrides, args.kill_after, "server_2"),
         "master_killed": lambda: disturbed_run(args.model, overrides, args.kill_after, "master"),
-        "pff_killed": lambda: pff_disturbed_run(args.model, overrides, 2 * (args.kill_after // 2) + 1),
+        "pff_killed": lambda: pff_disturbed_run(args.model, overrides, pff_kill),
+        "pff_adaptive_undisturbed": lambda: launched("all_layers", args.model, 2, {**overrides, "negatives": "adaptive"}),
+        "pff_adaptive_killed": lambda: pff_disturbed_run(args.model, {**overrides, "negatives": "adaptive"}, pff_kill),
+        "pff_master_killed": lambda: pff_disturbed_run(args.model, overrides, pff_kill, victim="master"),
+        "stream_undisturbed": lambda: launched("dff", args.model, 3, {**overrides, "schedule": "stream"}),
+        "stream_killed": lambda: disturbed_run(args.model, {**overrides, "schedule": "stream"}, args.kill_after,
+                                               "server_2", inject=False),
         "services": service_checks,
         "config_errors": config_checks,
         "checkpoint": checkpoint_check,
@@ -302,11 +351,12 @@ def main() -> None:
         old = json.loads((RESULTS / "faults.json").read_text())
         result = {**old, "partial_runs": [*old.get("partial_runs", []),
                                           {"args": sys.argv[1:], "machine": result["machine"]}]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(only, 1):
         print(f"{i}/{len(only)} {name}", flush=True)
         result[name] = steps[name]()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "faults.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        # kept step by step: a later step that fails does not take the finished ones with it
+        (RESULTS / "faults.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     publish_table("faults", table(result))
 
 

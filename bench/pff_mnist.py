@@ -6,6 +6,9 @@ bytes per epoch and node utilisation, same model config and seed.
 
 Runs (each a row; rows already recorded for other runs are kept):
   sequential-1t, sequential-2t  the single-process reference trainer (N=1) with 1 and 2 torch threads
+  sequential-1t-pair            two sequential-1t trainers at once, as separate processes: no
+                                communication and no waiting, so its speed-up is the most 2 processes
+                                can get on this machine (the ceiling for the distributed rows)
   single_layer, all_layers, federated   the launcher, transport: parameters, 2 servers x 1 thread
   dff                                   the launcher, transport: activations, 2 servers x 1 thread
 Writes bench/results/pff_mnist.{json,md,png}, a timeline PNG per PFF run, and the README table.
@@ -25,7 +28,7 @@ from dff_ros.data import load_dataset  # noqa: E402
 from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
 from dff_ros.nodes.master import parse_set  # noqa: E402
 
-RUNS = ("sequential-1t", "sequential-2t", "single_layer", "all_layers", "federated", "dff")
+RUNS = ("sequential-1t", "sequential-2t", "sequential-1t-pair", "single_layer", "all_layers", "federated", "dff")
 
 
 def sequential(cfg, threads: int) -> dict:
@@ -33,6 +36,30 @@ def sequential(cfg, threads: int) -> dict:
     r = ReferenceTrainer(cfg, load_dataset("MNIST", data_root(), allow_download=False)).fit()
     return {"accuracy": r["accuracy"], "train_seconds": r["train_seconds"], "bytes_per_epoch": 0,
             "nodes": 1, "threads": threads, "utilisation": None}
+
+
+def sequential_pair(model_path: str) -> dict:
+    """Two 1-thread reference trainers at once; the row's time is the slower one's, counted as
+    if the pair had shared one run's work (the same total work as a 2-node run)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "dff_ros", "train", model_path, "--threads", "1", "--no-progress",
+               "--data-root", str(data_root()), "--no-download"]
+        for k, v in _overrides.items():
+            cmd += ["--set", f"{k}={json.dumps(v)}"]
+        procs = [subprocess.Popen(cmd + ["--out", f"{tmp}/{i}"], cwd=REPO, stdout=subprocess.DEVNULL)
+                 for i in range(2)]
+        if any(p.wait() for p in procs):
+            raise SystemExit("sequential-1t-pair: a trainer failed")
+        results = [json.loads(Path(f"{tmp}/{i}/summary.json").read_text()) for i in range(2)]
+    slower = max(r["train_seconds"] for r in results)
+    # Each process did a whole run's work, so the pair did two runs' work in `slower` seconds:
+    # one run's work at that rate takes slower / 2.
+    return {"accuracy": results[0]["accuracy"], "train_seconds": slower / 2, "bytes_per_epoch": 0,
+            "nodes": 2, "threads": 1, "utilisation": None,
+            "each_train_seconds": [r["train_seconds"] for r in results]}
 
 
 def table(runs: list[dict]) -> str:
@@ -97,7 +124,8 @@ def main() -> int:
     for run in args.runs.split(","):
         if run not in RUNS:
             raise SystemExit(f"unknown run {run!r} (known: {', '.join(RUNS)})")
-        res = (sequential(cfg, int(run[-2])) if run.startswith("sequential")
+        res = (sequential_pair(args.model) if run == "sequential-1t-pair"
+               else sequential(cfg, int(run[-2])) if run.startswith("sequential")
                else launched(run, args.model, args.servers, _overrides, timeline=f"pff_mnist_{run}_timeline.png"))
         rows.append({"key": f"{cfg.name}/{run}", "run": run, "model": cfg.name, "epochs": cfg.train.epochs,
                      "splits": cfg.train.splits, "overrides": dict(_overrides), **res, "machine": machine()})

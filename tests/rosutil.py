@@ -95,6 +95,37 @@ def server_2_killed(env, tmp_path, pipeline, ready, delay: float):
             p.stop()
 
 
+def master_killed(env, tmp_path, pipeline, ready, state) -> tuple[dict, str, Proc]:
+    """server_1, server_2 and a master; the master is SIGKILLed once a status satisfies
+    ``ready`` and its run state file ``state`` exists, then started again. The second
+    master's summary, the run id the first one had saved, and the second master."""
+    from dff_ros.checkpoint import load_weights
+
+    servers = [start_server(env, tmp_path, name=f"server_{i}") for i in (1, 2)]
+    runs = []
+    try:
+        for s in servers:
+            s.wait_for("ready:")
+        runs.append(master(env, tmp_path, pipeline, "first"))
+        client = Client(env)
+        try:
+            wait_status(client, ready, timeout=120)
+        finally:
+            client.close()
+        end = time.monotonic() + 60
+        while not state.exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert state.exists(), runs[0].output()
+        saved_id = load_weights(state)["run_id"]
+        runs[0].p.send_signal(signal.SIGKILL)
+        runs[0].p.wait()
+        runs.append(master(env, tmp_path, pipeline, "second"))
+        return finished(runs[1]), saved_id, runs[1]
+    finally:
+        for p in [*servers, *runs]:
+            p.stop()
+
+
 class Client:
     """An rclpy node in the test process, on the test's domain."""
 

@@ -223,42 +223,71 @@ def test_federated_and_pon(mnist):
     assert accuracy(net, test_x, test_y, "pon_all") > 0.8
 
 
-def test_a_replacement_node_finishes_a_lost_nodes_share_with_the_same_parameters(mnist):
-    """All-Layers, 2 nodes: node 1 dies in its second chapter (3). A new node 1 starts at
-    chapter 3 from the versions already published (what the parameter topics' transient-local
-    history gives a late joiner); the run ends with the sequential run's parameters."""
+def test_a_replacement_starts_where_the_lost_nodes_inputs_still_exist():
+    all2 = PFFPlan("all_layers", 2, 2, head=True)
+    upto = lambda chapters, parts=range(3): {(p, c) for c in chapters for p in parts}   # noqa: E731
+    # node 1 reported chapter 1 and part of 3: chapter 3 starts from node 0's versions
+    assert all2.resume_chapter(1, 6, upto([0, 1, 2]) | {(0, 3)}) == 3
+    assert all2.resume_chapter(0, 6, upto([0, 1])) == 2
+    # every task done, the last chapter on node 1: the final versions went with it
+    assert all2.resume_chapter(1, 6, upto(range(6))) == 5
+    assert all2.resume_chapter(0, 6, upto(range(6))) == 6        # node 0 holds no final version
+    single = PFFPlan("single_layer", 2, 2, head=True, layer_nodes=(0, 1))
+    # a Single-Layer node trains on its own versions: a replacement starts over
+    assert single.resume_chapter(1, 6, upto(range(4))) == 0
+    assert single.resume_chapter(0, 6, upto(range(4))) == 0
+
+
+@pytest.mark.parametrize("variant,layer_nodes,negatives", [
+    ("all_layers", (), "random"), ("all_layers", (), "adaptive"), ("single_layer", (0, 1, 1), "random")])
+def test_a_replacement_node_finishes_a_lost_nodes_share(mnist, variant, layer_nodes, negatives):
+    """2 nodes: node 1 dies in chapter 2 (All-Layers: its second chapter, 3). A new node 1
+    joins with what the live node's topics still hold (a dead node's transient-local history
+    dies with it) and starts where the master would tell it. All-Layers with random negatives
+    ends with the sequential run's parameters. With adaptive ones the replacement scores the
+    labels node 1 had scored for chapter 3 again, from a fresher network; Single-Layer starts
+    node 1's layers over. Both end near the sequential run's accuracy."""
     from dff_ros.pff.worker import WorkerStopped
 
-    cfg, plan = config(), PFFPlan("all_layers", 2, 3, head=True)
-    ref = ReferenceTrainer(cfg, mnist, progress=False)
+    cfg = config(negatives=negatives)
+    plan = PFFPlan.for_model(cfg, variant, 2, layer_nodes)
+    ref = ReferenceTrainer(config(negatives=negatives, negatives_lag=plan.negatives_lag or None), mnist,
+                           progress=False)
     ref.fit()
     t = cfg.train
     x, y = mnist["train_images"][:t.train_subset], mnist["train_labels"][:t.train_subset]
-    lock, history, seen = threading.Lock(), [], ParameterStore()
-    stores: list[ParameterStore] = []
+    lock, history, seen, dead = threading.Lock(), [], ParameterStore(), set()
+    reported: set[tuple[int, int]] = set()
 
     def broadcast(params, sender):
         with lock:
-            history.append(params)
+            history.append((sender, params))
+            if params.part != NEGATIVES:
+                reported.add((params.part, params.version - 1))
             for s in [*stores, seen]:
                 if s is not sender:
                     s.add(params)
+
+    stores: list[ParameterStore] = []
 
     def node(index: int, on_batch=None):
         store = ParameterStore()
         store.publish = lambda params: broadcast(params, store)
         with lock:
             stores.append(store)
-            for params in history:   # transient local: a late joiner gets what was published
-                store.add(params)
+            for sender, params in history:   # transient local: what live writers still hold
+                if sender not in dead:
+                    store.add(params)
         return PFFWorker(cfg, x, y, plan, index, store, wait_seconds=120, on_batch=on_batch)
 
-    def kill_in_chapter_3(part, chapter, epoch, loss, rows):
-        if chapter == 3:
+    kill_chapter = 3 if variant == "all_layers" else 2
+
+    def kill(part, chapter, epoch, loss, rows):
+        if chapter == kill_chapter:
             doomed.stop("killed")
 
     first = node(0)
-    doomed = node(1, on_batch=kill_in_chapter_3)
+    doomed = node(1, on_batch=kill)
     outcome = {}
     threads = [threading.Thread(target=lambda: first.run()),
                threading.Thread(target=lambda: outcome.setdefault("doomed", _run_catching(doomed)))]
@@ -266,19 +295,29 @@ def test_a_replacement_node_finishes_a_lost_nodes_share_with_the_same_parameters
         th.start()
     threads[1].join()
     assert isinstance(outcome["doomed"], WorkerStopped), outcome
-    assert doomed.held.get(0) == 2 and 3 not in [e["chapter"] for e in doomed.timeline]
+    with lock:
+        dead.add(doomed.store)
+        start = plan.resume_chapter(1, t.splits, set(reported))
+    assert start == (3 if variant == "all_layers" else 0)
     replacement = node(1)
-    th = threading.Thread(target=lambda: replacement.run(start_chapter=3))
+    th = threading.Thread(target=lambda: replacement.run(start_chapter=start))
     th.start()
     th.join(300)
     threads[0].join(300)
     final = {p: seen.latest(p) for p in range(plan.parts)}
     assert all(f.version == t.splits for f in final.values())
-    assert {e["chapter"] for e in replacement.timeline} == {3}   # only what was left
-    assert all(replacement.held[p] == t.splits for p in range(plan.parts))   # holds the final versions
+    trained = {e["chapter"] for e in replacement.timeline if e["part"] != NEGATIVES}
+    assert trained == set(range(start, t.splits)) & {c for c in range(t.splits) if plan.parts_for(1, c)}
+    assert all(replacement.held[p] == t.splits for p in plan.parts_for(1, t.splits - 1))
     net = network_from_parts(cfg, {p: f.tensors for p, f in final.items()})
-    for mine, theirs in zip(net.state_dict().values(), ref.net.state_dict().values()):
-        assert torch.allclose(mine, theirs, atol=1e-5), "the lost chapter trained again, from the same inputs"
+    if variant == "all_layers" and negatives == "random":
+        for mine, theirs in zip(net.state_dict().values(), ref.net.state_dict().values()):
+            assert torch.allclose(mine, theirs, atol=1e-5), "the lost chapter trained again, from the same inputs"
+        return
+    if negatives == "adaptive":   # chapter 3's labels, scored again on the replacement
+        assert [e["chapter"] for e in replacement.timeline if e["part"] == NEGATIVES] == [3]
+    for c in ("goodness", "softmax"):
+        assert accuracy(net, ref.test_x, ref.test_y, c) == pytest.approx(ref.evaluate()[c], abs=0.03), c
 
 
 def _run_catching(worker):

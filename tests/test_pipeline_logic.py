@@ -57,11 +57,13 @@ def test_pipeline_matches_reference(mnist, schedule):
         assert acc == pytest.approx(history["accuracy"][name], abs=0.01), name
 
 
-def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_once(mnist):
+@pytest.mark.parametrize("schedule", ["chapters", "stream"])
+def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_once(mnist, schedule):
     """Layer 1 dies while chapter 1 reaches it (checkpoint: after chapter 0); layer 0 has gone
-    on to chapter 2. A new host resumes from the checkpoint, the driver resends from chapter 1,
-    layer 0 only passes replayed chapters on, and the run ends as if nothing happened."""
-    cfg = config("chapters", splits=3)
+    on (chapters: to chapter 2; stream: one minibatch further, in the middle of chapter 1's
+    second epoch). A new host resumes from the checkpoint, the driver resends from chapter 1,
+    layers only pass on what they trained before, and every update happens once."""
+    cfg = config(schedule, splits=3)
     n = cfg.train.train_subset
     ref = ReferenceTrainer(cfg, mnist, progress=False).fit()["accuracy"]
     results, checkpoints, state = queue.Queue(), {}, {"dead": False, "lost": 0}
@@ -69,7 +71,8 @@ def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_onc
                        on_checkpoint=lambda p: checkpoints.__setitem__(p.part, p)) for s in cfg.layers]
 
     def push(i, chunk, infer):
-        if i == 1 and not infer and chunk.chapter == 1 and chunk.attempt == 0:
+        if i == 1 and not infer and chunk.chapter == 1 and chunk.attempt == 0 and (
+                schedule == "chapters" or (chunk.epoch == 4 and chunk.seq == 10)):
             state["dead"] = True
         if i == 1 and state["dead"]:
             return                                  # the server is gone: its input goes nowhere
@@ -97,6 +100,8 @@ def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_onc
     assert [h.chapters_done for h in hosts] == [3, 3, 3] and driver.head_done == 3
     assert [h.samples for h in hosts] == [n * cfg.train.epochs] * 3
     assert hosts[0].stale == 0 and hosts[2].stale == 0
+    if schedule == "stream":   # the head trained each minibatch once too
+        assert all(s[2] == -(-n // cfg.train.batch_size) for s in driver.head_history._sums.values())
     # the replacement took layer 1's curve over with its checkpoint: every epoch, each batch once
     batches = -(-n // cfg.train.batch_size)
     assert all(s[2] == batches for s in hosts[1].history._sums.values()), hosts[1].history._sums

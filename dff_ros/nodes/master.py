@@ -63,7 +63,7 @@ class MasterNode(Node):
         self.placed: dict[int, dict] = {}                 # DFF: layer -> {"server", "restored"}
         self.checkpoints: dict[int, LayerParameters] = {}  # DFF: newest checkpoint per layer
         self.recoveries: list[dict] = []
-        self.resumed: dict | None = None                   # DFF: the run this master took over
+        self.resumed: dict | None = None                   # the run this master took over
         self.driver: PipelineDriver | None = None
         self._progress = None                              # the run's latest Progress
         self.progress_pub = self.create_publisher(RunProgress, progress_topic(model.name), params_qos(1))
@@ -292,7 +292,7 @@ class MasterNode(Node):
                               chunk_rows=self.p.chunk_rows, window=self.p.window,
                               stall_seconds=self.p.stall_seconds, progress=self.show_progress, log=self.log,
                               health=self.check_servers, progress_listener=self.publish_progress,
-                              recover=self.recover if self.p.recover and m.train.schedule == "chapters" else None)
+                              recover=self.recover if self.p.recover else None)
 
     def _wait_connected(self, topics: list[dict], timeout: float = 30.0, hosts: dict[int, str] | None = None) -> None:
         """Every hop has its reader and writer matched before the first chunk goes out
@@ -390,8 +390,7 @@ class MasterNode(Node):
         try:
             return self._train_and_test(state)
         except ServerLost as e:
-            why = ("recover: false" if not p.recover else "only the chapters schedule resumes after a lost server"
-                   if m.train.schedule != "chapters" else "it was lost while testing")
+            why = "recover: false" if not p.recover else "it was lost while testing"
             raise RunError(f"{e}; the run stops ({why})") from None
         except PipelineStalled as e:
             raise RunError(str(e)) from None
@@ -405,12 +404,15 @@ class MasterNode(Node):
 
     def save_run_state(self, driver: PipelineDriver) -> None:
         # where the layers are is asked of the servers on takeover, not kept here
-        save_atomic({"format": RUN_STATE_FORMAT, "run_id": self.run_id, "config": self.model.to_dict(),
-                     **driver.state()}, self.run_state_path())
+        self.write_run_state({"transport": "activations", **driver.state()})
 
-    def saved_run(self, servers: list[str]) -> dict | None:
-        """The run a killed master of this model left, if its layers are all still hosted:
-        then this master takes it over (same run id) instead of starting again."""
+    def write_run_state(self, state: dict) -> None:
+        save_atomic({"format": RUN_STATE_FORMAT, "run_id": self.run_id, "config": self.model.to_dict(), **state},
+                    self.run_state_path())
+
+    def read_run_state(self, transport: str) -> dict | None:
+        """The state a killed master of this model left for a run of ``transport``, if it is
+        one this master can take over; otherwise None, saying why."""
         path = self.run_state_path()
         if not path.exists():
             return None
@@ -425,12 +427,30 @@ class MasterNode(Node):
         if state["config"] != self.model.to_dict():
             self.get_logger().warning(f"{path}: run {state['run_id']} had another config; starting a new run")
             return None
-        hosted: dict[int, dict] = {}
+        if state.get("transport", "activations") != transport:
+            self.get_logger().warning(f"{path}: run {state['run_id']} passed {state.get('transport')}, this master "
+                                      f"passes {transport}; starting a new run")
+            return None
+        return state
+
+    def hosting(self, servers: list[str], run_id: str) -> dict[str, list]:
+        """Server -> the LayerInfos it lists for run ``run_id`` of this model."""
+        out: dict[str, list] = {}
         for server in servers:
             listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request(), retry_every=5.0)
-            for info in listing.layers:
-                if info.model == self.model.name and info.run_id == state["run_id"]:
-                    hosted[info.index] = {"server": server, "restored": info.weights_restored}
+            out[server] = [i for i in listing.layers if i.model == self.model.name and i.run_id == run_id]
+        return out
+
+    def saved_run(self, servers: list[str]) -> dict | None:
+        """The run a killed master of this model left, if its layers are all still hosted:
+        then this master takes it over (same run id) instead of starting again."""
+        state = self.read_run_state("activations")
+        if state is None:
+            return None
+        hosted: dict[int, dict] = {}
+        for server, infos in self.hosting(servers, state["run_id"]).items():
+            for info in infos:
+                hosted[info.index] = {"server": server, "restored": info.weights_restored}
         missing = sorted(set(range(len(self.model.layers))) - set(hosted))
         if missing:
             self.get_logger().warning(f"run {state['run_id']} of {self.model.name!r} was interrupted after "

@@ -115,7 +115,8 @@ class ParameterRun:
                 return
             self.histories.setdefault(part, EpochMeans()).load(meta)
             if "negatives_start" in meta:  # the node scored adaptive negatives before this task
-                self.scoring.append({"node": meta["node"], "part": NEGATIVES, "chapter": int(meta["negatives_for"]),
+                self.scoring.append({"node": meta["node"], "node_name": meta.get("node_name"), "part": NEGATIVES,
+                                     "chapter": int(meta["negatives_for"]),
                                      "start": meta["negatives_start"], "end": meta["negatives_end"], "inputs": {}})
             self.versions[part] = max(self.versions.get(part, 0), report.version)
             self.tasks.append({**{k: v for k, v in meta.items()
@@ -140,9 +141,9 @@ class ParameterRun:
             out.append(params)
         return out
 
-    def wait_trained(self, plan: PFFPlan, nodes: list[str]) -> None:
+    def wait_trained(self, plan: PFFPlan, nodes: list[str], on_news=lambda: None) -> None:
         """Until every part's final version is reported. A lost node's share goes to a spare
-        server (``replace``); ``nodes`` is updated in place."""
+        server (``replace``); ``nodes`` is updated in place. ``on_news``: after new reports."""
         final = self.model.train.splits
         progress = Progress(self.parts * final, f"train {self.model.name} (PFF {self.p.pff_variant}, "
                             f"{len(nodes)} nodes)", enabled=self.master.show_progress,
@@ -158,6 +159,7 @@ class ParameterRun:
                     progress.update(len(self.tasks) - seen, chapter=int(last["chapter"]) + 1,
                                     part=self.names[last["part"]], loss=float(last.get("loss", float("nan"))))
                     seen = len(self.tasks)
+                    on_news()
                 errors = self.master.errors_of(nodes)
                 if errors:
                     raise self.RunError("a node failed: " + "; ".join(errors))
@@ -172,15 +174,13 @@ class ParameterRun:
 
     def replace(self, plan: PFFPlan, nodes: list[str], lost) -> None:
         """A spare server takes the lost node's place (same node index) from the first chapter
-        whose tasks of that node were not all reported; the versions before it come from the
-        parameter topics' history. Tasks the lost node did in that chapter are trained again
-        from the same inputs, so they give the same versions."""
-        t = self.model.train
+        whose tasks of that node were not all reported, or earlier where their inputs went with
+        the lost node (``PFFPlan.resume_chapter``); the versions before it come from the
+        parameter topics' history. Tasks the lost node did again from the same inputs give the
+        same versions (adaptive negatives it scored are scored again, see PFFWorker)."""
         why = None
         if not self.p.recover:
             why = "recover: false"
-        elif t.negatives == "adaptive":
-            why = "adaptive negatives are scored from a node's own earlier state, which went with it"
         live = [s for s in self.master.live_servers() if s not in nodes]
         if why is None and not live:
             why = "no spare server (start one more server than the run uses)"
@@ -188,10 +188,7 @@ class ParameterRun:
             raise self.RunError(f"{lost}; its PFF share cannot move: {why}")
         began = time.perf_counter()
         index, spare = nodes.index(lost.server), live[0]
-        with self.cond:
-            done = {(task["part"], int(task["chapter"])) for task in self.tasks}
-        start = next((c for c in range(t.splits) if any((p, c) not in done for p in plan.parts_for(index, c))),
-                     t.splits)
+        start = plan.resume_chapter(index, self.model.train.splits, self.reported())
         self.master.get_logger().warning(f"{lost}: node {index}'s share moves to {spare}, from chapter {start}")
         nodes[index] = spare
         self.create(plan, nodes, only=index, start_chapter=start)
@@ -200,6 +197,51 @@ class ParameterRun:
         self.master.recoveries.append({
             "server": lost.server, "node": index, "to": spare, "silent_seconds": round(lost.silent_seconds, 2),
             "takeover_seconds": round(time.perf_counter() - began, 2), "resumed_from_chapter": start})
+
+    # ------------------------------------------------------------------ master restart
+    def reported(self) -> set[tuple[int, int]]:
+        """(part, chapter) of every task reported so far."""
+        with self.cond:
+            return {(task["part"], int(task["chapter"])) for task in self.tasks}
+
+    def chapters_done(self, plan: PFFPlan) -> int:
+        """Chapters whose every task was reported."""
+        done = self.reported()
+        return next((c for c in range(self.model.train.splits) if any((p, c) not in done for p in range(plan.parts))),
+                    self.model.train.splits)
+
+    def save_state(self, plan: PFFPlan, nodes: list[str], started_at: float, setup_seconds: float) -> None:
+        """What a restarted master needs to take this run over: the nodes run it on their own,
+        the task reports say how far they are."""
+        self.master.write_run_state({
+            "transport": "parameters", "variant": plan.variant, "nodes": list(nodes),
+            "layer_nodes": list(plan.layer_nodes), "started_at": started_at, "setup_seconds": setup_seconds,
+            "head_done": self.chapters_done(plan), "attempt": 0, "recoveries": self.master.recoveries})
+
+    def taken_over(self, servers: list[str]) -> dict | None:
+        """The PFF run a killed master of this model left, if every node of it still runs it:
+        this master then follows it to the end (same run id) instead of starting again."""
+        state = self.master.read_run_state("parameters")
+        if state is None:
+            return None
+        nodes, run_id = list(state["nodes"]), state["run_id"]
+        hosting = self.master.hosting([s for s in nodes if s in servers], run_id)
+        gone = [s for s in nodes if not hosting.get(s)]
+        if gone:
+            self.master.get_logger().warning(f"PFF run {run_id} of {self.model.name!r}: {', '.join(gone)} no longer "
+                                             f"run(s) it; starting a new run")
+            return None
+        try:
+            plan = PFFPlan.for_model(self.model, state["variant"], len(nodes), tuple(state["layer_nodes"]))
+        except ValueError as e:
+            self.master.get_logger().warning(f"PFF run {run_id}: {e}; starting a new run")
+            return None
+        self.master.run_id = run_id
+        self.master.recoveries.extend(state.get("recoveries", []))
+        self.master.resumed = {"run_id": run_id, "head_done": int(state["head_done"]), "nodes": nodes}
+        self.master.log(f"taking over PFF run {run_id} (interrupted after {state['head_done']} chapter(s)); "
+                        f"nodes {', '.join(nodes)}")
+        return {**state, "plan": plan, "nodes": nodes}
 
     def gather_saved(self, plan: PFFPlan, nodes: list[str]) -> dict:
         """train: false. Every node loads the final versions saved on it; each part is fetched
@@ -232,19 +274,26 @@ class ParameterRun:
             return {**self._about(plan, nodes, result), "trained": False, "weights_restored": True,
                     "restored_from": {self.names[part]: server for part, server in sorted(sources.items())},
                     "weights": {}}
+        state = self.taken_over(servers)
+        if state is not None:
+            plan, nodes = state["plan"], state["nodes"]
         master.log(f"PFF {plan.variant}: {len(nodes)} node(s) {', '.join(nodes)}; "
                    + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
         created = time.perf_counter()
         answered: list[float] = []
-        self.follow()
+        self.follow()   # (a master that took over gets the task reports so far: transient local)
         try:
-            self.create(plan, nodes, answered=answered)
-            # training time from the first node's start (its answer): like the sequential
-            # trainer's, it leaves out loading data and building the model
-            start = min(answered)
-            setup_seconds = start - created
-            self.wait_trained(plan, nodes)
-            train_seconds = time.perf_counter() - start
+            if state is None:
+                self.create(plan, nodes, answered=answered)
+                # training time from the first node's start (its answer): like the sequential
+                # trainer's, it leaves out loading data and building the model
+                started_at = time.time() - (time.perf_counter() - min(answered))
+                setup_seconds = min(answered) - created
+            else:
+                started_at, setup_seconds = state["started_at"], state["setup_seconds"]
+            self.save_state(plan, nodes, started_at, setup_seconds)
+            self.wait_trained(plan, nodes, lambda: self.save_state(plan, nodes, started_at, setup_seconds))
+            train_seconds = time.time() - started_at
             # every node done (a replacement may still be taking final versions from the topics)
             status = master.wait_phase(nodes, "trained", timeout=30.0)
             final = self.model.train.splits - 1
@@ -259,6 +308,7 @@ class ParameterRun:
                 if not res.success:
                     raise self.RunError(f"{server} could not save weights: {res.message}")
                 paths[server] = list(res.paths)
+            master.run_state_path().unlink(missing_ok=True)   # finished: nothing to take over
         finally:
             if not p.keep_layers:
                 master.delete(nodes)
@@ -319,7 +369,8 @@ class ParameterRun:
     def _about(self, plan: PFFPlan, nodes: list[str], result: dict) -> dict:
         """What every PFF summary says: the run, its nodes, the test result and the settings."""
         return {"run_id": self.master.run_id, "model": self.model.name, "mode": "pff", "transport": "parameters",
-                "pff_variant": plan.variant, "nodes": nodes, "accuracy": result["accuracy"],
+                "pff_variant": plan.variant, "nodes": nodes, "resumed": self.master.resumed,
+                "accuracy": result["accuracy"],
                 "eval_seconds": result["eval_seconds"], "test_samples": result["test_samples"],
                 "config": self.model.to_dict(), "pipeline": dict(vars(self.p))}
 

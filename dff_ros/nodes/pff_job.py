@@ -61,9 +61,12 @@ class PFFJob:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         n, L = self.node, len(self.config.layers)
-        qos = params_qos(self.history)
+        # adaptive negative labels are small (a byte per sample): every chapter's are kept, so a
+        # replacement node can take the ones scored before it started
+        qos = {p: params_qos(max(self.history, self.config.train.splits) if p == NEGATIVES else self.history)
+               for p in {*self.trains, *self.receives}}
         for p in self.trains:
-            self.publishers[p] = n.create_publisher(LayerParameters, params_topic(self.model, p, L), qos)
+            self.publishers[p] = n.create_publisher(LayerParameters, params_topic(self.model, p, L), qos[p])
         if self.evaluate_only:
             saved = ", ".join(self.names[p] for p in sorted(self.restored))
             self.phase, self.message = "trained", (f"restored {saved}" if saved else "nothing saved here")
@@ -72,7 +75,7 @@ class PFFJob:
         self.tasks_publisher = n.create_publisher(LayerParameters, tasks_topic(self.model), TASKS_QOS)
         for p in self.receives:
             self.subscriptions.append(n.create_subscription(LayerParameters, params_topic(self.model, p, L),
-                                                            lambda m, p=p: self._receive(p, m), qos))
+                                                            lambda m, p=p: self._receive(p, m), qos[p]))
         self.started = time.perf_counter()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"pff-{self.model}")
         self.thread.start()

@@ -110,6 +110,23 @@ class PFFPlan:
         parts = [p for p in range(self.parts) if any(self.trainer(p, j) != node for j in range(splits))]
         return ([NEGATIVES] if any(u == node for _, u in self._negatives_routes(splits)) else []) + parts
 
+    def resume_chapter(self, node: int, splits: int, done: set[tuple[int, int]]) -> int:
+        """Where a replacement for a lost ``node`` starts: the first chapter with a task of that
+        node not in ``done`` (the reported (part, chapter) pairs), moved back while the versions
+        it would start from were trained on that node itself. Those went with it (a topic's
+        transient-local history lives in its writer), so the replacement trains them again:
+        a Single-Layer node starts over (the layers below give their newest versions), and an
+        All-Layers node that had done its last chapter does it again to hold the final versions."""
+        start = next((c for c in range(splits) if any((p, c) not in done for p in self.parts_for(node, c))), splits)
+
+        def inputs_lost(c: int) -> bool:   # version c of what it trains in chapter c (or holds at the end)
+            return c > 0 and any(self.trainer(p, c - 1) == node for p in self.parts_for(node, min(c, splits - 1)))
+
+        while inputs_lost(start):
+            start -= 1
+        return start
+
+
 def shard_indices(rows: int, node: int, nodes: int, seed: int) -> torch.Tensor:
     """Federated PFF: node ``node``'s rows of the training set. Shards are disjoint, cover every
     row and are class-mixed (a seeded shuffle, then every N-th row)."""

@@ -138,6 +138,9 @@ class PFFWorker:
         if neg is None:
             return None
         if neg.scored_from(chapter) is not None and chapter not in neg.scored:
+            if self.plan.negatives_scorer(neg.scored_from(chapter)) == self.node:
+                self._score_lost_negatives(chapter)
+                return neg.for_chapter(chapter)
             labels = self._wait(NEGATIVES, chapter + 1, exact=True).tensors.get("labels")
             if labels is None or labels.shape != self.labels.shape:
                 raise ValueError(f"negative labels for chapter {chapter}: expected {len(self.labels)} labels, got "
@@ -147,6 +150,19 @@ class PFFWorker:
                 raise ValueError(f"negative labels for chapter {chapter}: a label out of range or equal to the true one")
             neg.scored[chapter] = labels
         return neg.for_chapter(chapter)
+
+    def _score_lost_negatives(self, chapter: int) -> None:
+        """This node replaces a lost one, which scored ``chapter``'s labels with a network that
+        went with it (the versions it trained). Score them with the network this chapter starts
+        from instead, one chapter fresher: a different choice than the undisturbed run's, so
+        the run no longer reproduces it exactly."""
+        mine = self.plan.parts_for(self.node, chapter)
+        for i, learner in enumerate(self.learners):
+            if self.held.get(i, 0) != chapter:
+                load_part_state(learner, self._wait(i, chapter, exact=i in mine).tensors)
+                if i in mine:
+                    self.held[i] = chapter   # the version this chapter trains from: _train keeps it
+        self._score_negatives(chapter - self.negatives.lag)
 
     def _score_negatives(self, chapter: int) -> None:
         """Adaptive: score a later chapter's negatives with the network this node holds now

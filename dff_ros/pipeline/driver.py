@@ -64,9 +64,9 @@ class PipelineDriver:
                  recover: Callable[[ServerLost], int] | None = None, on_chapter: Callable[[], None] | None = None,
                  progress_listener: Callable[[Progress], None] | None = None):
         """``health`` raises ServerLost when a server is gone; ``recover`` then has its layers
-        hosted again and returns the first chapter some layer has not trained (chapters
-        schedule; without it a lost server ends the run). ``on_chapter``: after each chapter
-        the head has trained (the master saves ``state()`` there)."""
+        hosted again and returns the first chapter some layer has not trained (without it a
+        lost server ends the run). ``on_chapter``: after each chapter the head has trained
+        (the master saves ``state()`` there)."""
         check_supported(config)
         t = config.train
         self.config, self.t, self.log = config, t, log
@@ -77,6 +77,7 @@ class PipelineDriver:
         self.progress_listener = progress_listener
         self.attempt = 0        # +1 per recovery; results of older attempts are stale
         self.head_done = 0      # chapters the softmax head has trained
+        self.head_stream_done = (0, -1, -1)   # stream: (chapter, epoch, seq) the head trained last
         self.start_chapter = 0  # where fit() starts sending (see restore)
         x, y = data["train_images"], data["train_labels"]
         tx, ty = data["test_images"], data["test_labels"]
@@ -89,6 +90,7 @@ class PipelineDriver:
         c = config.num_classes
         self.negatives = NegativeLabels(t.negatives, self.train_y, c, t.seed + 1)
         self.generator = torch.Generator().manual_seed(t.seed)
+        self._epoch_rng: list[torch.Tensor] = []   # stream: generator state before each epoch's draw
         widths = [s.out_features for s in config.layers]
         self.head = build_head(widths, c, t.seed) if "softmax" in t.classifiers else None
         self.head_learner = make_head_learner(self.head, t) if self.head is not None else None
@@ -118,7 +120,7 @@ class PipelineDriver:
                     self._take_train_result()
                 break
             except ServerLost as lost:
-                if self.recover is None or t.schedule != "chapters":
+                if self.recover is None:
                     raise
                 next_chapter = min(self.recover(lost), self.head_done)
                 self.attempt += 1
@@ -130,14 +132,24 @@ class PipelineDriver:
                 "head_seconds": round(self.head_seconds, 2),
                 "head_loss": {e: round(v, 5) for e, v in self.head_history.loss().items()}}
 
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """Stream: the sample order of ``epoch`` (1-based), drawn from the one generator in epoch
+        order as the reference trainer does; a chapter resent after a recovery (or by a master
+        that took the run over) gets the same minibatches again."""
+        n = len(self.train_y)
+        while len(self._epoch_rng) < epoch:
+            self._epoch_rng.append(self.generator.get_state())
+            torch.randperm(n, generator=self.generator)
+        return torch.randperm(n, generator=torch.Generator().set_state(self._epoch_rng[epoch - 1]))
+
     def _stream_chapter(self, chapter, neg: torch.Tensor) -> None:
         for epoch in chapter.epochs:
-            batches = torch.randperm(len(self.train_y), generator=self.generator).split(self.t.batch_size)
+            batches = self._epoch_order(epoch).split(self.t.batch_size)
             for seq, idx in enumerate(batches):
                 while self._in_flight >= self.window:
                     self._take_train_result()
                 self.send_train(TrainChunk(chapter.index, epoch, seq, len(batches), self.train_y[idx],
-                                           images=self.train_x[idx], neg_labels=neg[idx]))
+                                           images=self.train_x[idx], neg_labels=neg[idx], attempt=self.attempt))
                 self._in_flight += 1
 
     def _send_chapter(self, chapter, neg: torch.Tensor) -> None:
@@ -170,13 +182,21 @@ class PipelineDriver:
 
     def _take_train_result(self) -> None:
         r = self._next_result(TrainChunk)
-        if self.t.schedule == "stream":
-            self._head_step(r.chapter, r.epoch, r.features, r.labels)
-            self._in_flight -= 1
-            self.progress.update(len(r), epoch=r.epoch)
-            return
         if r.attempt < self.attempt:
             return   # sent before a recovery: that chapter is sent again
+        if self.t.schedule == "stream":
+            self._in_flight -= 1
+            key = (r.chapter, r.epoch, r.seq)
+            if key <= self.head_stream_done:
+                return   # replayed after a recovery: the head trained on it already
+            self._head_step(r.chapter, r.epoch, r.features, r.labels)
+            self.head_stream_done = key
+            self.progress.update(len(r), epoch=r.epoch)
+            if r.seq == r.count - 1 and r.epoch == chapters(self.t.epochs, self.t.splits)[r.chapter].epochs[-1]:
+                self.head_done = r.chapter + 1
+                if self.on_chapter is not None:
+                    self.on_chapter()
+            return
         got = self._pending.setdefault(r.chapter, {})
         got[r.seq] = r
         if r.chapter >= self.head_done:
@@ -204,6 +224,7 @@ class PipelineDriver:
         if self.head_learner is not None:
             load_part_state(self.head_learner, state["head"])
         self.head_done, self.attempt = int(state["head_done"]), int(state["attempt"]) + 1
+        self.head_stream_done = (self.head_done, -1, -1)
         self.head_history = EpochMeans()
         self.head_history.load(state.get("head_history", {}))
         self.start_chapter = min(layers_done, self.head_done)

@@ -6,11 +6,15 @@ Schedules (same meaning as the reference trainer, so results match it):
   chapters: a chapter's chunks are collected, the layer trains C epochs on them, then the
             whole chapter goes on, recomputed with the updated layer.
 
-Recovery (chapters schedule): after a server is lost the master resends the chapters from the
-first one some layer still lacks, under a new ``attempt``. Each layer trains every chapter
-once and in order: a chapter it has already trained is only passed on, chunks of an older
-attempt are stale, and a chapter that skips ahead of the layer is dropped. A layer's state
-after each chapter (``checkpoint``) lets a replacement continue (``resume``).
+Recovery: after a server is lost the master resends the chapters from the first one some
+layer still lacks, under a new ``attempt``; chunks of an older attempt are stale. A layer's
+state after each chapter (``checkpoint``) lets a replacement continue (``resume``), and every
+layer trains each update once and in order:
+  chapters: a chapter it has already trained is only passed on, and a chapter that skips ahead
+            of the layer is dropped;
+  stream:   a minibatch at or before the last one it trained is only passed on (layers run a
+            window of minibatches apart, so a live layer is partway into a chapter when the
+            master resends it).
 """
 from __future__ import annotations
 
@@ -58,7 +62,8 @@ class LayerHost:
         self.loss_sum, self.loss_count = 0.0, 0
         self.epoch = 0
         self.chapter = 0
-        self.chapters_done = 0   # chapters schedule: chapters 0..chapters_done-1 are trained
+        self.chapters_done = 0   # chapters 0..chapters_done-1 are trained
+        self.stream_done = (0, -1, -1)  # stream: (chapter, epoch, seq) of the last minibatch trained
         self.attempt = 0         # the newest attempt seen (see note_attempt)
         self.stale = 0           # chunks of an older attempt, or of a chapter out of order
         self.history = EpochMeans()  # per-epoch loss and training accuracy (plots)
@@ -92,6 +97,9 @@ class LayerHost:
                            self.neutral)
 
     def _train_stream(self, chunk: TrainChunk) -> TrainChunk:
+        key = (chunk.chapter, chunk.epoch, chunk.seq)
+        if key <= self.stream_done:   # trained before a recovery: only pass it on
+            return self._downstream(chunk, self._inputs(chunk).map(self.layer), chunk.seq, chunk.count)
         if chunk.epoch != self.epoch:
             self.epoch, self.loss_sum, self.loss_count = chunk.epoch, 0.0, 0
             self.learner.set_epoch(chunk.epoch)
@@ -103,6 +111,11 @@ class LayerHost:
         self.loss_sum += float(metrics["loss"])
         self.loss_count += 1
         self.samples += len(chunk)
+        self.stream_done = key
+        if chunk.seq == chunk.count - 1 and chunk.epoch == self._chapters[chunk.chapter].epochs[-1]:
+            self.chapters_done = chunk.chapter + 1
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.checkpoint())
         return self._downstream(chunk, out, chunk.seq, chunk.count)
 
     def _collect_chapter(self, chunk: TrainChunk) -> list[TrainChunk]:
@@ -256,6 +269,7 @@ class LayerHost:
                              f"{self.spec.index} ({len(self._chapters)} chapters)")
         load_part_state(self.learner, p.tensors)
         self.chapters_done = self.chapter = p.version
+        self.stream_done = (p.version, -1, -1)
         self.samples = int(p.meta.get("samples", 0))
         self.history = EpochMeans()
         self.history.load(p.meta)
