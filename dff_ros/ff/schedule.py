@@ -9,6 +9,10 @@ class Chapter:
     index: int        # 0-based chapter number
     epochs: range     # 1-based global epoch numbers trained in this chapter
 
+    def ends_at(self, epoch: int, seq: int, count: int) -> bool:
+        """Stream schedule: whether minibatch ``seq`` of ``count`` in ``epoch`` is the chapter's last."""
+        return epoch == self.epochs[-1] and seq == count - 1
+
 
 def chapters(epochs: int, splits: int) -> list[Chapter]:
     if epochs <= 0 or splits <= 0 or epochs % splits:

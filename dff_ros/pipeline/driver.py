@@ -192,7 +192,7 @@ class PipelineDriver:
             self._head_step(r.chapter, r.epoch, r.features, r.labels)
             self.head_stream_done = key
             self.progress.update(len(r), epoch=r.epoch)
-            if r.seq == r.count - 1 and r.epoch == chapters(self.t.epochs, self.t.splits)[r.chapter].epochs[-1]:
+            if chapters(self.t.epochs, self.t.splits)[r.chapter].ends_at(r.epoch, r.seq, r.count):
                 self.head_done = r.chapter + 1
                 if self.on_chapter is not None:
                     self.on_chapter()

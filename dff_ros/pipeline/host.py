@@ -112,7 +112,7 @@ class LayerHost:
         self.loss_count += 1
         self.samples += len(chunk)
         self.stream_done = key
-        if chunk.seq == chunk.count - 1 and chunk.epoch == self._chapters[chunk.chapter].epochs[-1]:
+        if self._chapters[chunk.chapter].ends_at(chunk.epoch, chunk.seq, chunk.count):
             self.chapters_done = chunk.chapter + 1
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.checkpoint())
