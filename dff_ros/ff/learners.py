@@ -44,10 +44,21 @@ class Activities:
         return Activities(None, None, self.neutral, self.labels)
 
     @torch.no_grad()
-    def map(self, fn, chunk: int = 4096) -> "Activities":
-        """``fn`` applied to pos, neg and neutral (in row chunks, to bound memory); labels kept."""
+    def map(self, fn, chunk: int = 512) -> "Activities":
+        """``fn`` applied to pos, neg and neutral; labels kept. Row chunks small enough that
+        each one's intermediates stay in cache, written straight into one output (no
+        concatenating copy): a forward pass over a whole chapter then takes little memory
+        bandwidth, which another process on the same machine (a PFF node) shares."""
         def run(t):
-            return None if t is None else torch.cat([fn(c) for c in t.split(chunk)])
+            if t is None or len(t) == 0:
+                return None if t is None else fn(t)
+            out = None
+            for start in range(0, len(t), chunk):
+                y = fn(t[start:start + chunk])
+                if out is None:
+                    out = y.new_empty((len(t), *y.shape[1:]))
+                out[start:start + len(y)] = y
+            return out
 
         return Activities(run(self.pos), run(self.neg), run(self.neutral), self.labels)
 
