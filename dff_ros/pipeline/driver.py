@@ -89,6 +89,7 @@ class PipelineDriver:
         self.test_x, self.test_y = as_uint8(tx), ty
         c = config.num_classes
         self.negatives = NegativeLabels(t.negatives, self.train_y, c, t.seed + 1)
+        self.chapters = chapters(t.epochs, t.splits)   # the plan; looked up per stream result
         self.generator = torch.Generator().manual_seed(t.seed)
         self._epoch_rng: list[torch.Tensor] = []   # stream: generator state before each epoch's draw
         widths = [s.out_features for s in config.layers]
@@ -106,10 +107,10 @@ class PipelineDriver:
                                  enabled=self.show_progress, listener=self.progress_listener)
         start = time.perf_counter()
         self._in_flight = 0
-        plan, next_chapter = chapters(t.epochs, t.splits), self.start_chapter
+        next_chapter = self.start_chapter
         while True:
             try:
-                for chapter in plan[next_chapter:]:
+                for chapter in self.chapters[next_chapter:]:
                     neg = self.negatives.for_chapter(chapter.index)
                     if t.schedule == "stream":
                         self._stream_chapter(chapter, neg)
@@ -192,7 +193,7 @@ class PipelineDriver:
             self._head_step(r.chapter, r.epoch, r.features, r.labels)
             self.head_stream_done = key
             self.progress.update(len(r), epoch=r.epoch)
-            if chapters(self.t.epochs, self.t.splits)[r.chapter].ends_at(r.epoch, r.seq, r.count):
+            if self.chapters[r.chapter].ends_at(r.epoch, r.seq, r.count):
                 self.head_done = r.chapter + 1
                 if self.on_chapter is not None:
                     self.on_chapter()
@@ -247,7 +248,7 @@ class PipelineDriver:
         labels = torch.cat([p.labels for p in parts])
         start, began = time.perf_counter(), time.time()
         train_chapter(self.head_learner, head_step(self.head_learner, feats, labels), len(labels),
-                      chapters(self.t.epochs, self.t.splits)[chapter], seed=self.t.seed,
+                      self.chapters[chapter], seed=self.t.seed,
                       part=len(self.config.layers), batch_size=self.t.batch_size, history=self.head_history)
         self.head_seconds += time.perf_counter() - start
         self.head_spans[chapter] = [began, time.time()]
