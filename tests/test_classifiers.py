@@ -55,3 +55,36 @@ def test_label_candidate_shortcut_equals_plain_overlay_forward():
     fast = net.layers[0].forward_label_candidates(x, 10)
     plain = net.layers[0](overlay_all_labels(x, 10))
     assert torch.allclose(fast, plain, atol=1e-5)
+
+
+def test_head_features_in_row_chunks_equal_the_whole_at_once():
+    from dff_ros.ff.layers import length_normalize
+
+    acts = [torch.rand(1100, 32), torch.rand(1100, 24), torch.rand(1100, 16)]
+    whole = torch.cat([length_normalize(a) for a in acts[1:]], dim=1)
+    assert torch.equal(FFNetwork.head_features(acts, chunk=512), whole)
+
+
+def test_scratch_tensors_are_written_over_from_one_chapter_to_the_next():
+    from dff_ros.ff.learners import Activities, Scratch, make_inputs
+
+    net, scratch = tiny_net(), Scratch()
+    images, labels = torch.rand(700, 784), torch.randint(0, 10, (700,))
+    outputs = []
+    for chapter in range(2):
+        neg = (labels + 1 + chapter) % 10
+        inputs = make_inputs(images, labels, neg, 10, True, scratch=scratch)
+        fresh_inputs = make_inputs(images, labels, neg, 10, True)
+        for name in ("pos", "neg", "neutral"):
+            assert torch.equal(getattr(inputs, name), getattr(fresh_inputs, name))
+        out = inputs.map(net.layers[0], chunk=256, scratch=scratch, key=0)
+        fresh = fresh_inputs.map(net.layers[0], chunk=256)
+        for name in ("pos", "neg", "neutral"):
+            assert torch.equal(getattr(out, name), getattr(fresh, name))
+        feats = net.head_features([out.neutral, out.neutral], scratch=scratch)
+        assert torch.equal(feats, net.head_features([fresh.neutral, fresh.neutral]))
+        outputs.append((inputs.neg.data_ptr(), out.pos.data_ptr(), out.neutral.data_ptr(), feats.data_ptr()))
+    assert outputs[0] == outputs[1], "the second chapter wrote into the first chapter's tensors"
+    assert len({p for p in outputs[0]}) == 4, "each pass has its own tensor"
+    smaller = Activities(images[:100], None, None, labels[:100]).map(net.layers[0], scratch=scratch, key=0)
+    assert smaller.pos.shape == (100, 32), "a different shape gets a new tensor"

@@ -18,6 +18,34 @@ from dff_ros.ff.overlay import overlay, overlay_neutral
 from dff_ros.ff.schedule import lr_factor
 
 
+class Scratch:
+    """Chapter-sized tensors kept from one chapter to the next and written over.
+
+    A layer-wise chapter makes the same large tensors every time (inputs, each layer's
+    outputs, the head's features: about 2 GB for the default model on MNIST). Fresh ones
+    cost a page fault per 4 KiB on first touch, and the kernel's page work slows down most
+    when another process (a PFF node) runs beside it; written-over ones cost nothing.
+    Only for tensors that are dead by the time the same key is asked for again."""
+
+    def __init__(self):
+        self._tensors: dict = {}
+
+    def get(self, key, shape, dtype: torch.dtype) -> torch.Tensor:
+        shape = torch.Size(shape)
+        t = self._tensors.get(key)
+        if t is None or t.shape != shape or t.dtype != dtype:
+            self._tensors[key] = None   # let the old one go before making the new one
+            t = self._tensors[key] = torch.empty(shape, dtype=dtype)
+        return t
+
+    def clear(self) -> None:
+        self._tensors.clear()
+
+
+def scratch_tensor(scratch: Scratch | None, key, shape, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype) if scratch is None else scratch.get(key, shape, dtype)
+
+
 @dataclass
 class Activities:
     """What flows from layer to layer in training.
@@ -44,32 +72,37 @@ class Activities:
         return Activities(None, None, self.neutral, self.labels)
 
     @torch.no_grad()
-    def map(self, fn, chunk: int = 512) -> "Activities":
+    def map(self, fn, chunk: int = 512, *, scratch: Scratch | None = None, key=None) -> "Activities":
         """``fn`` applied to pos, neg and neutral; labels kept. Row chunks small enough that
         each one's intermediates stay in cache, written straight into one output (no
         concatenating copy): a forward pass over a whole chapter then takes little memory
-        bandwidth, which another process on the same machine (a PFF node) shares."""
-        def run(t):
+        bandwidth, which another process on the same machine (a PFF node) shares.
+        ``scratch``: the outputs are its tensors under (``key``, pass)."""
+        def run(t, name):
             if t is None or len(t) == 0:
                 return None if t is None else fn(t)
             out = None
             for start in range(0, len(t), chunk):
                 y = fn(t[start:start + chunk])
                 if out is None:
-                    out = y.new_empty((len(t), *y.shape[1:]))
+                    out = scratch_tensor(scratch, (key, name), (len(t), *y.shape[1:]), y.dtype)
                 out[start:start + len(y)] = y
             return out
 
-        return Activities(run(self.pos), run(self.neg), run(self.neutral), self.labels)
+        return Activities(run(self.pos, "pos"), run(self.neg, "neg"), run(self.neutral, "neutral"), self.labels)
 
 
 def make_inputs(images: torch.Tensor, labels: torch.Tensor, neg_labels: torch.Tensor | None,
-                num_classes: int, neutral: bool) -> Activities:
-    """Label-overlaid first-layer inputs: positive, negative (FF) and neutral (heads, PON)."""
+                num_classes: int, neutral: bool, *, scratch: Scratch | None = None) -> Activities:
+    """Label-overlaid first-layer inputs: positive, negative (FF) and neutral (heads, PON);
+    ``scratch``: written into its tensors under ("inputs", pass)."""
+    def out(name):
+        return scratch_tensor(scratch, ("inputs", name), images.shape, images.dtype)
+
     return Activities(
-        pos=overlay(images, labels, num_classes) if neg_labels is not None else None,
-        neg=overlay(images, neg_labels, num_classes) if neg_labels is not None else None,
-        neutral=overlay_neutral(images, num_classes) if neutral else None,
+        pos=overlay(images, labels, num_classes, out=out("pos")) if neg_labels is not None else None,
+        neg=overlay(images, neg_labels, num_classes, out=out("neg")) if neg_labels is not None else None,
+        neutral=overlay_neutral(images, num_classes, out=out("neutral")) if neutral else None,
         labels=labels,
     )
 

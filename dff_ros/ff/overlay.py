@@ -4,17 +4,20 @@ from __future__ import annotations
 import torch
 
 
-def overlay(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
-    """Copy of ``images`` [N, D] with pixels 0..num_classes-1 replaced by one-hot ``labels``."""
-    x = images.clone()
+def overlay(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10, *,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy of ``images`` [N, D] with pixels 0..num_classes-1 replaced by one-hot ``labels``
+    (into ``out`` when given)."""
+    x = images.clone() if out is None else out.copy_(images)
     x[:, :num_classes] = 0.0
     x[torch.arange(x.shape[0]), labels] = 1.0
     return x
 
 
-def overlay_neutral(images: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
-    """Copy with the label pixels all 1/num_classes: the input of the softmax and PON paths."""
-    x = images.clone()
+def overlay_neutral(images: torch.Tensor, num_classes: int = 10, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy with the label pixels all 1/num_classes: the input of the softmax and PON paths
+    (into ``out`` when given)."""
+    x = images.clone() if out is None else out.copy_(images)
     x[:, :num_classes] = 1.0 / num_classes
     return x
 

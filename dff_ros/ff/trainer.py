@@ -18,7 +18,7 @@ from dff_ros.checkpoint import load_weights, save_atomic
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import accuracy, goodness_scores
 from dff_ros.ff.history import EpochMeans, curves
-from dff_ros.ff.learners import Activities, make_inputs
+from dff_ros.ff.learners import Activities, Scratch, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
 from dff_ros.ff.schedule import chapters
@@ -49,6 +49,7 @@ class ReferenceTrainer:
                                          lag=t.negatives_lag or 1) if t.algorithm == "ff" else None)
         self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
         self.generator = torch.Generator().manual_seed(t.seed)
+        self.scratch = Scratch()   # chapter-sized tensors, written over every chapter
         self.histories = {f"layer_{i}": EpochMeans() for i in range(len(self.learners))}
         if self.head_learner is not None:
             self.histories["head"] = EpochMeans()
@@ -75,6 +76,7 @@ class ReferenceTrainer:
                 curve.append({"epoch": chapter.epochs[-1], "train_seconds": round(train_seconds, 1),
                               "accuracy": self.evaluate()})
                 self.log(f"epoch {curve[-1]['epoch']}: test accuracy {curve[-1]['accuracy']}")
+        self.scratch.clear()
         start = time.perf_counter()
         acc = self.evaluate()
         eval_seconds = time.perf_counter() - start
@@ -129,19 +131,19 @@ class ReferenceTrainer:
     def _layerwise_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         t = self.t
         acts: dict[int, Activities] = {-1: make_inputs(self.train_x, self.train_y, neg, self.num_classes,
-                                                       self.needs_neutral)}
+                                                       self.needs_neutral, scratch=self.scratch)}
         last = len(self.learners) - 1
         for i, (learner, src) in enumerate(zip(self.learners, self.net.sources)):
             inputs = acts[src]
             train_chapter(learner, layer_step(learner, inputs), len(inputs), chapter, seed=t.seed, part=i,
                           batch_size=t.batch_size, on_batch=self._on_batch(i), history=self.histories[f"layer_{i}"])
             if i < last:
-                acts[i] = inputs.map(learner.layer)
+                acts[i] = inputs.map(learner.layer, scratch=self.scratch, key=i)
             elif self.head_learner is not None:
-                acts[i] = inputs.neutral_only().map(learner.layer)
+                acts[i] = inputs.neutral_only().map(learner.layer, scratch=self.scratch, key=i)
         if self.head_learner is not None:
             n = len(self.learners)
-            feats = self.net.head_features([acts[i].neutral for i in range(n)])
+            feats = self.net.head_features([acts[i].neutral for i in range(n)], scratch=self.scratch)
             train_chapter(self.head_learner, head_step(self.head_learner, feats, self.train_y), len(feats),
                           chapter, seed=t.seed, part=n, batch_size=t.batch_size, on_batch=self._on_batch("head"),
                           history=self.histories["head"])

@@ -14,7 +14,7 @@ import torch
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import goodness_scores
 from dff_ros.ff.history import EpochMeans
-from dff_ros.ff.learners import Activities, make_inputs
+from dff_ros.ff.learners import Activities, Scratch, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
 from dff_ros.ff.schedule import chapters
@@ -78,6 +78,7 @@ class PFFWorker:
         self.idle_seconds = self.busy_seconds = 0.0
         self.chapter = self.part = -1
         self.scoring_meta: dict = {}
+        self.scratch = Scratch()                # chapter-sized tensors, written over every chapter
         self._stop = threading.Event()
 
     def stop(self, why: str) -> None:
@@ -105,6 +106,7 @@ class PFFWorker:
                     load_part_state(self.parts[part], self._wait(part, final, exact=True).tensors)
                     self.held[part] = final
         finally:
+            self.scratch.clear()
             self.busy_seconds = time.perf_counter() - start - self.idle_seconds
 
     def _chapter(self, chapter, mine: list[int]) -> None:
@@ -113,7 +115,7 @@ class PFFWorker:
         top = max(mine)
         neg = self._negatives(chapter.index)
         acts: dict[int, Activities] = {-1: make_inputs(self.images, self.labels, neg, self.config.num_classes,
-                                                       self.needs_neutral)}
+                                                       self.needs_neutral, scratch=self.scratch)}
         used: dict[int, int] = {}               # part -> version its outputs came from
         for i in range(min(top, last_layer) + 1):
             src = self.net.sources[i]
@@ -124,9 +126,10 @@ class PFFWorker:
                 load_part_state(self.learners[i], p.tensors)
                 used[i] = p.version
             if i < top:  # (i == last_layer: only the head comes after it)
-                acts[i] = (acts[src] if i < last_layer else acts[src].neutral_only()).map(self.learners[i].layer)
+                inputs = acts[src] if i < last_layer else acts[src].neutral_only()
+                acts[i] = inputs.map(self.learners[i].layer, scratch=self.scratch, key=i)
         if self.head_learner is not None and len(self.learners) in mine:
-            feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))])
+            feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))], scratch=self.scratch)
             self._train(len(self.learners), chapter, head_step(self.head_learner, feats, self.labels),
                         len(feats), used)
         if (self.negatives is not None and self.negatives.scores_after(chapter.index, self.t.splits)
