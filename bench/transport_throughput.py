@@ -1,11 +1,15 @@
 """Activation-stream throughput between two processes on one host over real DDS.
 
 A publisher process sends TrainingBatch messages whose `pos` is a [rows x width] float32
-tensor (default 64x2000, the issue's reference batch); a subscriber process turns each one
-back into a tensor and counts bytes. Lossless (reliable, KEEP_ALL) with a bounded window,
-as the pipeline runs. Writes bench/results/transport_throughput.{json,md}.
+tensor (64x2000, the issue's reference batch, and 1000x2000, the pipeline's chunk); a
+subscriber process turns each one back into a tensor and counts bytes. Lossless (reliable,
+KEEP_ALL) with a bounded window, as the pipeline runs, and both spin the executor the nodes spin
+(`dff_ros.nodes.common.make_executor`). Each case changes one setting against the nodes' own
+(EventsExecutor, the project's Fast DDS profile, fast large copies): the executor, the profile,
+the copy tunable. Every case is measured in each run; writes
+bench/results/transport_throughput.{json,md} and the README table.
 
-    source scripts/env.sh && python bench/transport_throughput.py [--rows 64 --width 2000 --seconds 10]
+    source scripts/env.sh && python bench/transport_throughput.py [--messages-mb 2000]
 """
 from __future__ import annotations
 
@@ -17,13 +21,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
+from common import REPO, RESULTS, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
+
+from dff_ros.memcopy import glibc_tunables  # noqa: E402
 
 
 def role_sub(args) -> None:
     import rclpy
     from dff_ros.msg import TrainingBatch
-    from dff_ros.nodes.common import DATA_QOS
+    from dff_ros.nodes.common import DATA_QOS, make_executor
     from dff_ros.transport.tensors import from_msg
     from std_msgs.msg import UInt64
 
@@ -41,13 +47,19 @@ def role_sub(args) -> None:
         ack.publish(UInt64(data=state["n"]))
         if m.seq == m.count - 1:
             dt = time.perf_counter() - state["t0"]
-            print(json.dumps({"received": state["n"], "bytes": state["bytes"], "seconds": dt}), flush=True)
+            print(json.dumps({"received": state["n"], "bytes": state["bytes"], "seconds": dt,
+                              "executor": type(executor).__name__}), flush=True)
             state["done"] = True
 
     node.create_subscription(TrainingBatch, "/bench/data", on_msg, DATA_QOS)
+    executor = make_executor()
+    executor.add_node(node)
     while not state["done"]:
-        rclpy.spin_once(node, timeout_sec=0.1)
-    time.sleep(0.5)  # let the last ack go out
+        executor.spin_once(timeout_sec=0.1)
+    end = time.monotonic() + 0.5   # let the last ack go out
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.05)
+    executor.shutdown(timeout_sec=1.0)
     rclpy.shutdown()
 
 
@@ -55,7 +67,7 @@ def role_pub(args) -> None:
     import rclpy
     import torch
     from dff_ros.msg import TrainingBatch
-    from dff_ros.nodes.common import DATA_QOS
+    from dff_ros.nodes.common import DATA_QOS, make_executor
     from dff_ros.transport.tensors import to_msg
     from std_msgs.msg import UInt64
 
@@ -64,8 +76,10 @@ def role_pub(args) -> None:
     pub = node.create_publisher(TrainingBatch, "/bench/data", DATA_QOS)
     acked = {"n": 0}
     node.create_subscription(UInt64, "/bench/ack", lambda m: acked.__setitem__("n", m.data), DATA_QOS)
+    executor = make_executor()
+    executor.add_node(node)
     while pub.get_subscription_count() < 1 or node.count_publishers("/bench/ack") < 1:
-        rclpy.spin_once(node, timeout_sec=0.1)
+        executor.spin_once(timeout_sec=0.1)
     time.sleep(1.0)
     x = torch.randn(args.rows, args.width)
     count = args.messages
@@ -73,16 +87,59 @@ def role_pub(args) -> None:
     fill = 0.0
     for seq in range(count):
         while seq - acked["n"] >= args.window:
-            rclpy.spin_once(node, timeout_sec=0.01)
+            executor.spin_once(timeout_sec=0.01)
         f0 = time.perf_counter()
         m = TrainingBatch(seq=seq, count=count)
         to_msg(x, m.pos)
         fill += time.perf_counter() - f0
         pub.publish(m)
     while acked["n"] < count:
-        rclpy.spin_once(node, timeout_sec=0.01)
+        executor.spin_once(timeout_sec=0.01)
     print(json.dumps({"sent": count, "seconds": time.perf_counter() - t0, "fill_seconds": fill}), flush=True)
+    executor.shutdown(timeout_sec=1.0)
     rclpy.shutdown()
+
+
+def cases(repo: str) -> list[dict]:
+    """The nodes' settings first, then one change each. `env` is laid over scripts/env.sh's."""
+    profile = os.path.join(repo, "config", "fastdds_profile.xml")
+    nodes = {"DFF_EXECUTOR": "events", "FASTDDS_DEFAULT_PROFILES_FILE": profile,
+             "GLIBC_TUNABLES": glibc_tunables("")}
+    return [
+        {"name": "nodes' settings", "rows": 64, "env": nodes},
+        {"name": "nodes' settings", "rows": 1000, "env": nodes},
+        {"name": "SingleThreadedExecutor", "rows": 64, "env": {**nodes, "DFF_EXECUTOR": "single"}},
+        {"name": "MultiThreadedExecutor(2)", "rows": 64, "env": {**nodes, "DFF_EXECUTOR": "multi"}},
+        {"name": "glibc's own memcpy", "rows": 64, "env": {**nodes, "GLIBC_TUNABLES": ""}},
+        {"name": "Fast DDS default profile", "rows": 64, "env": {**nodes, "FASTDDS_DEFAULT_PROFILES_FILE": ""}},
+    ]
+
+
+def measure(case: dict, args) -> dict:
+    env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", "77"),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", **case["env"]}
+    if not env["FASTDDS_DEFAULT_PROFILES_FILE"]:
+        del env["FASTDDS_DEFAULT_PROFILES_FILE"]
+    message_bytes = case["rows"] * args.width * 4
+    messages = max(50, int(args.messages_mb * 1e6 / message_bytes))
+    common = [sys.executable, __file__, "--rows", str(case["rows"]), "--width", str(args.width),
+              "--messages", str(messages), "--window", str(args.window)]
+    sub = subprocess.Popen(common + ["--role", "sub"], stdout=subprocess.PIPE, text=True, env=env)
+    pub = subprocess.Popen(common + ["--role", "pub"], stdout=subprocess.PIPE, text=True, env=env)
+    p_out, _ = pub.communicate(timeout=600)
+    s_out, _ = sub.communicate(timeout=60)
+    if pub.returncode or sub.returncode:
+        raise SystemExit(f"{case['name']}: publisher exited {pub.returncode}, subscriber {sub.returncode}")
+    p, s = json.loads(p_out.strip().splitlines()[-1]), json.loads(s_out.strip().splitlines()[-1])
+    row = {"case": f"{case['rows']}x{args.width} float32, {case['name']}", "executor": s["executor"],
+           "profile": os.path.basename(env.get("FASTDDS_DEFAULT_PROFILES_FILE", "")) or "Fast DDS defaults",
+           "glibc_tunables": env["GLIBC_TUNABLES"] or "(none)", "window": args.window,
+           "rmw": os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"),
+           "messages": s["received"], "message_MB": round(message_bytes / 1e6, 3),
+           "MB_per_s": round(s["bytes"] / 1e6 / s["seconds"], 1), "msgs_per_s": round(s["received"] / s["seconds"], 1),
+           "fill_ms_per_msg": round(1000 * p["fill_seconds"] / p["sent"], 3), "machine": machine()}
+    print(f"{row['case']}: {row['MB_per_s']} MB/s", flush=True)
+    return row
 
 
 def main() -> None:
@@ -90,7 +147,8 @@ def main() -> None:
     a.add_argument("--role", choices=("pub", "sub"))
     a.add_argument("--rows", type=int, default=64)
     a.add_argument("--width", type=int, default=2000)
-    a.add_argument("--messages", type=int, default=2000)
+    a.add_argument("--messages", type=int, default=2000, help="(pub/sub roles)")
+    a.add_argument("--messages-mb", type=float, default=3000, help="MB sent per case")
     a.add_argument("--window", type=int, default=8)
     a.add_argument("--no-readme", action="store_true")
     args = a.parse_args()
@@ -98,31 +156,13 @@ def main() -> None:
         return role_sub(args)
     if args.role == "pub":
         return role_pub(args)
-    env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", "77"),
-           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    common = [sys.executable, __file__, "--rows", str(args.rows), "--width", str(args.width),
-              "--messages", str(args.messages), "--window", str(args.window)]
-    sub = subprocess.Popen(common + ["--role", "sub"], stdout=subprocess.PIPE, text=True, env=env)
-    pub = subprocess.Popen(common + ["--role", "pub"], stdout=subprocess.PIPE, text=True, env=env)
-    p_out, _ = pub.communicate(timeout=600)
-    s_out, _ = sub.communicate(timeout=60)
-    p, s = json.loads(p_out.strip().splitlines()[-1]), json.loads(s_out.strip().splitlines()[-1])
-    mb = s["bytes"] / 1e6
-    profile = os.path.basename(os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")) or "Fast DDS defaults"
-    row = {"case": f"{args.rows}x{args.width} float32, window {args.window}, {profile}",
-           "rmw": os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"),
-           "messages": s["received"], "message_MB": round(args.rows * args.width * 4 / 1e6, 3),
-           "MB_per_s": round(mb / s["seconds"], 1), "msgs_per_s": round(s["received"] / s["seconds"], 1),
-           "fill_ms_per_msg": round(1000 * p["fill_seconds"] / p["sent"], 3), "machine": machine()}
-    runs = write_results("transport_throughput", [row], key="case")
-    table = markdown_table(["case", "RMW", "MB/s", "msgs/s", "fill ms/msg", "machine"],
-                           [[r["case"], r["rmw"], r["MB_per_s"], r["msgs_per_s"], r["fill_ms_per_msg"],
-                             machine_cell(r["machine"])] for r in runs])
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "transport_throughput.md"), "w") as f:
-        f.write(table)
-    print(table)
-    if not args.no_readme:
-        update_readme("transport_throughput", table)
+    runs = [measure(c, args) for c in cases(str(REPO))]
+    (RESULTS / "transport_throughput.json").unlink(missing_ok=True)   # every case is measured each run
+    write_results("transport_throughput", runs, key="case")
+    table = markdown_table(["case", "executor", "Fast DDS profile", "MB/s", "msgs/s", "fill ms/msg", "machine"],
+                           [[r["case"], r["executor"], r["profile"], r["MB_per_s"], r["msgs_per_s"],
+                             r["fill_ms_per_msg"], machine_cell(r["machine"])] for r in runs])
+    publish_table("transport_throughput", table, readme=not args.no_readme)
 
 
 if __name__ == "__main__":

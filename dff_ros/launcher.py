@@ -26,6 +26,7 @@ from pathlib import Path
 
 from dff_ros.config.pipeline import load_pipeline_config
 from dff_ros.config.schema import ConfigError
+from dff_ros.memcopy import node_env
 from dff_ros.nodes.master import config_file, default_pipeline, parse_set
 
 
@@ -37,7 +38,7 @@ def _pump(proc: subprocess.Popen, prefix: str) -> None:
 
 def start(cmd: list[str], prefix: str, env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, **node_env(), **(env or {}), "PYTHONUNBUFFERED": "1"})
     threading.Thread(target=_pump, args=(proc, prefix), daemon=True).start()
     return proc
 

@@ -20,6 +20,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from dff_ros.memcopy import node_env
+
 ARGS = {
     "role": ("all", "all: master + servers here; master: only the master; server: one server"),
     "servers": ("2", "servers to start (role all) and to wait for (master)"),
@@ -40,6 +42,7 @@ def _nodes(context):
     pipeline = value["pipeline"] or os.path.join(share, "config", "mnist_pipeline.yaml")
     profile = os.path.join(share, "config", "fastdds_profile.xml")
     env = {} if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") else {"FASTDDS_DEFAULT_PROFILES_FILE": profile}
+    env.update(node_env())   # fast large copies on older glibc (dff_ros/memcopy.py)
     server_args = ["--threads", value["server_threads"]]
     if value["weights_dir"]:
         server_args += ["--weights-dir", value["weights_dir"]]

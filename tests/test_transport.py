@@ -41,3 +41,21 @@ def test_parameters_keep_types():
     values = {"epochs": 3, "lr": 0.001, "cooldown": True, "threshold": None, "classifiers": ["goodness"],
               "schedule": "stream"}
     assert from_parameters(to_parameters(values)) == values
+
+
+def test_node_executor_choice(monkeypatch):
+    import rclpy.executors
+    from dff_ros.nodes.common import make_executor
+    rclpy.init()
+    try:
+        monkeypatch.delenv("DFF_EXECUTOR", raising=False)
+        ex = make_executor()
+        assert type(ex).__name__ == "EventsExecutor"   # Kilted's rclpy has it: the nodes' default
+        ex.shutdown()
+        monkeypatch.setenv("DFF_EXECUTOR", "single")
+        assert isinstance(make_executor(), rclpy.executors.SingleThreadedExecutor)
+        monkeypatch.setenv("DFF_EXECUTOR", "fast")
+        with pytest.raises(ValueError, match="DFF_EXECUTOR='fast'"):
+            make_executor()
+    finally:
+        rclpy.shutdown()

@@ -28,6 +28,39 @@ CLAIMS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=
 
 
 
+def make_executor(context=None):
+    """The executor a node spins. rclpy's EventsExecutor (`rclpy.experimental`, Kilted on) hands
+    each message to its callback as DDS delivers it instead of rebuilding a wait set per spin,
+    which makes it the fastest of rclpy's here by far (bench/transport_throughput.py). Call its
+    spin_once from one thread (its spin() in a second thread busy-waited holding the GIL here)
+    and shut it down before exit.
+    DFF_EXECUTOR=single (also what an rclpy without it gets) or multi picks rclpy's others."""
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+    kind = os.environ.get("DFF_EXECUTOR", "events")
+    if kind not in ("events", "single", "multi"):
+        raise ValueError(f"DFF_EXECUTOR={kind!r}: use events, single or multi")
+    if kind == "multi":
+        return MultiThreadedExecutor(num_threads=2, context=context)
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:
+            pass
+        else:
+            return EventsExecutor(context=context)
+    return SingleThreadedExecutor(context=context)
+
+
+def spin_until_shutdown(executor, context) -> None:
+    """Spin ``executor`` until ``context`` shuts down (a spinner thread's body)."""
+    from rclpy.executors import ExternalShutdownException
+    try:
+        while context.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
+        pass
+
+
 def params_qos(depth: int) -> QoSProfile:
     """PFF parameter versions: lossless, and the last ``depth`` kept for late joiners."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=max(1, depth), reliability=ReliabilityPolicy.RELIABLE,

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import rclpy
 import yaml
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from dff_ros.checkpoint import load_weights, save_atomic
@@ -30,8 +29,8 @@ from dff_ros.ff.history import curves, rounded
 from dff_ros.ff.schedule import chapters
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, RunProgress, TrainingBatch
 from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC,
-                                  checkpoints_topic, default_weights_dir, head_weights_file, layer_topics, params_qos, path_token,
-                                  progress_topic)
+                                  checkpoints_topic, default_weights_dir, head_weights_file, layer_topics, make_executor, params_qos,
+                                  path_token, progress_topic, spin_until_shutdown)
 from dff_ros.nodes.master_pff import ParameterRun
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
@@ -606,9 +605,10 @@ def main(argv=None) -> int:
             print(f"[master] config error: {e}", file=sys.stderr)
             return 2
         node = MasterNode(pipeline, model, run_id=args.run_id or uuid.uuid4().hex[:8], progress=not args.no_progress)
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = make_executor()
         executor.add_node(node)
-        spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
+        spinner = threading.Thread(target=spin_until_shutdown, args=(executor, rclpy.get_default_context()),
+                                   daemon=True)
         spinner.start()
         try:
             summary = node.run()
@@ -639,18 +639,11 @@ def main(argv=None) -> int:
         return 130
     finally:
         if rclpy.ok():
-            rclpy.shutdown()  # ends the spinner's spin()
+            rclpy.shutdown()  # ends the spinner's loop
         if spinner is not None:
             spinner.join(timeout=5.0)
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
-
-
-def _spin(executor) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import rclpy
 import torch
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from dff_ros.checkpoint import load_weights, save_atomic
@@ -33,7 +33,8 @@ from dff_ros.config.schema import (ConfigError, DatasetConfig, LayerSpec, ModelC
 from dff_ros.data.datasets import DATASETS, DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
 from dff_ros.nodes.common import (LAYER_WEIGHTS_FORMAT, CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS,
-                                  STATUS_QOS, STATUS_TOPIC, checkpoints_topic, default_weights_dir, params_qos, path_token)
+                                  STATUS_QOS, STATUS_TOPIC, checkpoints_topic, default_weights_dir, make_executor,
+                                  params_qos, path_token)
 from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
 from dff_ros.pff.plan import PFFPlan, shard_indices
@@ -537,6 +538,7 @@ def main(argv=None) -> int:
     args = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
     context = rclpy.get_default_context()
+    executor = None
     try:
         # ROS parameters (ros2 run / launch) take the same settings as the flags
         probe = rclpy.create_node("dff_server_params", context=context, start_parameter_services=False,
@@ -548,7 +550,7 @@ def main(argv=None) -> int:
         weights_dir = Path(args.weights_dir or params.get("weights_dir") or default_weights_dir()).expanduser()
         threads = int(args.threads or params.get("threads") or 1)
         data_root = args.data_root or params.get("data_root") or ""
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = make_executor(context)
         lost: set[int] = set()
         log = lambda s: print(f"[server] {s}", file=sys.stderr, flush=True)  # noqa: E731
         while True:
@@ -569,6 +571,8 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if rclpy.ok():
             rclpy.shutdown()
     return 0
