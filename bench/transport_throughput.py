@@ -6,8 +6,8 @@ subscriber process turns each one back into a tensor and counts bytes. Lossless 
 KEEP_ALL) with a bounded window, as the pipeline runs, and both spin the executor the nodes spin
 (`dff_ros.nodes.common.make_executor`). Each case changes one setting against the nodes' own
 (EventsExecutor, the project's Fast DDS profile, fast large copies): the executor, the profile,
-the copy tunable. Every case is measured in each run; writes
-bench/results/transport_throughput.{json,md} and the README table.
+the copy tunable. Every case is measured in each run, 3 times (the table gives the median and
+the range); writes bench/results/transport_throughput.{json,md} and the README table.
 
     source scripts/env.sh && python bench/transport_throughput.py [--messages-mb 2000]
 """
@@ -109,19 +109,30 @@ def cases(repo: str) -> list[dict]:
         {"name": "nodes' settings", "rows": 64, "env": nodes},
         {"name": "nodes' settings", "rows": 1000, "env": nodes},
         {"name": "SingleThreadedExecutor", "rows": 64, "env": {**nodes, "DFF_EXECUTOR": "single"}},
-        {"name": "MultiThreadedExecutor(2)", "rows": 64, "env": {**nodes, "DFF_EXECUTOR": "multi"}},
+        {"name": "MultiThreadedExecutor(2)", "rows": 64, "env": {**nodes, "DFF_EXECUTOR": "multi"}, "mb": 150},
         {"name": "glibc's own memcpy", "rows": 64, "env": {**nodes, "GLIBC_TUNABLES": ""}},
         {"name": "Fast DDS default profile", "rows": 64, "env": {**nodes, "FASTDDS_DEFAULT_PROFILES_FILE": ""}},
     ]
 
 
 def measure(case: dict, args) -> dict:
+    """``args.repeats`` runs of one case: the median, and the range (this VM varies ~20 % from run to run)."""
+    runs = [measure_once(case, args) for _ in range(args.repeats)]
+    runs.sort(key=lambda r: r["MB_per_s"])
+    row = dict(runs[len(runs) // 2])
+    row["MB_per_s_range"] = [runs[0]["MB_per_s"], runs[-1]["MB_per_s"]]
+    row["repeats"] = len(runs)
+    print(f"{row['case']}: {row['MB_per_s']} MB/s (median of {len(runs)}; {row['MB_per_s_range']})", flush=True)
+    return row
+
+
+def measure_once(case: dict, args) -> dict:
     env = {**os.environ, "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", "77"),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", **case["env"]}
     if not env["FASTDDS_DEFAULT_PROFILES_FILE"]:
         del env["FASTDDS_DEFAULT_PROFILES_FILE"]
     message_bytes = case["rows"] * args.width * 4
-    messages = max(50, int(args.messages_mb * 1e6 / message_bytes))
+    messages = max(50, int(case.get("mb", args.messages_mb) * 1e6 / message_bytes))
     common = [sys.executable, __file__, "--rows", str(case["rows"]), "--width", str(args.width),
               "--messages", str(messages), "--window", str(args.window)]
     sub = subprocess.Popen(common + ["--role", "sub"], stdout=subprocess.PIPE, text=True, env=env)
@@ -138,7 +149,6 @@ def measure(case: dict, args) -> dict:
            "messages": s["received"], "message_MB": round(message_bytes / 1e6, 3),
            "MB_per_s": round(s["bytes"] / 1e6 / s["seconds"], 1), "msgs_per_s": round(s["received"] / s["seconds"], 1),
            "fill_ms_per_msg": round(1000 * p["fill_seconds"] / p["sent"], 3), "machine": machine()}
-    print(f"{row['case']}: {row['MB_per_s']} MB/s", flush=True)
     return row
 
 
@@ -148,7 +158,8 @@ def main() -> None:
     a.add_argument("--rows", type=int, default=64)
     a.add_argument("--width", type=int, default=2000)
     a.add_argument("--messages", type=int, default=2000, help="(pub/sub roles)")
-    a.add_argument("--messages-mb", type=float, default=3000, help="MB sent per case")
+    a.add_argument("--messages-mb", type=float, default=2000, help="MB sent per run of a case")
+    a.add_argument("--repeats", type=int, default=3, help="runs per case (the table gives the median)")
     a.add_argument("--window", type=int, default=8)
     a.add_argument("--no-readme", action="store_true")
     args = a.parse_args()
@@ -159,9 +170,11 @@ def main() -> None:
     runs = [measure(c, args) for c in cases(str(REPO))]
     (RESULTS / "transport_throughput.json").unlink(missing_ok=True)   # every case is measured each run
     write_results("transport_throughput", runs, key="case")
-    table = markdown_table(["case", "executor", "Fast DDS profile", "MB/s", "msgs/s", "fill ms/msg", "machine"],
-                           [[r["case"], r["executor"], r["profile"], r["MB_per_s"], r["msgs_per_s"],
-                             r["fill_ms_per_msg"], machine_cell(r["machine"])] for r in runs])
+    table = markdown_table(["case", "executor", "Fast DDS profile", "MB/s (median)", "range of runs", "msgs/s",
+                            "fill ms/msg", "machine"],
+                           [[r["case"], r["executor"], r["profile"], r["MB_per_s"],
+                             "–".join(f"{v:.0f}" for v in r["MB_per_s_range"]) + f" ({r['repeats']} runs)",
+                             r["msgs_per_s"], r["fill_ms_per_msg"], machine_cell(r["machine"])] for r in runs])
     publish_table("transport_throughput", table, readme=not args.no_readme)
 
 
