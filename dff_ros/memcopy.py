@@ -19,9 +19,8 @@ REP_MOVSB_THRESHOLD = "glibc.cpu.x86_rep_movsb_threshold"
 NEVER = 1 << 40   # no message is this large
 
 
-def glibc_tunables(current: str | None = None) -> str:
-    """GLIBC_TUNABLES with the copy threshold added; a value the user already set wins."""
-    current = os.environ.get("GLIBC_TUNABLES", "") if current is None else current
+def glibc_tunables(current: str) -> str:
+    """``current`` GLIBC_TUNABLES with the copy threshold added; a value the user set wins."""
     entries = [e for e in current.split(":") if e]
     if any(e.split("=", 1)[0] == REP_MOVSB_THRESHOLD for e in entries):
         return ":".join(entries)
@@ -35,4 +34,4 @@ def node_env(environ: dict | None = None) -> dict[str, str]:
 
 
 if __name__ == "__main__":   # scripts/env.sh: export GLIBC_TUNABLES=$(python -m dff_ros.memcopy)
-    sys.stdout.write(glibc_tunables() + "\n")
+    sys.stdout.write(glibc_tunables(os.environ.get("GLIBC_TUNABLES", "")) + "\n")
