@@ -57,6 +57,32 @@ def test_label_candidate_shortcut_equals_plain_overlay_forward():
     assert torch.allclose(fast, plain, atol=1e-5)
 
 
+def test_overlaid_first_layer_equals_the_materialised_overlays_in_values_and_gradients():
+    """Training and chapter forwards take the first layer's passes from one matmul over the
+    images; they must be what the layer gives on the overlays themselves."""
+    from dff_ros.ff.learners import Activities, make_inputs
+
+    net = tiny_net()
+    layer = net.layers[0]
+    images, labels = torch.rand(37, 784), torch.randint(0, 10, (37,))
+    neg = (labels + torch.randint(1, 10, (37,))) % 10
+    inputs = make_inputs(images, labels, neg, 10, True)
+    passes = ("pos", "neg", "neutral")
+    fast = inputs.forward(layer, passes)
+    plain = layer(torch.cat([inputs.pos, inputs.neg, inputs.neutral]))
+    assert torch.allclose(fast, plain, atol=1e-5)
+    fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(layer.parameters()))
+    plain_grads = torch.autograd.grad(plain.pow(2).sum(), list(layer.parameters()))
+    for f, p in zip(fast_grads, plain_grads):
+        assert torch.allclose(f, p, rtol=1e-4, atol=1e-4 * p.abs().max().item())
+    mapped = inputs.map(layer, chunk=8)
+    for name in passes:
+        assert torch.allclose(getattr(mapped, name), layer(getattr(inputs, name)), atol=1e-5)
+    halves = Activities.concat([inputs.select(slice(0, 10)), inputs.select(slice(10, None))])
+    assert torch.equal(halves.forward(layer, passes), fast)
+    assert inputs.select(slice(0, 0)).map(layer).neutral.shape == (0, 32)
+
+
 def test_head_features_in_row_chunks_equal_the_whole_at_once():
     from dff_ros.ff.layers import length_normalize
 

@@ -27,7 +27,8 @@ def task_generator(seed: int, part: int, chapter: int) -> torch.Generator:
 def layer_step(learner, inputs: Activities) -> Step:
     # FF layers train on the positive/negative passes only (their neutral pass is recomputed
     # once per chapter by whoever needs it); PON layers train on the neutral pass
-    view = inputs if isinstance(learner, PONLearner) else Activities(inputs.pos, inputs.neg, None, inputs.labels)
+    view = inputs if isinstance(learner, PONLearner) else Activities(inputs.pos, inputs.neg, None, inputs.labels,
+                                                                      inputs.overlays)
     return lambda idx: learner.train_step(view.select(idx))[1]
 
 

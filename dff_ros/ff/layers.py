@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from dff_ros.ff.overlay import blank_labels
 
 LAYER_TYPES: dict[str, type["FFLayer"]] = {}
 
@@ -48,6 +51,29 @@ class _ReLUFullGrad(torch.autograd.Function):
         return grad
 
 
+class _OverlaidLinear(torch.autograd.Function):
+    """(blank + m) @ W.T for P passes of label-pixel contents ``mix`` ([P*N, C], m padded with
+    zeros) over the same ``blank`` [N, D]: blank @ W.T once, plus mix @ W[:, :C].T. Its own
+    backward sums the passes' gradients before the one big matmul, and adds the label columns'
+    share in place: autograd would also build a zero-filled full-size gradient for the slice."""
+
+    @staticmethod
+    def forward(ctx, blank, mix, weight):
+        ctx.save_for_backward(blank, mix)
+        n, c = blank.shape[0], mix.shape[1]
+        z = mix @ weight[:, :c].t()                                    # [P*N, out]
+        z.view(mix.shape[0] // max(n, 1), n, z.shape[1]).add_((blank @ weight.t()).unsqueeze(0))
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        blank, mix = ctx.saved_tensors
+        n, c = blank.shape[0], mix.shape[1]
+        grad_weight = grad.view(grad.shape[0] // max(n, 1), n, grad.shape[1]).sum(dim=0).t() @ blank
+        grad_weight[:, :c] += grad.t() @ mix
+        return None, None, grad_weight
+
+
 class FFLayer(nn.Module):
     """A layer trained by its own local objective; input is the raw previous activity."""
 
@@ -82,19 +108,28 @@ class FFDense(FFLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ReLUFullGrad.apply(self.linear(length_normalize(x)))
 
-    def forward_label_candidates(self, images: torch.Tensor, num_classes: int, eps: float = 1e-8) -> torch.Tensor:
-        """Output for every image with every one-hot label overlaid, [N*num_classes, out]
-        (row n*C + c has label c), at the cost of one matmul per image instead of C.
+    def forward_overlaid(self, blank: torch.Tensor, passes, num_classes: int, eps: float = 1e-8) -> torch.Tensor:
+        """``forward`` of the label overlays of ``blank`` (images, label pixels zeroed), one pass
+        per entry of ``passes`` (labels [N], or None for the neutral overlay), rows concatenated
+        in that order: [len(passes)*N, out], at the cost of one matmul over the images.
 
-        All C overlays of an image have the same length (one 1 among zeroed label pixels), so
-        W.normalise(x_m + e_c) = (W.x_m + W[:, c]) / r with r shared across labels.
+        An overlay is blank + m (m: one-hot, or 1/C everywhere for neutral, in the label
+        pixels), so W.normalise(blank + m) = (W.blank + W_labels.m) * s, s = rsqrt(mean
+        square), and W.blank is shared by every pass.
         """
-        x = images.clone()
-        x[:, :num_classes] = 0.0
-        r = ((x.pow(2).sum(dim=1, keepdim=True) + 1.0) / x.shape[1] + eps).sqrt()
-        w = self.linear.weight
-        z = (x @ w.t()).unsqueeze(1) + w[:, :num_classes].t().unsqueeze(0)   # [N, C, out]
-        z = z / r.unsqueeze(1)
+        n, d = blank.shape
+        mix = torch.cat([torch.full((n, num_classes), 1.0 / num_classes, dtype=blank.dtype) if labels is None
+                         else F.one_hot(labels, num_classes).to(blank.dtype) for labels in passes])
+        square = blank.pow(2).sum(dim=1, keepdim=True).repeat(len(passes), 1) + mix.pow(2).sum(dim=1, keepdim=True)
+        z = _OverlaidLinear.apply(blank, mix, self.linear.weight) * torch.rsqrt(square / d + eps)
         if self.linear.bias is not None:
             z = z + self.linear.bias
-        return z.clamp(min=0).reshape(-1, w.shape[0])
+        return _ReLUFullGrad.apply(z)
+
+    def forward_label_candidates(self, images: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Output for every image with every one-hot label overlaid, [N*num_classes, out]
+        (row n*C + c has label c), at the cost of one matmul per image instead of C."""
+        n = images.shape[0]
+        passes = [torch.full((n,), c, dtype=torch.long) for c in range(num_classes)]
+        z = self.forward_overlaid(blank_labels(images, num_classes), passes, num_classes)   # [C*N, out]
+        return z.view(num_classes, n, -1).transpose(0, 1).reshape(n * num_classes, -1)

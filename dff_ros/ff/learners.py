@@ -14,7 +14,7 @@ from torch import nn
 
 from dff_ros.ff.layers import length_normalize
 from dff_ros.ff.objectives import ff_loss, goodness
-from dff_ros.ff.overlay import overlay, overlay_neutral
+from dff_ros.ff.overlay import blank_labels, overlay, overlay_neutral
 from dff_ros.ff.schedule import lr_factor
 
 
@@ -47,49 +47,97 @@ def scratch_tensor(scratch: Scratch | None, key, shape, dtype: torch.dtype) -> t
 
 
 @dataclass
+class Overlays:
+    """First-layer inputs in factored form: the images with their label pixels zeroed, and the
+    negative pass's labels (the positive pass's are the rows' true labels)."""
+
+    blank: torch.Tensor
+    neg_labels: torch.Tensor | None
+    num_classes: int
+
+    def select(self, index: torch.Tensor | slice) -> "Overlays":
+        return Overlays(self.blank[index], None if self.neg_labels is None else self.neg_labels[index],
+                        self.num_classes)
+
+
+PASSES = ("pos", "neg", "neutral")
+
+
+@dataclass
 class Activities:
     """What flows from layer to layer in training.
 
     pos/neg: activities of the positive and negative passes (FF); neutral: activities of the
-    neutral-label pass (softmax head, PON); labels: true labels of the rows.
+    neutral-label pass (softmax head, PON); labels: true labels of the rows; overlays: for the
+    first layer's inputs (label overlays of images), the same passes in factored form.
     """
 
     pos: torch.Tensor | None
     neg: torch.Tensor | None
     neutral: torch.Tensor | None
     labels: torch.Tensor
+    overlays: Overlays | None = None
 
     def select(self, index: torch.Tensor | slice) -> "Activities":
         pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Activities(pick(self.pos), pick(self.neg), pick(self.neutral), self.labels[index])
+        return Activities(pick(self.pos), pick(self.neg), pick(self.neutral), self.labels[index],
+                          None if self.overlays is None else self.overlays.select(index))
+
+    @staticmethod
+    def concat(parts: list["Activities"]) -> "Activities":
+        """The rows of ``parts`` one after another (every part has the same passes)."""
+        cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        first = parts[0]
+        overlays = None if first.overlays is None else Overlays(
+            cat([p.overlays.blank for p in parts]), cat([p.overlays.neg_labels for p in parts]),
+            first.overlays.num_classes)
+        return Activities(*(cat([getattr(p, n) for p in parts]) for n in PASSES),
+                          torch.cat([p.labels for p in parts]), overlays)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def passes(self) -> list[str]:
+        return [n for n in PASSES if getattr(self, n) is not None]
+
     def neutral_only(self) -> "Activities":
         """Just the neutral pass: all the softmax head needs of the last layer (its positive and
         negative passes would feed nothing)."""
-        return Activities(None, None, self.neutral, self.labels)
+        return Activities(None, None, self.neutral, self.labels, self.overlays)
+
+    def forward(self, layer, passes: tuple[str, ...] = ("pos", "neg")) -> torch.Tensor:
+        """``layer`` on the named passes, rows concatenated in that order. Label overlays go
+        through the layer's ``forward_overlaid`` when it has one: one matmul for every pass."""
+        if self._overlaid(layer):
+            o = self.overlays
+            labels = {"pos": self.labels, "neg": o.neg_labels, "neutral": None}
+            return layer.forward_overlaid(o.blank, [labels[n] for n in passes], o.num_classes)
+        xs = [getattr(self, n) for n in passes]
+        return layer(xs[0] if len(xs) == 1 else torch.cat(xs))
+
+    def _overlaid(self, layer) -> bool:
+        return self.overlays is not None and hasattr(layer, "forward_overlaid")
 
     @torch.no_grad()
-    def map(self, fn, chunk: int = 512, *, scratch: Scratch | None = None, key=None) -> "Activities":
-        """``fn`` applied to pos, neg and neutral; labels kept. Row chunks small enough that
-        each one's intermediates stay in cache, written straight into one output (no
-        concatenating copy): a forward pass over a whole chapter then takes little memory
+    def map(self, layer, chunk: int = 512, *, scratch: Scratch | None = None, key=None) -> "Activities":
+        """``layer`` applied to every pass (``forward``); labels kept. Row chunks small enough
+        that each one's intermediates stay in cache, written straight into one output per pass
+        (no concatenating copy): a forward pass over a whole chapter then takes little memory
         bandwidth, which another process on the same machine (a PFF node) shares.
         ``scratch``: the outputs are its tensors under (``key``, pass)."""
-        def run(t, name):
-            if t is None or len(t) == 0:
-                return None if t is None else fn(t)
-            out = None
-            for start in range(0, len(t), chunk):
-                y = fn(t[start:start + chunk])
-                if out is None:
-                    out = scratch_tensor(scratch, (key, name), (len(t), *y.shape[1:]), y.dtype)
-                out[start:start + len(y)] = y
-            return out
-
-        return Activities(run(self.pos, "pos"), run(self.neg, "neg"), run(self.neutral, "neutral"), self.labels)
+        rows = len(self)
+        # one call for all passes where they share the matmul, else one per pass
+        groups = [tuple(self.passes())] if self._overlaid(layer) else [(n,) for n in self.passes()]
+        out: dict[str, torch.Tensor] = {}
+        for start in range(0, rows, chunk) if rows else [0]:
+            part = self.select(slice(start, start + chunk))
+            for names in groups:
+                y = part.forward(layer, names)
+                for name, y_pass in zip(names, y.split(len(part)) if rows else [y] * len(names)):
+                    if name not in out:
+                        out[name] = scratch_tensor(scratch, (key, name), (rows, *y_pass.shape[1:]), y_pass.dtype)
+                    out[name][start:start + len(y_pass)] = y_pass
+        return Activities(out.get("pos"), out.get("neg"), out.get("neutral"), self.labels)
 
 
 def make_inputs(images: torch.Tensor, labels: torch.Tensor, neg_labels: torch.Tensor | None,
@@ -104,6 +152,7 @@ def make_inputs(images: torch.Tensor, labels: torch.Tensor, neg_labels: torch.Te
         neg=overlay(images, neg_labels, num_classes, out=out("neg")) if neg_labels is not None else None,
         neutral=overlay_neutral(images, num_classes, out=out("neutral")) if neutral else None,
         labels=labels,
+        overlays=Overlays(blank_labels(images, num_classes, out=out("blank")), neg_labels, num_classes),
     )
 
 
@@ -158,8 +207,8 @@ class FFLearner(_Learner):
         self.optimizer = make_optimizer(optimizer, [{"params": layer.parameters(), "lr": lr}])
 
     def train_step(self, a: Activities) -> tuple[Activities, dict]:
-        n = a.pos.shape[0]
-        h = self.layer(torch.cat([a.pos, a.neg]))  # one matmul for both passes
+        n = len(a)
+        h = a.forward(self.layer, ("pos", "neg"))  # one matmul for both passes
         g = goodness(h, self.goodness_kind)
         g_pos, g_neg = g[:n], g[n:]
         loss = ff_loss(g_pos, g_neg, self.threshold)
@@ -170,7 +219,7 @@ class FFLearner(_Learner):
         neutral = None
         if a.neutral is not None:
             with torch.no_grad():
-                neutral = self.layer(a.neutral)
+                neutral = a.forward(self.layer, ("neutral",))
         out = Activities(h[:n], h[n:], neutral, a.labels)
         with torch.no_grad():  # share of samples on the right side of the threshold
             separated = ((g_pos > self.threshold).sum() + (g_neg < self.threshold).sum()) / (2.0 * n)
@@ -200,7 +249,7 @@ class PONLearner(_Learner):
                                                     {"params": head.parameters(), "lr": head_lr}])
 
     def train_step(self, a: Activities) -> tuple[Activities, dict]:
-        h = self.layer(a.neutral)
+        h = a.forward(self.layer, ("neutral",))
         logits = self.head(length_normalize(h))
         loss = F.cross_entropy(logits, a.labels)
         self._step(loss)

@@ -8,9 +8,16 @@ def overlay(images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10, *
             out: torch.Tensor | None = None) -> torch.Tensor:
     """Copy of ``images`` [N, D] with pixels 0..num_classes-1 replaced by one-hot ``labels``
     (into ``out`` when given)."""
+    x = blank_labels(images, num_classes, out=out)
+    x[torch.arange(x.shape[0]), labels] = 1.0
+    return x
+
+
+def blank_labels(images: torch.Tensor, num_classes: int = 10, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Copy of ``images`` with the label pixels zeroed, what all its overlays share (into ``out``
+    when given)."""
     x = images.clone() if out is None else out.copy_(images)
     x[:, :num_classes] = 0.0
-    x[torch.arange(x.shape[0]), labels] = 1.0
     return x
 
 

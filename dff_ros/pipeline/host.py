@@ -139,8 +139,7 @@ class LayerHost:
     def _train_chapter(self, chapter: int, parts: list[TrainChunk]) -> list[TrainChunk]:
         t = self.train_cfg
         inputs = [self._inputs(p) for p in parts]
-        full = Activities(torch.cat([a.pos for a in inputs]), torch.cat([a.neg for a in inputs]), None,
-                          torch.cat([a.labels for a in inputs]))
+        full = Activities.concat(inputs)
         self.chapter, self.loss_sum, self.loss_count = chapter, 0.0, 0
 
         def done(epoch: int, loss: float, rows: int) -> None:
