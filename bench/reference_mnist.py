@@ -2,8 +2,9 @@
 
     python bench/reference_mnist.py [config/models/mnist_default.yaml ...] [--threads 2]
 
-Writes bench/results/reference_mnist.{json,md} (rows keyed by config file, so running one
-config keeps the others) and refreshes the README table.
+Writes bench/results/reference_mnist.{json,md,png} (rows keyed by config file, so running
+one config keeps the others; the PNG plots test accuracy against training time) and refreshes
+the README table.
 """
 from __future__ import annotations
 
@@ -37,6 +38,27 @@ def table(runs: list[dict]) -> str:
     return markdown_table(headers, rows)
 
 
+def plot(runs: list[dict], path: Path) -> None:
+    """Test accuracy (goodness classifier) against training seconds, one line per config."""
+    from dff_ros.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in runs:
+        pts = [(c["train_seconds"], 100 * c["accuracy"]["goodness"]) for c in r.get("curve", [])
+               if "goodness" in c["accuracy"]]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{r['model']} ({r['layers']}, {r['epochs']} ep, {r['negatives']})")
+    ax.axhline(98.5, color="grey", linestyle="--", linewidth=1, label="98.5 % (PFF 98.51, Hinton 98.53)")
+    ax.set_xlabel("training time [s] (2-core CPU)")
+    ax.set_ylabel("test accuracy, goodness [%]")
+    ax.set_ylim(93, 99)
+    ax.set_title("Reference trainer on full MNIST")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, plt, path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS)
@@ -66,6 +88,7 @@ def main() -> int:
     runs = write_results("reference_mnist", rows, "config_file")
     md = table(runs)
     (RESULTS / "reference_mnist.md").write_text("# Reference trainer, full MNIST\n\n" + md)
+    plot(runs, RESULTS / "reference_mnist.png")
     if not args.no_readme:
         update_readme("reference_mnist", md)
     print(md)
