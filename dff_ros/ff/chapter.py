@@ -26,9 +26,14 @@ def task_generator(seed: int, part: int, chapter: int) -> torch.Generator:
 
 def layer_step(learner, inputs: Activities) -> Step:
     # FF layers train on the positive/negative passes only (their neutral pass is recomputed
-    # once per chapter by whoever needs it); PON layers train on the neutral pass
-    view = inputs if isinstance(learner, PONLearner) else Activities(inputs.pos, inputs.neg, None, inputs.labels,
-                                                                      inputs.overlays)
+    # once per chapter by whoever needs it); PON layers train on the neutral pass. A layer that
+    # reads label overlays in factored form needs no gather of the materialised passes.
+    if isinstance(learner, PONLearner):
+        view = inputs
+    elif inputs.overlaid(learner.layer):
+        view = Activities(None, None, None, inputs.labels, inputs.overlays)
+    else:
+        view = Activities(inputs.pos, inputs.neg, None, inputs.labels)
     return lambda idx: learner.train_step(view.select(idx))[1]
 
 

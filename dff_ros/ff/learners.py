@@ -108,14 +108,15 @@ class Activities:
     def forward(self, layer, passes: tuple[str, ...] = ("pos", "neg")) -> torch.Tensor:
         """``layer`` on the named passes, rows concatenated in that order. Label overlays go
         through the layer's ``forward_overlaid`` when it has one: one matmul for every pass."""
-        if self._overlaid(layer):
+        if self.overlaid(layer):
             o = self.overlays
             labels = {"pos": self.labels, "neg": o.neg_labels, "neutral": None}
             return layer.forward_overlaid(o.blank, [labels[n] for n in passes], o.num_classes)
         xs = [getattr(self, n) for n in passes]
         return layer(xs[0] if len(xs) == 1 else torch.cat(xs))
 
-    def _overlaid(self, layer) -> bool:
+    def overlaid(self, layer) -> bool:
+        """``layer`` computes these passes from the factored overlays (``forward``)."""
         return self.overlays is not None and hasattr(layer, "forward_overlaid")
 
     @torch.no_grad()
@@ -127,7 +128,7 @@ class Activities:
         ``scratch``: the outputs are its tensors under (``key``, pass)."""
         rows = len(self)
         # one call for all passes where they share the matmul, else one per pass
-        groups = [tuple(self.passes())] if self._overlaid(layer) else [(n,) for n in self.passes()]
+        groups = [tuple(self.passes())] if self.overlaid(layer) else [(n,) for n in self.passes()]
         out: dict[str, torch.Tensor] = {}
         for start in range(0, rows, chunk) if rows else [0]:
             part = self.select(slice(start, start + chunk))
