@@ -11,6 +11,10 @@ Runs (each a row; rows already recorded for other runs are kept):
                                 can get on this machine (the ceiling for the distributed rows)
   single_layer, all_layers, federated   the launcher, transport: parameters, 2 servers x 1 thread
   dff                                   the launcher, transport: activations, 2 servers x 1 thread
+The rows that decide the speed target (``--repeated``, default sequential-1t and all_layers) run
+``--repeats`` times, alternating round by round, and their row holds the median time: this VM's
+speed drifts by a quarter from hour to hour, so the two are timed under the same conditions and
+each round's ratio is recorded too.
 Writes bench/results/pff_mnist.{json,md,png}, a timeline PNG per PFF run, and the README table.
 """
 from __future__ import annotations
@@ -62,6 +66,29 @@ def sequential_pair(model_path: str) -> dict:
             "each_train_seconds": [r["train_seconds"] for r in results]}
 
 
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def merge_repeats(results: list[dict]) -> dict:
+    """One row from repeated runs of the same thing: the run with the median time (its details:
+    accuracy, bytes, machine; the timeline PNG is the last run's), its time replaced by the
+    median, and every run's time kept."""
+    times = [r["train_seconds"] for r in results]
+    row = dict(sorted(results, key=lambda r: r["train_seconds"])[(len(results) - 1) // 2])
+    row.update(train_seconds=round(median(times), 2), round_seconds=times)
+    return row
+
+
+def seconds_cell(r: dict) -> str:
+    times = r.get("round_seconds") or []
+    if len(times) < 2:
+        return f"{r['train_seconds']:.0f}"
+    return f"{r['train_seconds']:.0f} ({min(times):.0f}–{max(times):.0f}, median of {len(times)})"
+
+
 def table(runs: list[dict]) -> str:
     by = {r["run"]: r for r in runs}
     base1, base2 = by.get("sequential-1t"), by.get("sequential-2t")
@@ -79,7 +106,7 @@ def table(runs: list[dict]) -> str:
                  and r["run"] != "dff" else "–")
         rows.append([r["run"], f"{r['nodes']} × {r['threads']}",
                      " / ".join(f"{100 * acc[k]:.2f}" for k in ("goodness", "softmax") if k in acc), f"{d:.2f}",
-                     f"{r['train_seconds']:.0f}", sp, f"{r['bytes_per_epoch'] / 1e6:.1f}", fewer,
+                     seconds_cell(r), sp, f"{r['bytes_per_epoch'] / 1e6:.1f}", fewer,
                      f"{r['utilisation']:.0%}" if r.get("utilisation") is not None else "–", machine_cell(r["machine"])])
     return markdown_table(headers, rows)
 
@@ -116,21 +143,34 @@ def main() -> int:
     a.add_argument("--model", default=str(REPO / "config" / "models" / "mnist_default.yaml"))
     a.add_argument("--servers", type=int, default=2)
     a.add_argument("--train-set", action="append", default=[])
+    a.add_argument("--repeats", type=int, default=3, help="rounds of the --repeated runs (rows: the median)")
+    a.add_argument("--repeated", default="sequential-1t,all_layers")
     a.add_argument("--no-readme", action="store_true")
     args = a.parse_args()
     _overrides.update(parse_set(args.train_set))
     cfg = load_model_config(args.model, _overrides)
-    rows = []
-    for run in args.runs.split(","):
+    names = args.runs.split(",")
+    for run in names:
         if run not in RUNS:
             raise SystemExit(f"unknown run {run!r} (known: {', '.join(RUNS)})")
-        res = (sequential_pair(args.model) if run == "sequential-1t-pair"
-               else sequential(cfg, int(run[-2])) if run.startswith("sequential")
-               else launched(run, args.model, args.servers, _overrides, timeline=f"pff_mnist_{run}_timeline.png"))
-        rows.append({"key": f"{cfg.name}/{run}", "run": run, "model": cfg.name, "epochs": cfg.train.epochs,
-                     "splits": cfg.train.splits, "overrides": dict(_overrides), **res, "machine": machine()})
-        print(f"{run}: {res['accuracy']} in {res['train_seconds']} s", flush=True)
-        write_results("pff_mnist", rows, key="key")   # keep what finished if a later run fails
+    repeated = [r for r in args.repeated.split(",") if r in names] if args.repeats > 1 else []
+    once = [r for r in names if r not in repeated]
+    results: dict[str, list[dict]] = {}
+    for round_ in range(max(args.repeats, 1)):
+        for run in (once if round_ == 0 else []) + repeated:
+            res = (sequential_pair(args.model) if run == "sequential-1t-pair"
+                   else sequential(cfg, int(run[-2])) if run.startswith("sequential")
+                   else launched(run, args.model, args.servers, _overrides, timeline=f"pff_mnist_{run}_timeline.png"))
+            results.setdefault(run, []).append({**res, "machine": machine()})
+            print(f"{run} (round {round_ + 1}): {res['accuracy']} in {res['train_seconds']} s", flush=True)
+            rows = [{"key": f"{cfg.name}/{r}", "run": r, "model": cfg.name, "epochs": cfg.train.epochs,
+                     "splits": cfg.train.splits, "overrides": dict(_overrides), **merge_repeats(rs)}
+                    for r, rs in results.items()]
+            write_results("pff_mnist", rows, key="key")   # keep what finished if a later run fails
+    if len(repeated) == 2:
+        first, second = (results[r] for r in repeated)
+        ratios = [round(x["train_seconds"] / y["train_seconds"], 3) for x, y in zip(first, second)]
+        print(f"{repeated[0]} / {repeated[1]} per round: {ratios} (median {median(ratios):.2f})", flush=True)
     runs = [r for r in json.loads((RESULTS / "pff_mnist.json").read_text())["runs"] if r["model"] == cfg.name]
     text = table(runs)
     plot(runs, RESULTS / "pff_mnist.png")

@@ -24,7 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from dff_ros.config.pipeline import load_pipeline_config
+from dff_ros.config.pipeline import load_pipeline_config, solo_threads
 from dff_ros.config.schema import ConfigError
 from dff_ros.memcopy import node_env
 from dff_ros.nodes.master import config_file, default_pipeline, parse_set
@@ -79,7 +79,9 @@ def main(argv=None) -> int:
         print(f"[launcher] config error: {e}", file=sys.stderr)
         return 2
     py = sys.executable
-    server_cmd = [py, "-m", "dff_ros.nodes.server", "--threads", str(cfg.server_threads)]
+    here = cfg.servers if args.role == "all" else 1
+    server_cmd = [py, "-m", "dff_ros.nodes.server", "--threads", str(cfg.server_threads),
+                  "--solo-threads", str(solo_threads(cfg.server_solo_threads, here, cfg.server_threads))]
     if cfg.weights_dir:
         server_cmd += ["--weights-dir", cfg.weights_dir]
     master_cmd = [py, "-m", "dff_ros.nodes.master", "--pipeline", path]

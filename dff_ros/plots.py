@@ -15,16 +15,20 @@ def timeline_png(tasks: list[dict], path, *, title: str, nodes: list[str], part_
     """Gantt chart of trained tasks (PFF paper figures 4-6): one row per node, one bar per
     (part, chapter), coloured by part and labelled with the chapter; gaps are waiting.
     Adaptive-negative scoring shows as a task of the pseudo-part "negative labels", labelled
-    with the chapter the labels are for."""
+    with the chapter the labels are for. Hatched: the task ran with more torch threads than
+    its node's own (the other nodes had no work)."""
     plt = _pyplot()
     t0 = min(t["start"] for t in tasks)
     parts = sorted({t["part"] for t in tasks})
     colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(11, 1.0 + 0.7 * len(nodes)))
+    least = min((t["threads"] for t in tasks if t.get("threads")), default=None)
     for t in tasks:
+        more = bool(least and t.get("threads") and t["threads"] > least)
         row = len(nodes) - 1 - int(t["node"])
         ax.barh(row, t["end"] - t["start"], left=t["start"] - t0, height=0.6,
-                color=colours(parts.index(t["part"]) % 10), edgecolor="black", linewidth=0.4)
+                color=colours(parts.index(t["part"]) % 10), edgecolor="black", linewidth=0.4,
+                hatch="///" if more else None)
         width = t["end"] - t["start"]
         if width > 0:
             ax.text(t["start"] - t0 + width / 2, row, str(int(t["chapter"]) + 1), ha="center", va="center", fontsize=7)
@@ -32,7 +36,11 @@ def timeline_png(tasks: list[dict], path, *, title: str, nodes: list[str], part_
     ax.set_xlabel("time since the first task started [s]")
     ax.set_title(title + "  (bar label: chapter)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i % 10)) for i in range(len(parts))]
-    ax.legend(handles, [part_names[p] for p in parts], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    labels = [part_names[p] for p in parts]
+    if any(t.get("threads") and t["threads"] > least for t in tasks):
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="///"))
+        labels.append("more threads\n(other nodes idle)")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     return _save(fig, plt, path)
 

@@ -20,6 +20,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from dff_ros.config.pipeline import solo_threads
 from dff_ros.memcopy import node_env
 
 ARGS = {
@@ -31,6 +32,8 @@ ARGS = {
     "data_root": ("", "dataset folder (overrides the pipeline's)"),
     "weights_dir": ("", "where servers keep layer weights (overrides the pipeline's)"),
     "server_threads": ("1", "torch threads per server"),
+    "server_solo_threads": ("0", "PFF: threads of a server while the others have no work "
+                                 "(0: the cores the servers started here share)"),
     "transport": ("", "activations (DFF) | parameters (PFF) (overrides the pipeline's)"),
     "pff_variant": ("", "single_layer | all_layers | federated (overrides the pipeline's)"),
 }
@@ -43,7 +46,10 @@ def _nodes(context):
     profile = os.path.join(share, "config", "fastdds_profile.xml")
     env = {} if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") else {"FASTDDS_DEFAULT_PROFILES_FILE": profile}
     env.update(node_env())   # fast large copies on older glibc (dff_ros/memcopy.py)
-    server_args = ["--threads", value["server_threads"]]
+    here = int(value["servers"]) if value["role"] == "all" else 1
+    threads = int(value["server_threads"])
+    server_args = ["--threads", str(threads),
+                   "--solo-threads", str(solo_threads(int(value["server_solo_threads"]), here, threads))]
     if value["weights_dir"]:
         server_args += ["--weights-dir", value["weights_dir"]]
     if value["data_root"]:  # PFF servers read their own data

@@ -41,6 +41,19 @@ def test_plan_assigns_tasks_like_the_paper():
         PFFPlan("ring", 2, 2, head=False)
 
 
+def test_plan_knows_when_the_other_nodes_have_no_work_left():
+    # the versions the other nodes' last tasks make (part -> version), newest per part
+    every = PFFPlan("all_layers", 2, 2, head=True)          # parts 0, 1 and the head (2)
+    assert every.others_last_outputs(0, splits=5) == {2: 4}     # node 1's last: head in chapter 3
+    assert every.others_last_outputs(1, splits=5) == {2: 5}     # node 0's last: head in chapter 4
+    assert PFFPlan("all_layers", 3, 2, head=True).others_last_outputs(2, splits=5) == {2: 5}
+    assert PFFPlan("all_layers", 3, 2, head=True).others_last_outputs(0, splits=2) == {2: 2}
+    single = PFFPlan("single_layer", 2, 2, head=False, layer_nodes=(0, 1))
+    assert single.others_last_outputs(1, splits=4) == {0: 4} and single.others_last_outputs(0, splits=4) == {1: 4}
+    assert PFFPlan("all_layers", 4, 2, head=False).others_last_outputs(0, splits=2) == {1: 2}   # 2, 3: no tasks
+    assert PFFPlan.is_root(0, 0) and not PFFPlan.is_root(1, 0) and not PFFPlan.is_root(0, 1)
+
+
 def test_plan_routes_adaptive_negatives():
     adaptive = config(layers=3, negatives="adaptive")
     # default lag N: All-Layers nodes score their own next chapter; nothing crosses nodes
@@ -120,7 +133,7 @@ def test_store_waits_for_versions_and_says_what_it_waited_for():
         store.get(1, 1, exact=True, timeout=5)
 
 
-def run_workers(cfg, data, plan, federated=False):
+def run_workers(cfg, data, plan, federated=False, solo_threads=0):
     """Every node a thread with its own store; a put reaches every other node's store, like a
     publish (the ROS transport is tested in test_ros_pff)."""
     t = cfg.train
@@ -139,7 +152,8 @@ def run_workers(cfg, data, plan, federated=False):
         store.publish = lambda params, store=store: broadcast(params, store)
         stores.append(store)
         idx = shard_indices(len(y), node, plan.nodes, t.seed) if federated else torch.arange(len(y))
-        workers.append(PFFWorker(cfg, x[idx], y[idx], plan, node, store, wait_seconds=120))
+        workers.append(PFFWorker(cfg, x[idx], y[idx], plan, node, store, wait_seconds=120,
+                                 solo_threads=solo_threads))
     errors = []
 
     def go(w):
@@ -189,6 +203,24 @@ def test_pff_variants_reproduce_the_sequential_run(mnist, plan):
     if plan.variant == "all_layers":  # N chapters in flight: the nodes overlapped
         spans = sorted((e["start"], e["end"]) for e in tasks)
         assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def test_a_node_takes_the_cores_while_the_others_have_no_work(mnist):
+    cfg = config(layers=2, threads=1)
+    ref = ReferenceTrainer(cfg, mnist, progress=False)
+    ref.fit()
+    torch.set_num_threads(1)
+    try:
+        net, workers = run_workers(cfg, mnist, PFFPlan("all_layers", 2, 2, head=True), solo_threads=2)
+        assert torch.get_num_threads() == 1, "each task gives the extra threads back"
+    finally:
+        torch.set_num_threads(2)
+    threads = {(e["part"], e["chapter"]): e["threads"] for w in workers for e in w.timeline}
+    assert threads[(0, 0)] == 2             # every other task waits for the first one
+    assert threads[(0, 1)] == 1             # node 0 still has chapters 2 and 3 to train
+    assert threads[(2, 3)] == 2             # the last task needs node 0's last output: it is alone
+    for mine, theirs in zip(net.state_dict().values(), ref.net.state_dict().values()):
+        assert torch.allclose(mine, theirs, atol=1e-5), "more threads, the same training"
 
 
 @pytest.mark.parametrize("variant,nodes,layer_nodes,lag", [

@@ -6,7 +6,7 @@ import yaml
 
 from dff_ros.config import ConfigError, load_model_config
 from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, load_pipeline_config,
-                                     plan_layers)
+                                     plan_layers, solo_threads)
 from dff_ros.nodes.common import layer_topics, path_token, topic_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,13 +22,23 @@ def test_shipped_pipeline_resolves_paths_and_checks():
 @pytest.mark.parametrize("raw, key", [
     ({"servers": 0}, "servers"), ({"placement": "random"}, "placement"), ({"train": "yes"}, "train"),
     ({"bogus": 1}, "bogus"), ({"stall_seconds": -1}, "stall_seconds"), ({"transport": "sockets"}, "transport"),
-    ({"pff_variant": "ring"}, "pff_variant"), ({"param_history": 0}, "param_history")])
+    ({"pff_variant": "ring"}, "pff_variant"), ({"param_history": 0}, "param_history"),
+    ({"server_solo_threads": -1}, "server_solo_threads")])
 def test_pipeline_errors_name_file_and_key(tmp_path, raw, key):
     f = tmp_path / "p.yaml"
     f.write_text(yaml.safe_dump({"model": "m.yaml", "layer_types": "l.yaml", **raw}))
     with pytest.raises(ConfigError) as e:
         load_pipeline_config(f)
     assert e.value.source == str(f) and e.value.key == key
+
+
+def test_solo_threads_share_this_machine_among_the_servers_started_here(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert solo_threads(0, servers_here=2, threads=1) == 2      # two 1-thread servers share 2 of 4 cores
+    assert solo_threads(0, servers_here=8, threads=1) == 4      # never more than the machine has
+    assert solo_threads(0, servers_here=1, threads=1) == 1      # one server per robot: no change
+    assert solo_threads(0, servers_here=1, threads=6) == 6      # nor fewer than its own
+    assert solo_threads(3, servers_here=2, threads=1) == 3      # set in the YAML: as given
 
 
 def test_layer_types_errors(tmp_path):

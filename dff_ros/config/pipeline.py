@@ -76,12 +76,19 @@ class PipelineConfig:
     train: bool = True                      # false: restore and evaluate only
     keep_layers: bool = False               # leave the layers hosted after the run
     server_threads: int = 1
+    server_solo_threads: int = 0            # parameters: threads for a server whose peers have no work (0: auto)
     wait_servers_seconds: float = 60.0
     service_timeout_seconds: float = 30.0
     stall_seconds: float = 300.0
     heartbeat_timeout_seconds: float = 10.0   # a hosting server silent this long is lost
     recover: bool = True                    # a lost server: DFF chapters, its layers move; PFF, a spare takes its share
     source: str = "<dict>"
+
+
+def solo_threads(configured: int, servers_here: int, threads: int) -> int:
+    """Torch threads for a PFF server while the other nodes have no work: ``configured``, or
+    (0) the cores that the ``servers_here`` servers started on this machine share."""
+    return configured or max(threads, min(os.cpu_count() or 1, servers_here * threads))
 
 
 def load_pipeline_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
@@ -118,6 +125,9 @@ def parse_pipeline_config(raw: Mapping, source: str, base: Path | None = None) -
         v = values[k]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(source, k, f"must be a positive integer, got {v!r}")
+    v = values["server_solo_threads"]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(source, "server_solo_threads", f"must be an integer >= 0 (0: auto), got {v!r}")
     for k in ("wait_servers_seconds", "service_timeout_seconds", "stall_seconds", "heartbeat_timeout_seconds"):
         v = values[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:

@@ -347,7 +347,8 @@ class ParameterRun:
             return x.get("node_name") or nodes[int(x["node"])]
         timeline = sorted(({"node": rows.index(server(x)), "server": server(x), "part": x["part"],
                             "chapter": int(x["chapter"]), "start": round(x["start"] - t0, 3),
-                            "end": round(x["end"] - t0, 3), "wait": x.get("wait"), "inputs": x["inputs"]}
+                            "end": round(x["end"] - t0, 3), "wait": x.get("wait"), "inputs": x["inputs"],
+                            "threads": x.get("threads")}
                            for x in self.tasks + self.scoring), key=lambda x: (x["start"], x["node"]))
         return {
             **self._about(plan, nodes, result), "layer_nodes": list(plan.layer_nodes), "trained": True,

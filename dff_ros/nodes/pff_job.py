@@ -38,7 +38,7 @@ class PFFJob:
         self.names = part_names(config)
         self.store = ParameterStore(publish=self._publish, names=self.names)
         self.worker = PFFWorker(config, images, labels, plan, index, self.store, wait_seconds=wait_seconds,
-                                on_batch=self._on_batch)
+                                solo_threads=node.solo_threads, on_batch=self._on_batch)
         self.evaluate_only = evaluate_only
         self.restored = self.restore() if evaluate_only else {}     # part -> when it was saved
         self.trains = [] if evaluate_only else plan.trained_by(index, config.train.splits)

@@ -80,9 +80,10 @@ class Hosted:
 
 class ServerNode(Node):
     def __init__(self, name: str, token: int, *, weights_dir: Path, threads: int, data_root: str = "",
-                 wait_seconds: float = 600.0, **kwargs):
+                 wait_seconds: float = 600.0, solo_threads: int = 0, **kwargs):
         super().__init__(name, **kwargs)
         self.token, self.weights_dir, self.threads = token, weights_dir, threads
+        self.solo_threads = solo_threads   # PFF: threads while the other nodes have no work
         self.data_root, self.wait_seconds = data_root, wait_seconds
         torch.set_num_threads(threads)
         self.lock = threading.RLock()
@@ -101,7 +102,8 @@ class ServerNode(Node):
         self.create_service(SaveWeights, "~/save_weights", self.on_save)
         self.create_service(FetchParameters, "~/fetch_parameters", self.on_fetch)
         self.create_timer(1.0, self._heartbeat)
-        self.get_logger().info(f"ready: weights in {weights_dir}, {threads} torch thread(s)")
+        solo = f" ({solo_threads} while the other PFF nodes have no work)" if solo_threads > threads else ""
+        self.get_logger().info(f"ready: weights in {weights_dir}, {threads} torch thread(s){solo}")
 
     def publish_status(self, msg: LayerStatus) -> None:
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -528,6 +530,9 @@ def parse_args(argv):
     p.add_argument("--name", default="", help="server name (default: the next free server_<n>)")
     p.add_argument("--weights-dir", default="", help=f"where layer weights go (default {default_weights_dir()})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: 1)")
+    p.add_argument("--solo-threads", type=int, default=0,
+                   help="PFF: torch threads while the other nodes have no work, when they share this "
+                        "machine's cores (default: --threads)")
     p.add_argument("--data-root", default="", help="PFF: where this node reads its training data "
                    "(wins over the master's data_root; default: the master's, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)")
     return p.parse_args(argv)
@@ -544,11 +549,12 @@ def main(argv=None) -> int:
         probe = rclpy.create_node("dff_server_params", context=context, start_parameter_services=False,
                                   enable_rosout=False)
         params = {k: probe.declare_parameter(k, v).value for k, v in
-                  (("name", ""), ("weights_dir", ""), ("threads", 0), ("data_root", ""))}
+                  (("name", ""), ("weights_dir", ""), ("threads", 0), ("solo_threads", 0), ("data_root", ""))}
         probe.destroy_node()
         fixed_name = args.name or params.get("name") or ""
         weights_dir = Path(args.weights_dir or params.get("weights_dir") or default_weights_dir()).expanduser()
         threads = int(args.threads or params.get("threads") or 1)
+        solo = int(args.solo_threads or params.get("solo_threads") or 0)
         data_root = args.data_root or params.get("data_root") or ""
         executor = make_executor(context)
         lost: set[int] = set()
@@ -558,7 +564,8 @@ def main(argv=None) -> int:
                 name, token = fixed_name, 0  # an explicit name always wins
             else:
                 name, token = claim_server_name(context, log=log, exclude=lost)
-            node = ServerNode(name, token, weights_dir=weights_dir, threads=threads, data_root=data_root)
+            node = ServerNode(name, token, weights_dir=weights_dir, threads=threads, solo_threads=solo,
+                              data_root=data_root)
             executor.add_node(node)
             while rclpy.ok() and not node.conflict:
                 executor.spin_once(timeout_sec=0.1)

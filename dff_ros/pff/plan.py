@@ -83,6 +83,23 @@ class PFFPlan:
     def parts_for(self, node: int, chapter: int) -> list[int]:
         return [p for p in range(self.parts) if self.trainer(p, chapter) == node]
 
+    @staticmethod
+    def is_root(part: int, chapter: int) -> bool:
+        """Task (0, 0) is the one every other task waits for, directly or through others."""
+        return part == 0 and chapter == 0
+
+    def others_last_outputs(self, node: int, splits: int) -> dict[int, int]:
+        """By part, the newest version the other nodes' last tasks produce. Once ``node`` has
+        seen them all, no other node has training left: versions are made in order, so seeing
+        version v of a part means every older version exists."""
+        last: dict[int, int] = {}
+        for other in range(self.nodes):
+            tasks = [(c, p) for c in range(splits) for p in self.parts_for(other, c)] if other != node else []
+            if tasks:
+                chapter, part = max(tasks)   # a node runs its chapters in order, parts bottom-up
+                last[part] = max(last.get(part, 0), chapter + 1)
+        return last
+
     def negatives_scorer(self, chapter: int) -> int:
         """The node that scores adaptive negatives after ``chapter`` (for chapter + lag)."""
         return self.trainer(self.num_layers - 1, chapter)

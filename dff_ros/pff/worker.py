@@ -54,10 +54,12 @@ def network_from_parts(config, parts: dict[int, dict[str, torch.Tensor]]) -> FFN
 
 class PFFWorker:
     def __init__(self, config, images: torch.Tensor, labels: torch.Tensor, plan: PFFPlan, node: int,
-                 store: ParameterStore, *, wait_seconds: float = 600.0,
+                 store: ParameterStore, *, wait_seconds: float = 600.0, solo_threads: int = 0,
                  on_batch: Callable[[int, int, int, float, int], None] | None = None):
         """``images`` float32 [N, D] in [0, 1] (this node's data: the whole set, or its shard);
-        ``on_batch(part, chapter, epoch, loss, rows)`` after every update."""
+        ``on_batch(part, chapter, epoch, loss, rows)`` after every update; ``solo_threads``:
+        torch threads while no other node has work (nodes sharing a machine: its cores; 0 or
+        no more than the process's own count: no change)."""
         check_pff_supported(config)
         t = config.train
         self.config, self.t, self.plan, self.node, self.store = config, t, plan, node, store
@@ -79,6 +81,9 @@ class PFFWorker:
         self.chapter = self.part = -1
         self.scoring_meta: dict = {}
         self.scratch = Scratch()                # chapter-sized tensors, written over every chapter
+        self.threads = torch.get_num_threads()
+        self.solo_threads = solo_threads if solo_threads > self.threads else 0
+        self._others_last = plan.others_last_outputs(node, t.splits)
         self._stop = threading.Event()
 
     def stop(self, why: str) -> None:
@@ -106,14 +111,39 @@ class PFFWorker:
                     load_part_state(self.parts[part], self._wait(part, final, exact=True).tensors)
                     self.held[part] = final
         finally:
+            self._use_cores(solo=False)
             self.scratch.clear()
             self.busy_seconds = time.perf_counter() - start - self.idle_seconds
+
+    def _alone(self) -> bool:
+        """No other node has training left: the versions their last tasks make are here."""
+        for part, version in self._others_last.items():
+            latest = self.store.latest(part)
+            if latest is None or latest.version < version:
+                return False
+        return True
+
+    def _use_cores(self, solo: bool) -> int:
+        """Set torch's thread count: ``solo_threads`` when ``solo``, else the process's own.
+        Nodes that share a machine each take a share of its cores; the one that still has work
+        when the others have none (the first task, the last chapters) takes them all. The layers'
+        numbers stay the same; a few matmul shapes (the softmax head's weight gradient) sum in
+        another order with more threads, a last-bit difference, as between 1- and 2-thread
+        sequential runs."""
+        n = self.solo_threads if solo and self.solo_threads else self.threads
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        return n
+
+    def _cores_for_forward(self) -> None:
+        self._use_cores(solo=bool(self.solo_threads) and self._alone())
 
     def _chapter(self, chapter, mine: list[int]) -> None:
         self.chapter = chapter.index
         last_layer = len(self.learners) - 1
         top = max(mine)
         neg = self._negatives(chapter.index)
+        self._cores_for_forward()
         acts: dict[int, Activities] = {-1: make_inputs(self.images, self.labels, neg, self.config.num_classes,
                                                        self.needs_neutral, scratch=self.scratch)}
         used: dict[int, int] = {}               # part -> version its outputs came from
@@ -127,8 +157,10 @@ class PFFWorker:
                 used[i] = p.version
             if i < top:  # (i == last_layer: only the head comes after it)
                 inputs = acts[src] if i < last_layer else acts[src].neutral_only()
+                self._cores_for_forward()
                 acts[i] = inputs.map(self.learners[i].layer, scratch=self.scratch, key=i)
         if self.head_learner is not None and len(self.learners) in mine:
+            self._cores_for_forward()
             feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))], scratch=self.scratch)
             self._train(len(self.learners), chapter, head_step(self.head_learner, feats, self.labels),
                         len(feats), used)
@@ -171,6 +203,7 @@ class PFFWorker:
         """Adaptive: score a later chapter's negatives with the network this node holds now
         (every layer at version chapter + 1) and hand them to the nodes that train in it."""
         start = time.time()
+        self._cores_for_forward()
         target = self.negatives.score(chapter, goodness_scores(self.net, self.images, self.t.goodness,
                                                                self.t.eval_batch_size))
         users = self.plan.negatives_users(target)
@@ -204,19 +237,30 @@ class PFFWorker:
             load_part_state(learner, self._wait(part, chapter.index, exact=True).tensors)
             waited = self.idle_seconds - before
         start = time.time()
+        # the first task holds up every other node; later, the others may run out of work
+        threads = self._use_cores(solo=bool(self.solo_threads) and (self.plan.is_root(part, chapter.index)
+                                                                    or self._alone()))
+        batches = 0
 
         def done(epoch: int, loss: float, n: int) -> None:
+            nonlocal batches, threads
             if self._stop.is_set():
                 raise WorkerStopped("stopped")
             if self.on_batch is not None:
                 self.on_batch(part, chapter.index, epoch, loss, n)
+            batches += 1
+            if self.solo_threads and threads != self.solo_threads and batches % 32 == 0 and self._alone():
+                threads = self._use_cores(solo=True)
 
         history = EpochMeans()   # the task's epochs, for the master's per-epoch curves
-        loss = train_chapter(learner, step, rows, chapter, seed=self.t.seed, part=part,
-                             batch_size=self.t.batch_size, on_batch=done, history=history)
+        try:
+            loss = train_chapter(learner, step, rows, chapter, seed=self.t.seed, part=part,
+                                 batch_size=self.t.batch_size, on_batch=done, history=history)
+        finally:
+            self._use_cores(solo=False)
         meta = {"node": self.node, "part": part, "chapter": chapter.index, "start": start, "end": time.time(),
-                "wait": round(waited, 4), "loss": loss, "inputs": dict(used), **self.scoring_meta,
-                **history.state()}
+                "wait": round(waited, 4), "loss": loss, "inputs": dict(used), "threads": threads,
+                **self.scoring_meta, **history.state()}
         self.scoring_meta = {}
         self.store.put(Parameters(part, chapter.index + 1, part_state(learner, optimizer=self.plan.passes_optimizer),
                                   meta))
