@@ -89,6 +89,15 @@ def seconds_cell(r: dict) -> str:
     return f"{r['train_seconds']:.0f} ({min(times):.0f}–{max(times):.0f}, median of {len(times)})"
 
 
+def speed_up(base: dict, r: dict) -> float:
+    """``base``'s time over ``r``'s. Rows timed in the same rounds: the median of the rounds'
+    ratios (each round's two runs ran back to back, under the same machine conditions)."""
+    a, b = base.get("round_seconds") or [], r.get("round_seconds") or []
+    if base is not r and len(a) > 1 and len(a) == len(b):
+        return median([x / y for x, y in zip(a, b)])
+    return base["train_seconds"] / r["train_seconds"]
+
+
 def table(runs: list[dict]) -> str:
     by = {r["run"]: r for r in runs}
     base1, base2 = by.get("sequential-1t"), by.get("sequential-2t")
@@ -101,7 +110,7 @@ def table(runs: list[dict]) -> str:
     for r in sorted(runs, key=lambda r: RUNS.index(r["run"])):
         acc = r["accuracy"]
         d = max(abs(acc[k] - seq["accuracy"][k]) for k in acc) * 100 if seq else float("nan")
-        sp = " / ".join(f"{b['train_seconds'] / r['train_seconds']:.2f}×" if b else "–" for b in (base1, base2))
+        sp = " / ".join(f"{speed_up(b, r):.2f}×" if b else "–" for b in (base1, base2))
         fewer = (f"{dff['bytes_per_epoch'] / r['bytes_per_epoch']:.0f}×" if dff and r["bytes_per_epoch"]
                  and r["run"] != "dff" else "–")
         rows.append([r["run"], f"{r['nodes']} × {r['threads']}",
@@ -146,10 +155,11 @@ def main() -> int:
     a.add_argument("--repeats", type=int, default=3, help="rounds of the --repeated runs (rows: the median)")
     a.add_argument("--repeated", default="sequential-1t,all_layers")
     a.add_argument("--no-readme", action="store_true")
+    a.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the recorded JSON")
     args = a.parse_args()
     _overrides.update(parse_set(args.train_set))
     cfg = load_model_config(args.model, _overrides)
-    names = args.runs.split(",")
+    names = [] if args.report_only else args.runs.split(",")
     for run in names:
         if run not in RUNS:
             raise SystemExit(f"unknown run {run!r} (known: {', '.join(RUNS)})")
