@@ -84,15 +84,21 @@ class Activities:
                           None if self.overlays is None else self.overlays.select(index))
 
     @staticmethod
-    def concat(parts: list["Activities"]) -> "Activities":
-        """The rows of ``parts`` one after another (every part has the same passes)."""
-        cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+    def concat(parts: list["Activities"], *, scratch: Scratch | None = None) -> "Activities":
+        """The rows of ``parts`` one after another (every part has the same passes);
+        ``scratch``: written into its tensors under ("concat", name)."""
+        def cat(name, ts):
+            if ts[0] is None:
+                return None
+            shape = (sum(len(t) for t in ts), *ts[0].shape[1:])
+            return torch.cat(ts, out=scratch_tensor(scratch, ("concat", name), shape, ts[0].dtype))
+
         first = parts[0]
         overlays = None if first.overlays is None else Overlays(
-            cat([p.overlays.blank for p in parts]), cat([p.overlays.neg_labels for p in parts]),
+            cat("blank", [p.overlays.blank for p in parts]), cat("neg_labels", [p.overlays.neg_labels for p in parts]),
             first.overlays.num_classes)
-        return Activities(*(cat([getattr(p, n) for p in parts]) for n in PASSES),
-                          torch.cat([p.labels for p in parts]), overlays)
+        return Activities(*(cat(n, [getattr(p, n) for p in parts]) for n in PASSES),
+                          cat("labels", [p.labels for p in parts]), overlays)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -27,7 +27,7 @@ from dff_ros.ff.chapter import layer_step, train_chapter
 from dff_ros.ff.classifiers import label_candidates
 from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.learners import Activities, make_inputs
+from dff_ros.ff.learners import Activities, Scratch, make_inputs
 from dff_ros.ff.network import build_layer, make_ff_learner
 from dff_ros.ff.objectives import goodness
 from dff_ros.ff.overlay import overlay_neutral
@@ -68,6 +68,7 @@ class LayerHost:
         self.stale = 0           # chunks of an older attempt, or of a chapter out of order
         self.history = EpochMeans()  # per-epoch loss and training accuracy (plots)
         self.timeline: dict[int, list[float]] = {}  # chapter -> [start, end] of its training (time.time())
+        self.scratch = Scratch()     # the chapter's concatenated inputs, written over every chapter
 
     # ------------------------------------------------------------------ training
     def note_attempt(self, attempt: int) -> None:
@@ -99,7 +100,7 @@ class LayerHost:
     def _train_stream(self, chunk: TrainChunk) -> TrainChunk:
         key = (chunk.chapter, chunk.epoch, chunk.seq)
         if key <= self.stream_done:   # trained before a recovery: only pass it on
-            return self._downstream(chunk, self._inputs(chunk).map(self.layer), chunk.seq, chunk.count)
+            return self._downstream(chunk, self._forward(self._inputs(chunk)), chunk.seq, chunk.count)
         if chunk.epoch != self.epoch:
             self.epoch, self.loss_sum, self.loss_count = chunk.epoch, 0.0, 0
             self.learner.set_epoch(chunk.epoch)
@@ -133,13 +134,13 @@ class LayerHost:
             self.stale += len(parts)
             return []
         if chunk.chapter < self.chapters_done:   # trained before a recovery: only pass it on
-            return [self._downstream(p, self._inputs(p).map(self.layer), p.seq, p.count) for p in parts]
+            return [self._downstream(p, self._forward(self._inputs(p)), p.seq, p.count) for p in parts]
         return self._train_chapter(chunk.chapter, parts)
 
     def _train_chapter(self, chapter: int, parts: list[TrainChunk]) -> list[TrainChunk]:
         t = self.train_cfg
         inputs = [self._inputs(p) for p in parts]
-        full = Activities.concat(inputs)
+        full = Activities.concat(inputs, scratch=self.scratch)
         self.chapter, self.loss_sum, self.loss_count = chapter, 0.0, 0
 
         def done(epoch: int, loss: float, rows: int) -> None:
@@ -155,7 +156,12 @@ class LayerHost:
         self.chapters_done = chapter + 1
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.checkpoint())
-        return [self._downstream(p, a.map(self.layer), p.seq, p.count) for p, a in zip(parts, inputs)]
+        return [self._downstream(p, self._forward(a), p.seq, p.count) for p, a in zip(parts, inputs)]
+
+    def _forward(self, inputs: Activities) -> Activities:
+        """The chunk's activities to pass on. Nothing reads the last layer's positive and
+        negative passes (only the head's features go on), so it computes the neutral pass only."""
+        return (inputs.neutral_only() if self.last else inputs).map(self.layer)
 
     def _busy(self, chapter: int, began: float) -> None:
         span = self.timeline.setdefault(chapter, [began, began])
