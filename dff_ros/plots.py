@@ -23,8 +23,8 @@ def timeline_png(tasks: list[dict], path, *, title: str, nodes: list[str], part_
     colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(11, 1.0 + 0.7 * len(nodes)))
     least = min((t["threads"] for t in tasks if t.get("threads")), default=None)
-    for t in tasks:
-        more = bool(least and t.get("threads") and t["threads"] > least)
+    hatched = [bool(least and t.get("threads") and t["threads"] > least) for t in tasks]
+    for t, more in zip(tasks, hatched):
         row = len(nodes) - 1 - int(t["node"])
         ax.barh(row, t["end"] - t["start"], left=t["start"] - t0, height=0.6,
                 color=colours(parts.index(t["part"]) % 10), edgecolor="black", linewidth=0.4,
@@ -37,7 +37,7 @@ def timeline_png(tasks: list[dict], path, *, title: str, nodes: list[str], part_
     ax.set_title(title + "  (bar label: chapter)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i % 10)) for i in range(len(parts))]
     labels = [part_names[p] for p in parts]
-    if any(t.get("threads") and t["threads"] > least for t in tasks):
+    if any(hatched):
         handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="///"))
         labels.append("more threads\n(other nodes idle)")
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)

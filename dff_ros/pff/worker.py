@@ -129,21 +129,18 @@ class PFFWorker:
         when the others have none (the first task, the last chapters) takes them all. The layers'
         numbers stay the same; a few matmul shapes (the softmax head's weight gradient) sum in
         another order with more threads, a last-bit difference, as between 1- and 2-thread
-        sequential runs."""
+        sequential runs. Without ``solo_threads`` it keeps the process's own."""
         n = self.solo_threads if solo and self.solo_threads else self.threads
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
         return n
-
-    def _cores_for_forward(self) -> None:
-        self._use_cores(solo=bool(self.solo_threads) and self._alone())
 
     def _chapter(self, chapter, mine: list[int]) -> None:
         self.chapter = chapter.index
         last_layer = len(self.learners) - 1
         top = max(mine)
         neg = self._negatives(chapter.index)
-        self._cores_for_forward()
+        self._use_cores(solo=self._alone())
         acts: dict[int, Activities] = {-1: make_inputs(self.images, self.labels, neg, self.config.num_classes,
                                                        self.needs_neutral, scratch=self.scratch)}
         used: dict[int, int] = {}               # part -> version its outputs came from
@@ -157,10 +154,10 @@ class PFFWorker:
                 used[i] = p.version
             if i < top:  # (i == last_layer: only the head comes after it)
                 inputs = acts[src] if i < last_layer else acts[src].neutral_only()
-                self._cores_for_forward()
+                self._use_cores(solo=self._alone())
                 acts[i] = inputs.map(self.learners[i].layer, scratch=self.scratch, key=i)
         if self.head_learner is not None and len(self.learners) in mine:
-            self._cores_for_forward()
+            self._use_cores(solo=self._alone())
             feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))], scratch=self.scratch)
             self._train(len(self.learners), chapter, head_step(self.head_learner, feats, self.labels),
                         len(feats), used)
@@ -203,7 +200,7 @@ class PFFWorker:
         """Adaptive: score a later chapter's negatives with the network this node holds now
         (every layer at version chapter + 1) and hand them to the nodes that train in it."""
         start = time.time()
-        self._cores_for_forward()
+        self._use_cores(solo=self._alone())
         target = self.negatives.score(chapter, goodness_scores(self.net, self.images, self.t.goodness,
                                                                self.t.eval_batch_size))
         users = self.plan.negatives_users(target)
@@ -238,8 +235,7 @@ class PFFWorker:
             waited = self.idle_seconds - before
         start = time.time()
         # the first task holds up every other node; later, the others may run out of work
-        threads = self._use_cores(solo=bool(self.solo_threads) and (self.plan.is_root(part, chapter.index)
-                                                                    or self._alone()))
+        threads = self._use_cores(solo=self.plan.is_root(part, chapter.index) or self._alone())
         batches = 0
 
         def done(epoch: int, loss: float, n: int) -> None:

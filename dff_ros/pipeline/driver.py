@@ -257,9 +257,9 @@ class PipelineDriver:
     def _head_chapter(self, chapter: int, parts: list[TrainChunk]) -> None:
         if self.head_learner is None:
             return
-        rows = sum(len(p) for p in parts)
+        first = parts[0].features
         feats = torch.cat([p.features for p in parts],
-                          out=self.scratch.get("features", (rows, parts[0].features.shape[1]), torch.float32))
+                          out=self.scratch.get("features", (sum(len(p) for p in parts), *first.shape[1:]), first.dtype))
         labels = torch.cat([p.labels for p in parts])
         start, began = time.perf_counter(), time.time()
         train_chapter(self.head_learner, head_step(self.head_learner, feats, labels), len(labels),
