@@ -13,7 +13,7 @@ Runs (each a row; rows already recorded for other runs are kept):
   dff                                   the launcher, transport: activations, 2 servers x 1 thread
 The rows that decide the speed target (``--repeated``, default sequential-1t and all_layers) run
 ``--repeats`` times, alternating round by round, and their row holds the median time: this VM's
-speed drifts by a quarter from hour to hour, so the two are timed under the same conditions and
+speed drifts by up to a third from hour to hour, so the two are timed under the same conditions and
 each round's ratio is recorded too.
 Writes bench/results/pff_mnist.{json,md,png}, a timeline PNG per PFF run, and the README table.
 """
@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, data_root, launched, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
@@ -64,12 +65,6 @@ def sequential_pair(model_path: str) -> dict:
     return {"accuracy": results[0]["accuracy"], "train_seconds": slower / 2, "bytes_per_epoch": 0,
             "nodes": 2, "threads": 1, "utilisation": None,
             "each_train_seconds": [r["train_seconds"] for r in results]}
-
-
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def merge_repeats(results: list[dict]) -> dict:
@@ -178,9 +173,9 @@ def main() -> int:
                     for r, rs in results.items()]
             write_results("pff_mnist", rows, key="key")   # keep what finished if a later run fails
     if len(repeated) == 2:
-        first, second = (results[r] for r in repeated)
-        ratios = [round(x["train_seconds"] / y["train_seconds"], 3) for x, y in zip(first, second)]
-        print(f"{repeated[0]} / {repeated[1]} per round: {ratios} (median {median(ratios):.2f})", flush=True)
+        first, second = (merge_repeats(results[r]) for r in repeated)
+        print(f"{repeated[0]} / {repeated[1]}: rounds {first['round_seconds']} s / {second['round_seconds']} s, "
+              f"speed-up {speed_up(first, second):.2f}x (median of the rounds' ratios)", flush=True)
     runs = [r for r in json.loads((RESULTS / "pff_mnist.json").read_text())["runs"] if r["model"] == cfg.name]
     text = table(runs)
     plot(runs, RESULTS / "pff_mnist.png")
