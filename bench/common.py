@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dff_ros  # noqa: F401  (before torch: dff_ros/numerics.py)
 import torch
 
 REPO = Path(__file__).resolve().parents[1]

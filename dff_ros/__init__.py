@@ -7,3 +7,9 @@
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 __version__ = "0.1.0"
+
+# Before torch loads: matmuls that give the same bits for any thread count, and OpenMP workers
+# that sleep instead of spinning on a busy core (dff_ros/numerics.py; a value you set wins).
+from dff_ros.numerics import set_defaults as _set_defaults  # noqa: E402
+
+_set_defaults()

@@ -6,7 +6,9 @@ file reads (`launch`/`launch_ros` are not needed):
 
 role all: N servers and the master on this machine; server: one server (per robot);
 master: the master only, using the servers already running in the ROS domain.
-Output of every process is prefixed with its name; the exit code is the master's.
+Output of every process is prefixed with its name; the exit code is the master's (role server:
+the server's). SIGINT or SIGTERM to the launcher stops every process it started, the master
+first (it drops its run's layers on the servers), and exits 130 / 143.
 
 --emulate-hosts (root): role all, but every node on its own "host", a network namespace with
 its own IP on a bridge (dff_ros.netns), DDS over UDP only; --rate caps each host's egress
@@ -24,10 +26,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-from dff_ros.config.pipeline import load_pipeline_config, solo_threads
+from dff_ros.config.pipeline import load_pipeline_config, server_arguments
 from dff_ros.config.schema import ConfigError
-from dff_ros.memcopy import node_env
 from dff_ros.nodes.master import config_file, default_pipeline, parse_set
+from dff_ros.procenv import node_env
+from dff_ros.stopping import Interrupted, install
 
 
 def _pump(proc: subprocess.Popen, prefix: str) -> None:
@@ -43,7 +46,8 @@ def start(cmd: list[str], prefix: str, env: dict | None = None) -> subprocess.Po
     return proc
 
 
-def stop(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+def stop(procs: list[subprocess.Popen], timeout: float = 5.0) -> None:
+    """SIGINT to each process still running, then SIGKILL to any still there after ``timeout``."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
@@ -51,6 +55,7 @@ def stop(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
         try:
             p.wait(timeout)
         except subprocess.TimeoutExpired:
+            print(f"[launcher] pid {p.pid} did not stop within {timeout:.0f} s: killed", file=sys.stderr, flush=True)
             p.kill()
             p.wait()
 
@@ -80,10 +85,7 @@ def main(argv=None) -> int:
         return 2
     py = sys.executable
     here = cfg.servers if args.role == "all" else 1
-    server_cmd = [py, "-m", "dff_ros.nodes.server", "--threads", str(cfg.server_threads),
-                  "--solo-threads", str(solo_threads(cfg.server_solo_threads, here, cfg.server_threads))]
-    if cfg.weights_dir:
-        server_cmd += ["--weights-dir", cfg.weights_dir]
+    server_cmd = [py, "-m", "dff_ros.nodes.server", *server_arguments(cfg, here)]
     master_cmd = [py, "-m", "dff_ros.nodes.master", "--pipeline", path]
     for item in args.set + ([f"servers={args.servers}"] if args.servers is not None else []):
         master_cmd += ["--set", item]
@@ -92,12 +94,14 @@ def main(argv=None) -> int:
     if args.no_progress:
         master_cmd.append("--no-progress")
 
+    install()   # SIGINT / SIGTERM raise Interrupted here; the children are stopped below
     servers: list[subprocess.Popen] = []
+    master = None
     hosts = scratch = None
     try:
         if args.role == "server":
-            proc = start(server_cmd, "server")
-            return proc.wait()
+            servers.append(start(server_cmd, "server"))
+            return servers[0].wait()
         wrap, env = (lambda i, cmd: cmd), None
         if args.emulate_hosts:
             from dff_ros.netns import NetnsUnavailable, VirtualHosts
@@ -124,11 +128,13 @@ def main(argv=None) -> int:
         if args.role == "all":
             servers = [start(wrap(i + 1, server_cmd), f"server#{i + 1}", env) for i in range(cfg.servers)]
         master = start(wrap(0, master_cmd), "master", env)
-        rc = master.wait()
-        return rc
-    except KeyboardInterrupt:
-        return 130
+        return master.wait()
+    except Interrupted as e:
+        print(f"[launcher] {e}: stopping", file=sys.stderr, flush=True)
+        return e.exit_code
     finally:
+        if master is not None:
+            stop([master])   # first: it drops its run's layers while the servers still answer
         stop(servers)
         if hosts is not None:
             for i in range(hosts.count):

@@ -8,7 +8,7 @@ hit it: measured here, a 512 KB copy took 16 us or 230 us depending on where mal
 buffers, and the receiver spent a third of its time in them. Raising the tunable's threshold
 above any message keeps glibc on its vector loop, which is as fast on every x86 and has no such
 case. ld.so reads GLIBC_TUNABLES at start, so it goes in a child's environment; other CPUs and
-libcs ignore the x86 key. Stand-alone (no ROS, no torch): scripts/env.sh runs it to export it.
+libcs ignore the x86 key. `dff_ros.procenv` puts it in a node's environment.
 """
 from __future__ import annotations
 
@@ -25,13 +25,3 @@ def glibc_tunables(current: str) -> str:
     if any(e.split("=", 1)[0] == REP_MOVSB_THRESHOLD for e in entries):
         return ":".join(entries)
     return ":".join([*entries, f"{REP_MOVSB_THRESHOLD}={NEVER}"])
-
-
-def node_env(environ: dict | None = None) -> dict[str, str]:
-    """The variables to add to a node process's environment."""
-    environ = os.environ if environ is None else environ
-    return {"GLIBC_TUNABLES": glibc_tunables(environ.get("GLIBC_TUNABLES", ""))}
-
-
-if __name__ == "__main__":   # scripts/env.sh: export GLIBC_TUNABLES=$(python -m dff_ros.memcopy)
-    sys.stdout.write(glibc_tunables(os.environ.get("GLIBC_TUNABLES", "")) + "\n")

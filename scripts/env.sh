@@ -12,7 +12,8 @@ export PYTHONPATH="$_dff_root:$_dff_root/install/lib/$_dff_py/site-packages${PYT
 export RMW_IMPLEMENTATION=${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}
 # large shared-memory segments: ~2.8x the activation throughput of Fast DDS's defaults
 export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_dff_root/config/fastdds_profile.xml}
-# large copies kept off glibc's `rep movsb`, ~10x slow on AMD Zen in some layouts (dff_ros/memcopy.py)
-export GLIBC_TUNABLES=$("$_dff_venv/bin/python" -m dff_ros.memcopy)
+# large copies kept off glibc's `rep movsb` (dff_ros/memcopy.py); matmuls that give the same bits
+# for any thread count and OpenMP workers that do not spin on busy cores (dff_ros/numerics.py)
+eval "$(PYTHONPATH=$_dff_root "$_dff_venv/bin/python" -m dff_ros.procenv)"
 mkdir -p "$_dff_root/log"
 unset _dff_root _dff_venv _dff_py

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # tests never reach other hosts
+import dff_ros  # noqa: F401,E402  (before torch: its numeric settings, dff_ros/numerics.py)
 import pytest
 import torch
 
@@ -25,6 +26,11 @@ def mnist():
     return load_dataset("MNIST", DATA_ROOT, allow_download=False)
 
 
+# DFF_TEST_THREADS=1 runs the suite with 1 torch thread (the default is 2, this machine's cores);
+# results must not depend on it (dff_ros/numerics.py).
+TEST_THREADS = int(os.environ.get("DFF_TEST_THREADS") or 2)
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)

@@ -15,7 +15,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-_domains = itertools.count(40 + (os.getpid() % 50) * 3)
+# Each test gets a domain of its own, so nodes of one test never see another's; a ROS_DOMAIN_ID
+# set when the suite starts is honoured instead: every test then runs in that one domain.
+_domains = (itertools.repeat(int(os.environ["ROS_DOMAIN_ID"])) if os.environ.get("ROS_DOMAIN_ID")
+            else itertools.count(40 + (os.getpid() % 50) * 3))
 
 
 def ros_env(**extra) -> dict:

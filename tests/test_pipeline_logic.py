@@ -46,15 +46,17 @@ def test_pipeline_matches_reference(mnist, schedule):
     ref = reference["accuracy"]
     got, hosts, driver = run_in_process(cfg, mnist)
     assert got["goodness"] > 0.75 and got["softmax"] > 0.8
-    for k in ("goodness", "softmax"):
-        # both schedules run the same updates in the same order as the reference
-        assert abs(got[k] - ref[k]) <= 0.005, (k, got, ref)
+    # Both schedules run the same updates in the same order as the reference, with the same bits
+    # whatever the thread count (the driver trains the head with 1 thread, the reference with 2;
+    # dff_ros/numerics.py), so the results are equal, not close.
+    assert got == ref
     # so the per-epoch curves the plots show are the reference's too
     history = reference["history"]
     for name, means in [*((f"layer_{h.spec.index}", h.history) for h in hosts), ("head", driver.head_history)]:
         loss, acc = means.as_lists(cfg.train.epochs)
-        assert loss == pytest.approx(history["loss"][name], rel=0.02), name
-        assert acc == pytest.approx(history["accuracy"][name], abs=0.01), name
+        # the same sums; the reference's history keeps 5 decimals
+        assert loss == pytest.approx(history["loss"][name], abs=1e-5), name
+        assert acc == pytest.approx(history["accuracy"][name], abs=1e-5), name
 
 
 @pytest.mark.parametrize("schedule", ["chapters", "stream"])

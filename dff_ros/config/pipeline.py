@@ -72,7 +72,7 @@ class PipelineConfig:
     summary_dir: str = "runs"
     chunk_rows: int = 1000                  # rows per message in chapters mode and for inference
     window: int = 8                         # chunks (stream) / chapters in flight
-    restore_weights: bool = True
+    restore_weights: bool | None = None     # null: only to evaluate (train: false); true: also to train on from
     train: bool = True                      # false: restore and evaluate only
     keep_layers: bool = False               # leave the layers hosted after the run
     server_threads: int = 1
@@ -83,6 +83,23 @@ class PipelineConfig:
     heartbeat_timeout_seconds: float = 10.0   # a hosting server silent this long is lost
     recover: bool = True                    # a lost server: DFF chapters, its layers move; PFF, a spare takes its share
     source: str = "<dict>"
+
+    @property
+    def restores(self) -> bool:
+        """Whether the servers load saved weights: asked for, or (null) to evaluate them."""
+        return (not self.train) if self.restore_weights is None else self.restore_weights
+
+
+def server_arguments(cfg: PipelineConfig, servers_here: int) -> list[str]:
+    """The server node's command-line arguments for this pipeline (the launcher and the launch
+    file start the same servers): its threads, and the weights and data folders when set."""
+    out = ["--threads", str(cfg.server_threads),
+           "--solo-threads", str(solo_threads(cfg.server_solo_threads, servers_here, cfg.server_threads))]
+    if cfg.weights_dir:
+        out += ["--weights-dir", cfg.weights_dir]
+    if cfg.data_root:   # PFF servers read their own data
+        out += ["--data-root", cfg.data_root]
+    return out
 
 
 def solo_threads(configured: int, servers_here: int, threads: int) -> int:
@@ -133,9 +150,14 @@ def parse_pipeline_config(raw: Mapping, source: str, base: Path | None = None) -
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(source, k, f"must be a positive number, got {v!r}")
         values[k] = float(v)
-    for k in ("restore_weights", "train", "keep_layers", "recover"):
+    for k in ("train", "keep_layers", "recover"):
         if not isinstance(values[k], bool):
             raise ConfigError(source, k, "must be true or false")
+    if values["restore_weights"] is not None and not isinstance(values["restore_weights"], bool):
+        raise ConfigError(source, "restore_weights", "must be true, false or null (null: only when train is false)")
+    if values["restore_weights"] and values["train"] and values["transport"] == "parameters":
+        raise ConfigError(source, "restore_weights", "PFF trains every part from scratch; training on from saved "
+                                                     "weights needs transport: activations")
     for k in ("data_root", "weights_dir"):
         if values[k] is not None and not isinstance(values[k], str):
             raise ConfigError(source, k, "must be a path or null")

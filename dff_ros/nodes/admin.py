@@ -15,7 +15,7 @@ from rclpy.qos import QoSProfile
 
 from dff_ros.checkpoint import load_weights
 from dff_ros.msg import LayerStatus
-from dff_ros.nodes.common import (RUN_STATE_FORMAT, SERVER_NAME, STATUS_TOPIC, head_weights_file, path_token)
+from dff_ros.nodes.common import (RUN_STATE_FORMAT, STATUS_TOPIC, discover_servers, head_weights_file, path_token)
 from dff_ros.pff.state import saved_part_tensors
 from dff_ros.pff.worker import network_from_parts, part_names
 from dff_ros.srv import DeleteModel, FetchParameters, ListLayers
@@ -69,10 +69,7 @@ class Admin:
         seen: list[str] = []
         while True:
             self.executor.spin_once(timeout_sec=0.1)
-            names = sorted({n for n, _ in self.node.get_node_names_and_namespaces() if SERVER_NAME.match(n)},
-                           key=lambda s: (len(s), s))
-            names = [n for n in names if f"/{n}/list_layers" in
-                     {s for s, _ in self.node.get_service_names_and_types_by_node(n, "/")}]
+            names = discover_servers(self.node)
             now = time.monotonic()
             if names != seen:
                 seen, last_change = names, now

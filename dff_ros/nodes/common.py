@@ -14,7 +14,8 @@ from dff_ros.pff.plan import NEGATIVES
 LAYER_WEIGHTS_FORMAT = "dff_ros.layer/1"   # one layer, saved by the server hosting or training it
 HEAD_WEIGHTS_FORMAT = "dff_ros.head/1"     # a softmax head
 RUN_STATE_FORMAT = "dff_ros.run/1"         # a DFF run in progress, saved by the master after each chapter
-SERVER_NAME = re.compile(r"^server_(\d+)$")
+SERVER_NAME = re.compile(r"^server_(\d+)$")   # the names servers give themselves (naming.py)
+SERVER_SERVICE = ("create_layers", "dff_ros/srv/CreateLayers")   # what makes a node a server
 STATUS_TOPIC = "/dff/status"
 CLAIMS_TOPIC = "/dff/server_claims"
 
@@ -26,6 +27,17 @@ STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=R
 CLAIMS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
+
+
+def discover_servers(node) -> list[str]:
+    """The servers in ``node``'s graph: nodes that offer a ``<node>/create_layers`` service of
+    type dff_ros/srv/CreateLayers, whatever their name and namespace. Each as its fully
+    qualified name without the leading slash (``server_1``, ``robot1/server_kitchen``), so
+    ``f"/{server}/list_layers"`` is its service; server_2 before server_10."""
+    suffix, kind = "/" + SERVER_SERVICE[0], SERVER_SERVICE[1]
+    found = {name[1:-len(suffix)] for name, types in node.get_service_names_and_types()
+             if name.endswith(suffix) and kind in types and len(name) > len(suffix) + 1}
+    return sorted(found, key=lambda s: (len(s), s))
 
 
 def make_executor(context=None):

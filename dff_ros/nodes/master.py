@@ -28,8 +28,8 @@ from dff_ros.data.datasets import DatasetMissing, load_dataset
 from dff_ros.ff.history import curves, rounded
 from dff_ros.ff.schedule import chapters
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, RunProgress, TrainingBatch
-from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMAT, SERVER_NAME, STATUS_QOS, STATUS_TOPIC,
-                                  checkpoints_topic, default_weights_dir, head_weights_file, layer_topics, make_executor, params_qos,
+from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMAT, STATUS_QOS, STATUS_TOPIC,
+                                  checkpoints_topic, default_weights_dir, discover_servers, head_weights_file, layer_topics, make_executor, params_qos,
                                   path_token, progress_topic, spin_until_shutdown)
 from dff_ros.nodes.master_pff import ParameterRun
 from dff_ros.pff.worker import check_pff_supported
@@ -37,6 +37,7 @@ from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost, check_supported
 from dff_ros.plots import run_plots
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
+from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
 from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
                                      train_from_msg, train_to_msg)
 from dff_ros.transport.tensors import nbytes
@@ -108,8 +109,7 @@ class MasterNode(Node):
     def wait_for_servers(self) -> list[str]:
         want, deadline = self.p.servers, time.monotonic() + self.p.wait_servers_seconds
         while True:
-            names = sorted({n for n, ns in self.get_node_names_and_namespaces() if SERVER_NAME.match(n)})
-            ready = [n for n in names if self.count_services_ready(n)]
+            ready = discover_servers(self)
             if len(ready) >= want:
                 return ready
             if time.monotonic() > deadline:
@@ -117,10 +117,6 @@ class MasterNode(Node):
                                f"{len(ready)} ({', '.join(ready) or 'none'}); start them with "
                                "`ros2 run dff_ros server` (same ROS_DOMAIN_ID) or lower `servers`")
             time.sleep(0.2)
-
-    def count_services_ready(self, server: str) -> bool:
-        services = {n for n, _ in self.get_service_names_and_types_by_node(server, "/")}
-        return f"/{server}/create_layers" in services
 
     def call(self, srv_type, name: str, request, *, retry_every: float | None = None):
         """One service call. ``retry_every``: for a request that may be sent again (a query),
@@ -176,7 +172,7 @@ class MasterNode(Node):
         placed: dict[int, dict] = {}
         for server in sorted(set(plan), key=plan.index):
             mine = [s.index for s in self.model.layers if plan[s.index] == server]
-            placed.update(self.host(server, mine, restore=self.p.restore_weights))
+            placed.update(self.host(server, mine, restore=self.p.restores))
         return placed
 
     def host(self, server: str, indices: list[int], *, restore: bool, resume: list | None = None) -> dict[int, dict]:
@@ -195,7 +191,12 @@ class MasterNode(Node):
             raise RunError(f"{server} confirmed {len(res.weights_restored)} of {len(mine)} layers")
         self.last_seen[server] = time.monotonic()
         self.log(f"{server}: {res.message}")
-        return {s.index: {"server": server, "restored": bool(r)} for s, r in zip(mine, res.weights_restored)}
+        origins = list(res.restored_from) + [""] * (len(mine) - len(res.restored_from))
+        for s, origin in zip(mine, origins):
+            if origin:   # never quietly: which file, which run, how far it trained
+                self.get_logger().warning(f"layer {s.index} on {server} starts from saved weights: {origin}")
+        return {s.index: {"server": server, "restored": bool(r), "restored_from": o}
+                for s, r, o in zip(mine, res.weights_restored, origins)}
 
     # ------------------------------------------------------------------ faults
     def lost_server(self, servers) -> ServerLost | None:
@@ -216,10 +217,10 @@ class MasterNode(Node):
 
     def live_servers(self) -> list[str]:
         """Servers in the graph that are not lost (checked again now) and answer services."""
-        names = {n for n, _ in self.get_node_names_and_namespaces() if SERVER_NAME.match(n)}
+        names = set(discover_servers(self))
         while self.lost_server(names - self.lost) is not None:   # more may have gone silent meanwhile
             pass
-        return sorted((n for n in names - self.lost if self.count_services_ready(n)), key=lambda s: (len(s), s))
+        return sorted(names - self.lost, key=lambda s: (len(s), s))
 
     def recover(self, lost: ServerLost) -> int:
         """Move a lost server's layers to the live servers with the fewest layers (a spare one
@@ -257,11 +258,17 @@ class MasterNode(Node):
         return resume_at
 
     def delete(self, servers) -> None:
-        for server in [s for s in servers if s not in self.lost]:
-            try:
-                self.call(DeleteModel, f"/{server}/delete_model", DeleteModel.Request(model=self.model.name))
-            except RunError as e:
-                self.get_logger().warning(f"could not delete the layers on {server}: {e}")
+        """Drop this model's layers on ``servers`` (all at once; briefly when interrupted)."""
+        calls = [(f"/{s}/delete_model", DeleteModel.Request(model=self.model.name)) for s in servers if s not in self.lost]
+        if not calls:
+            return
+        try:
+            self.call_all(DeleteModel, calls, timeout=CLEANUP_SECONDS if STOPPING.is_set() else None)
+        except RunError as e:
+            self.get_logger().warning(f"could not delete the layers of {self.model.name!r}: {e}")
+            return
+        if STOPPING.is_set():
+            self.log(f"dropped run {self.run_id}'s layers on {', '.join(s for s in servers if s not in self.lost)}")
 
     # ------------------------------------------------------------------ data path
     def connect(self) -> PipelineDriver:
@@ -473,12 +480,16 @@ class MasterNode(Node):
     def _train_and_test(self, state: dict | None = None) -> dict:
         m, p, placed = self.model, self.p, self.placed
         driver = self.driver = self.connect()
-        head_restored = False
-        if driver.head is not None and p.restore_weights and self.head_path().exists():
+        head_restored, head_from = False, ""
+        if driver.head is not None and p.restores and self.head_path().exists():
             blob = load_weights(self.head_path())
             if isinstance(blob, dict) and blob.get("format") == HEAD_WEIGHTS_FORMAT:
                 driver.head.load_state_dict(blob["state_dict"])
                 head_restored = True
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(blob.get("saved_at") or
+                                                                          self.head_path().stat().st_mtime))
+                head_from = f"{self.head_path()} (run {blob.get('run_id', 'unknown')}, saved {when})"
+                self.get_logger().warning(f"the softmax head starts from saved weights: {head_from}")
         if state is not None:   # the interrupted run's head, not the last finished one
             driver.restore(state, self._layers_done())
             self.resumed = {"run_id": self.run_id, "head_done": driver.head_done,
@@ -496,15 +507,24 @@ class MasterNode(Node):
             fit = driver.fit()
             self.run_state_path().unlink(missing_ok=True)   # finished: nothing to take over
             if driver.head is not None:
-                save_atomic({"format": HEAD_WEIGHTS_FORMAT, "state_dict": driver.head.state_dict()}, self.head_path())
+                save_atomic({"format": HEAD_WEIGHTS_FORMAT, "state_dict": driver.head.state_dict(),
+                             "run_id": self.run_id, "saved_at": time.time()}, self.head_path())
         self.publish_progress(phase="testing")
         result = driver.evaluate()
         paths = {}
         for server in sorted({v["server"] for v in placed.values()}):
+            if not p.train:   # nothing changed: the files stay as the run that trained them left them
+                paths[server] = [v["restored_from"].split(" (run ")[0] for v in placed.values()
+                                 if v["server"] == server and v.get("restored_from")]
+                continue
             res = self.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=m.name))
             if not res.success:
                 raise RunError(f"{server} could not save weights: {res.message}")
             paths[server] = list(res.paths)
+        restored_from = {f"layer {i}": placed[i]["restored_from"] for i in sorted(placed)
+                         if placed[i].get("restored_from")}
+        if head_from:
+            restored_from["softmax head"] = head_from
         time.sleep(0.3)  # last status messages
         layers = []
         for i in sorted(placed):
@@ -516,7 +536,8 @@ class MasterNode(Node):
                            "dropped": st.dropped if st else None, "samples": st.samples if st else None})
         return {"run_id": self.run_id, "model": m.name, "mode": "dff", "schedule": m.train.schedule,
                 "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"], **fit,
-                "trained": p.train, "weights_restored": restored, "head_weights": str(self.head_path()),
+                "trained": p.train, "weights_restored": restored, "restored_from": restored_from,
+                "head_weights": str(self.head_path()),
                 "layers": layers, "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
                 **(self.history(driver) if p.train else {}),
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
@@ -590,8 +611,8 @@ def default_pipeline() -> str:
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     args = build_arg_parser().parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
-    executor = spinner = None
+    rclpy_init(argv)   # SIGINT / SIGTERM: drop the run's layers on the servers, then shut down
+    executor = spinner = node = None
     try:
         probe = rclpy.create_node("dff_master_params", start_parameter_services=False, enable_rosout=False)
         pipeline_param = probe.declare_parameter("pipeline", "").value
@@ -624,6 +645,8 @@ def main(argv=None) -> int:
                 print(f"[master] plot: {png}", flush=True)
         except ImportError as e:
             print(f"[master] no plots ({e}); pip install matplotlib", flush=True)
+        for part, origin in (summary.get("restored_from") or {}).items():
+            print(f"[master] {part} started from saved weights: {origin}", flush=True)
         acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["accuracy"].items())
         print(f"[master] {model.name}: test accuracy {acc}"
               + (f"; trained in {summary['train_seconds']} s" if summary.get("train_seconds") else " (restored weights)"),
@@ -635,8 +658,10 @@ def main(argv=None) -> int:
         if summary.get("head_weights"):
             print(f"[master] head weights: {summary['head_weights']}", flush=True)
         return 0
-    except KeyboardInterrupt:
-        return 130
+    except Interrupted as e:
+        if node is not None:
+            node.get_logger().warning(f"{e}: run {node.run_id} stopped")
+        return e.exit_code
     finally:
         if rclpy.ok():
             rclpy.shutdown()  # ends the spinner's loop

@@ -16,6 +16,7 @@ import random
 import socket
 import time
 
+from dff_ros import stopping
 from dff_ros.nodes.common import CLAIMS_QOS, CLAIMS_TOPIC, SERVER_NAME
 
 
@@ -61,6 +62,7 @@ def claim_server_name(context, discovery_seconds: float = 2.0, settle_seconds: f
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.05)
+            stopping.check()   # a signal while the server picks its name
 
     try:
         spin_for(discovery_seconds)

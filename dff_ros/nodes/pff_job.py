@@ -126,18 +126,18 @@ class PFFJob:
         pub = self.publishers.get(p.part)
         if pub is None:
             return
-        msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.get_name(), node=self.node)
+        msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.key, node=self.node)
         self.bytes_out += nbytes(msg)
         wire = serialize_message(msg)   # published as is: serialized once, and its size is known
         pub.publish(wire)
         if self.tasks_publisher is not None:   # the task's report: its meta without the tensors
             report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": len(wire)})
             self.tasks_publisher.publish(params_to_msg(report, run_id=self.run_id, model=self.model,
-                                                       node_name=self.node.get_name(), node=self.node))
+                                                       node_name=self.node.key, node=self.node))
         self.node.publish_status(self.status())
 
     def _receive(self, part: int, msg) -> None:
-        if msg.node == self.node.get_name():
+        if msg.node == self.node.key:
             return  # our own version, already in the store
         why = None
         if msg.model != self.model:
@@ -228,7 +228,7 @@ class PFFJob:
 
     def status(self) -> LayerStatus:
         w = self.worker
-        return LayerStatus(run_id=self.run_id, model=self.model, server=self.node.get_name(), layer=max(w.part, 0),
+        return LayerStatus(run_id=self.run_id, model=self.model, server=self.node.key, layer=max(w.part, 0),
                            phase=self.phase, chapter=max(w.chapter, 0), epoch=self.epoch, loss=float(self.loss),
                            samples=self.samples, busy_seconds=self.busy_seconds(), idle_seconds=w.idle_seconds,
                            bytes_in=self.bytes_in, bytes_out=self.bytes_out, dropped=self.dropped,

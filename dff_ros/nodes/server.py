@@ -41,7 +41,9 @@ from dff_ros.pff.plan import PFFPlan, shard_indices
 from dff_ros.pff.state import saved_part_tensors
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError
-from dff_ros.pipeline.host import LayerHost
+from dff_ros.pipeline.host import LayerHost, LayerStopped
+from dff_ros import stopping
+from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
 from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
 from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, params_from_msg, params_to_msg,
                                      spec_hash, train_from_msg, train_to_msg)
@@ -71,6 +73,8 @@ class Hosted:
     drops: dict = field(default_factory=dict)   # kind -> chunks dropped
     phase: str = "created"
     saved_path: str = ""
+    restored_from: str = ""   # what was restored: file, run, chapters, when saved
+    provenance: dict = field(default_factory=dict)   # the restored file's run_id, chapters, saved_at
     lock: threading.Lock = field(default_factory=threading.Lock)  # compute vs. save
 
     @property
@@ -82,11 +86,15 @@ class ServerNode(Node):
     def __init__(self, name: str, token: int, *, weights_dir: Path, threads: int, data_root: str = "",
                  wait_seconds: float = 600.0, solo_threads: int = 0, **kwargs):
         super().__init__(name, **kwargs)
+        # what the master and `dff-ros status` call this server: namespace and name (a remapped
+        # or namespaced server is found by its services, whatever it is called)
+        self.key = self.get_fully_qualified_name().lstrip("/")
         self.token, self.weights_dir, self.threads = token, weights_dir, threads
         self.solo_threads = solo_threads   # PFF: threads while the other nodes have no work
         self.data_root, self.wait_seconds = data_root, wait_seconds
         torch.set_num_threads(threads)
         self.lock = threading.RLock()
+        self.retired: list[threading.Thread] = []   # workers of stopped layers and shares, maybe still finishing
         self.layers: dict[tuple[str, int], Hosted] = {}   # DFF: (model, layer) -> hosted layer
         self.jobs: dict[str, PFFJob] = {}                   # PFF: model -> this node's share
         self._datasets: dict[tuple, dict] = {}
@@ -107,7 +115,32 @@ class ServerNode(Node):
 
     def publish_status(self, msg: LayerStatus) -> None:
         msg.header.stamp = self.get_clock().now().to_msg()
-        self.status_pub.publish(msg)
+        try:
+            self.status_pub.publish(msg)
+        except Exception:
+            if not STOPPING.is_set():   # a last status from a worker while ROS shuts down is not news
+                raise
+
+    def _retire(self, worker: threading.Thread | None) -> None:
+        self.retired = [t for t in self.retired if t.is_alive()] + ([worker] if worker is not None else [])
+
+    def stop_all(self, timeout: float = CLEANUP_SECONDS) -> None:
+        """Stop every hosted layer and PFF share (the server is shutting down) and wait up to
+        ``timeout`` for their workers, so nothing publishes once ROS is shut down."""
+        with self.lock:
+            hosted, jobs = list(self.layers.values()), list(self.jobs.values())
+            self.layers.clear()
+            self.jobs.clear()
+        for h in hosted:
+            self._stop(h)
+        for job in jobs:
+            job.stop(f"{self.key} is shutting down")
+        deadline = time.monotonic() + timeout
+        for t in self.retired:   # a worker still inside torch when Python finalizes aborts the process
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.retired = [t for t in self.retired if t.is_alive()]
+        if hosted or jobs:
+            self.get_logger().info(f"stopped {len(hosted)} layer(s) and {len(jobs)} PFF share(s)")
 
     def _heartbeat(self) -> None:
         """Every hosted layer's and running PFF share's status, once a second: the master's
@@ -160,10 +193,11 @@ class ServerNode(Node):
                                             f"on {len(built.worker.labels)} samples"))
         else:
             res.weights_restored = [h.restored for h in built]
+            res.restored_from = [h.restored_from for h in built]
             res.message = (f"hosting layer(s) {[h.spec.index for h in built]} of {req.model!r}"
                            + (f"; resumed after chapter(s) {[h.host.chapters_done for h in built]}" if req.resume_from
-                              else f"; restored {sum(res.weights_restored)} from {self.weights_dir}"
-                              if any(res.weights_restored) else ""))
+                              else "".join(f"; layer {h.spec.index} restored from {h.restored_from}"
+                                           for h in built if h.restored_from)))
         self.get_logger().info(res.message)
         return res
 
@@ -278,7 +312,8 @@ class ServerNode(Node):
             self._stop(self.layers.pop(k))
         job = self.jobs.pop(model, None)
         if job is not None:
-            job.stop(f"model {model!r} deleted on {self.get_name()}")
+            job.stop(f"model {model!r} deleted on {self.key}")
+            self._retire(job.thread)
         return len(gone) + (len(job.trains) if job is not None else 0)
 
     def on_delete(self, req, res):
@@ -301,7 +336,7 @@ class ServerNode(Node):
         return res
 
     def on_list(self, req, res):
-        res.server, res.hostname, res.pid = self.get_name(), socket.gethostname(), os.getpid()
+        res.server, res.hostname, res.pid = self.key, socket.gethostname(), os.getpid()
         res.threads, res.weights_dir = self.threads, str(self.weights_dir)
         with self.lock:
             for h in self.layers.values():
@@ -334,7 +369,7 @@ class ServerNode(Node):
         except ValueError as e:
             res.success, res.message = False, str(e)
             return res
-        res.parameters = params_to_msg(p, run_id=job.run_id, model=job.model, node_name=self.get_name(), node=self)
+        res.parameters = params_to_msg(p, run_id=job.run_id, model=job.model, node_name=self.key, node=self)
         res.success, res.message = True, f"{job.names[p.part]} version {p.version}"
         return res
 
@@ -368,7 +403,7 @@ class ServerNode(Node):
                 return res
             m = res.parameters
             m.header.stamp = self.get_clock().now().to_msg()
-            m.run_id, m.model, m.node, m.part = str(blob.get("run_id", "")), req.model, self.get_name(), req.part
+            m.run_id, m.model, m.node, m.part = str(blob.get("run_id", "")), req.model, self.key, req.part
             m.names, m.tensors = list(tensors), [to_msg(t) for t in tensors.values()]
             m.metric_names, m.metric_values = ["saved_at"], [path.stat().st_mtime]
             res.success, res.message = True, f"{path} ({len(tensors)} tensors)"
@@ -380,20 +415,37 @@ class ServerNode(Node):
 
     def _save(self, h: Hosted) -> str:
         with h.lock:
+            # which run wrote it and how far it got: only a layer that trained every chapter is
+            # ever restored (an interrupted run's weights are not a trained layer)
+            made = {"run_id": h.run_id, "chapters_done": h.host.chapters_done, "chapters": h.splits,
+                    "saved_at": time.time()}
+            if h.restored and not h.host.chapters_done:   # restored, not trained further: as it was
+                made = h.provenance
             state = {"format": LAYER_WEIGHTS_FORMAT, "model": h.model, "index": h.spec.index,
-                     "spec_hash": h.hash, "state": h.host.state_dict()}
+                     "spec_hash": h.hash, **made, "state": h.host.state_dict()}
         path = save_atomic(state, self.weights_path(h))
         h.saved_path = str(path)
         return str(path)
 
     def _restore(self, h: Hosted) -> bool:
+        """Load the layer's saved weights if a run trained it to the end; sets ``restored_from``."""
         path = self.weights_path(h)
         if not path.exists():
             return False
         blob = load_weights(path)
         if not isinstance(blob, dict) or blob.get("format") != LAYER_WEIGHTS_FORMAT or blob.get("spec_hash") != h.hash:
             raise ValueError(f"{path}: not weights of this layer spec")
+        done, total = blob.get("chapters_done"), blob.get("chapters")
+        if done is not None and done < total:
+            self.get_logger().warning(f"not restoring {path}: run {blob.get('run_id')} stopped after {done} of "
+                                      f"{total} chapters; layer {h.spec.index} of {h.model!r} trains from scratch")
+            return False
         h.host.load_state_dict(blob["state"])
+        h.provenance = {k: blob[k] for k in ("run_id", "chapters_done", "chapters", "saved_at") if k in blob}
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(blob.get("saved_at", path.stat().st_mtime)))
+        h.restored_from = (f"{path} (run {blob.get('run_id', 'unknown')}, "
+                           + (f"{done}/{total} chapters, " if done is not None else "")
+                           + f"saved {when})")
         return True
 
     # ------------------------------------------------------------------ data path
@@ -412,14 +464,16 @@ class ServerNode(Node):
         ]
         # a chapter's checkpoint goes out as soon as it is trained: what a replacement resumes from
         h.host.on_checkpoint = lambda p: checkpoint_pub.publish(
-            params_to_msg(p, run_id=h.run_id, model=h.model, node_name=self.get_name(), node=self))
+            params_to_msg(p, run_id=h.run_id, model=h.model, node_name=self.key, node=self))
         h.worker = threading.Thread(target=self._work, args=(h, train_pub, infer_pub), daemon=True,
                                     name=f"layer{h.spec.index}-{h.model}")
         h.worker.start()
         self._status(h, "created", f"{h.spec.module} {h.spec.in_features}->{h.spec.out_features}")
 
     def _stop(self, h: Hosted) -> None:
+        h.host.stop()   # a chapter in training ends at its next minibatch
         h.inbox.put(_STOP)
+        self._retire(h.worker)
         for e in h.entities:
             if hasattr(e, "topic_name") and hasattr(e, "publish"):
                 self.destroy_publisher(e)
@@ -464,6 +518,8 @@ class ServerNode(Node):
                     with h.lock:
                         outs = h.host.train(chunk)
                     for out in outs:
+                        if h.host.stopped:
+                            return
                         m = train_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self)
                         size = nbytes(m)
                         h.bytes_out += size
@@ -484,7 +540,11 @@ class ServerNode(Node):
             except ChunkError as e:
                 self._drop(h, "malformed", str(e))
                 continue
+            except LayerStopped:
+                return
             except Exception as e:  # a bug or a bad tensor must not take the server down
+                if h.host.stopped:   # its publishers were destroyed under it
+                    return
                 self.get_logger().error(f"layer {h.spec.index} of {h.model!r}: {type(e).__name__}: {e}")
                 self._status(h, "error", f"{type(e).__name__}: {e}")
                 continue
@@ -504,7 +564,7 @@ class ServerNode(Node):
         if not message and h.drops:
             message = "dropped: " + ", ".join(f"{k} {n}" for k, n in sorted(h.drops.items()))
         msg = LayerStatus(
-            run_id=h.run_id, model=h.model, server=self.get_name(), layer=h.spec.index, phase=phase,
+            run_id=h.run_id, model=h.model, server=self.key, layer=h.spec.index, phase=phase,
             chapter=host.chapter, chapters_done=host.chapters_done, epoch=host.epoch, loss=float(loss), samples=host.samples,
             busy_seconds=host.busy_seconds, bytes_in=h.bytes_in, bytes_out=h.bytes_out, dropped=h.dropped,
             message=message, **history_fields(host, h))
@@ -541,17 +601,20 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     args = parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
+    # SIGINT / SIGTERM: stop the layers' work first, then ROS; the main thread spins the
+    # EventsExecutor, so the signal only sets STOPPING for the loop below (dff_ros/stopping.py)
+    rclpy_init(argv, raise_now=False)
     context = rclpy.get_default_context()
-    executor = None
+    executor = node = None
     try:
         # ROS parameters (ros2 run / launch) take the same settings as the flags
         probe = rclpy.create_node("dff_server_params", context=context, start_parameter_services=False,
                                   enable_rosout=False)
         params = {k: probe.declare_parameter(k, v).value for k, v in
                   (("name", ""), ("weights_dir", ""), ("threads", 0), ("solo_threads", 0), ("data_root", ""))}
+        remapped = probe.get_name() if probe.get_name() != "dff_server_params" else ""   # -r __node:=NAME
         probe.destroy_node()
-        fixed_name = args.name or params.get("name") or ""
+        fixed_name = args.name or params.get("name") or remapped
         weights_dir = Path(args.weights_dir or params.get("weights_dir") or default_weights_dir()).expanduser()
         threads = int(args.threads or params.get("threads") or 1)
         solo = int(args.solo_threads or params.get("solo_threads") or 0)
@@ -569,19 +632,30 @@ def main(argv=None) -> int:
             executor.add_node(node)
             while rclpy.ok() and not node.conflict:
                 executor.spin_once(timeout_sec=0.1)
+                stopping.check()
             if not node.conflict:
                 break
             log(f"{name} was claimed first by another server; claiming a new name")
             lost.add(int(name.rsplit("_", 1)[1]))
             executor.remove_node(node)
             node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+            node = None
+    except (Interrupted, ExternalShutdownException):
+        pass   # a server's normal way to stop: exit 0
     finally:
+        if node is not None:
+            node.stop_all()
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        if node is not None and any(t.is_alive() for t in node.retired):
+            # a worker still inside a long torch op: Python's finalization would abort under it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0
 
 

@@ -42,6 +42,10 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255.0) if images.dtype == torch.uint8 else images.to(torch.float32)
 
 
+class LayerStopped(RuntimeError):
+    """The host was stopped mid-chapter (its server shuts down, or the model was deleted)."""
+
+
 class LayerHost:
     def __init__(self, spec, train, num_classes: int, *, last: bool,
                  on_checkpoint: Callable[[Parameters], None] | None = None):
@@ -69,6 +73,10 @@ class LayerHost:
         self.history = EpochMeans()  # per-epoch loss and training accuracy (plots)
         self.timeline: dict[int, list[float]] = {}  # chapter -> [start, end] of its training (time.time())
         self.scratch = Scratch()     # the chapter's concatenated inputs, written over every chapter
+        self.stopped = False         # set from another thread: training ends at the next minibatch
+
+    def stop(self) -> None:
+        self.stopped = True
 
     # ------------------------------------------------------------------ training
     def note_attempt(self, attempt: int) -> None:
@@ -79,6 +87,8 @@ class LayerHost:
     def train(self, chunk: TrainChunk) -> list[TrainChunk]:
         """Process one incoming chunk; return the chunks to publish downstream (maybe none)."""
         self._check_train(chunk)
+        if self.stopped:
+            raise LayerStopped(f"layer {self.spec.index} stopped")
         self.note_attempt(chunk.attempt)
         if chunk.attempt < self.attempt:
             self.stale += 1
@@ -144,6 +154,8 @@ class LayerHost:
         self.chapter, self.loss_sum, self.loss_count = chapter, 0.0, 0
 
         def done(epoch: int, loss: float, rows: int) -> None:
+            if self.stopped:
+                raise LayerStopped(f"layer {self.spec.index} stopped in chapter {chapter}")
             if epoch != self.epoch:
                 self.epoch, self.loss_sum, self.loss_count = epoch, 0.0, 0
             self.loss_sum, self.loss_count, self.samples = self.loss_sum + loss, self.loss_count + 1, self.samples + rows
