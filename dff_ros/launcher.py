@@ -30,7 +30,7 @@ from dff_ros.config.pipeline import load_pipeline_config, server_arguments
 from dff_ros.config.schema import ConfigError
 from dff_ros.nodes.master import config_file, default_pipeline, parse_set
 from dff_ros.procenv import node_env
-from dff_ros.stopping import Interrupted, install
+from dff_ros.stopping import Interrupted, ignore, install
 
 
 def _pump(proc: subprocess.Popen, prefix: str) -> None:
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
             hosts.down()
         if scratch is not None:
             scratch.cleanup()
+        ignore()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,14 @@ def install(*, raise_now: bool = True) -> None:
         signal.signal(s, handler)
 
 
+def ignore() -> None:
+    """Ignore SIGINT and SIGTERM from now on: at the end of a process. Python's finalization
+    puts the default handlers back, and a second signal then (`launch` sends its own SIGINT
+    after the terminal's) would kill a process that has already cleaned up."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def rclpy_init(args=None, *, raise_now: bool = True) -> None:
     """``rclpy.init`` without rclpy's signal handlers, and ours installed (see ``install``)."""
     import rclpy

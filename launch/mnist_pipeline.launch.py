@@ -46,7 +46,10 @@ OVERRIDES = ("servers", "model", "layer_types", "data_root", "weights_dir", "ser
 
 
 def _master_exited(event, context):
-    """The run is over: stop the servers too; a failed master fails the launch (exit code 1)."""
+    """The run is over: stop the servers too; a failed master fails the launch (exit code 1).
+    Stopped by Ctrl-C (launch is shutting down already): nothing more to do."""
+    if context.is_shutdown:
+        return None
     if event.returncode:
         raise RuntimeError(f"the master failed (exit code {event.returncode}); its log above says why")
     return [Shutdown(reason="the master finished its run")]

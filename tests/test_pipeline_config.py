@@ -70,3 +70,25 @@ def test_names_are_sanitized():
     assert path_token("../../etc/passwd") == "_.._etc_passwd"
     t = layer_topics("my model", 1, 1)
     assert t["train_input"] == "/dff/my_model/layer_0/train" and t["train_output"] == "/dff/my_model/output/train"
+
+
+def test_the_reference_lists_every_pipeline_key_as_the_code_has_it():
+    from dff_ros.config.pipeline import reference_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text()
+    assert reference_table() in doc, "docs/reference.md: paste dff_ros.config.pipeline.reference_table()"
+
+
+def test_pipeline_settings_go_through_ros_parameters_and_back(tmp_path):
+    from dff_ros.config.pipeline import from_parameter_values, parameter_values
+
+    cfg = load_pipeline_config(REPO / "config" / "mnist_pipeline.yaml", {"placement": {0: "server_2", 1: "server_1"}})
+    values = parameter_values(cfg)
+    assert values["placement"] == "{0: server_2, 1: server_1}" and values["restore_weights"] is None
+    back = from_parameter_values(values, "params")
+    assert {k: getattr(back, k) for k in values} == {k: getattr(cfg, k) for k in values}
+    with pytest.raises(ConfigError, match="servers"):
+        from_parameter_values({**values, "servers": "3"}, "params")
+    assert not cfg.restores and load_pipeline_config(REPO / "config" / "mnist_pipeline.yaml", {"train": False}).restores
+    with pytest.raises(ConfigError, match="restore_weights"):
+        load_pipeline_config(REPO / "config" / "mnist_pipeline.yaml", {"transport": "parameters", "restore_weights": True})

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from dff_ros.config.schema import ConfigError, read_yaml
 from dff_ros.ff.layers import LAYER_TYPES
 from dff_ros.pff.plan import VARIANTS
@@ -88,6 +90,81 @@ class PipelineConfig:
     def restores(self) -> bool:
         """Whether the servers load saved weights: asked for, or (null) to evaluate them."""
         return (not self.train) if self.restore_weights is None else self.restore_weights
+
+
+# What each key means: docs/reference.md's table and the master's ROS parameter descriptions
+# (tests/test_pipeline_config.py checks that the document lists exactly these).
+HELP = {
+    "model": "model YAML (layers and training, see the README's Model config)",
+    "layer_types": "layer-type YAML: which layer modules servers may build",
+    "servers": "servers the launcher starts (role all); servers the master waits for",
+    "transport": "`activations`: DFF, layers pass activations down a pipeline; `parameters`: PFF, nodes pass "
+                 "layer parameters",
+    "pff_variant": "PFF: `single_layer` \\| `all_layers` \\| `federated`",
+    "param_history": "PFF: versions per part kept (transient local) for nodes that join late",
+    "placement": "or `{0: server_1, 1: server_3}`: which server hosts which layer",
+    "data_root": "dataset folder; null: `$DFF_DATA_ROOT`, else `~/.cache/dff_ros/data` (downloaded, md5-checked)",
+    "weights_dir": "where weights are kept; null: `$DFF_WEIGHTS_DIR`, else `~/.local/share/dff_ros/weights`",
+    "summary_dir": "run summaries, plots and the run state of a running DFF run",
+    "chunk_rows": "rows per message (chapters schedule, inference)",
+    "window": "chunks (stream) or chapters (chapters) in flight",
+    "restore_weights": "null: servers load the saved weights of the same model and layer spec only to evaluate "
+                       "them (`train: false`); true: also to train on from them (DFF); false: never. Only weights "
+                       "of a layer that trained every chapter load, and every load is logged with its file and run",
+    "train": "false: evaluate restored weights only",
+    "keep_layers": "leave the layers hosted when the master exits",
+    "server_threads": "torch threads per server",
+    "server_solo_threads": "PFF: threads of a server while the other nodes have no work (the first task, the "
+                           "last chapters); 0: the cores the servers started here share",
+    "wait_servers_seconds": "how long the master waits for `servers` servers",
+    "service_timeout_seconds": "per service call",
+    "stall_seconds": "no result this long: the run stops with a message",
+    "heartbeat_timeout_seconds": "a server hosting layers that is silent this long is lost",
+    "recover": "a lost server's work moves on: DFF (both schedules), its layers to live servers; PFF, its share "
+               "to a spare server (false: stop)",
+}
+
+
+def reference_table() -> str:
+    """docs/reference.md's table of pipeline keys, from the dataclass and ``HELP``."""
+    def shown(v):
+        if v is dataclasses.MISSING:
+            return "(required)"
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        return f"`{v}`" if isinstance(v, str) else str(v)
+
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{f.name}` | {shown(f.default)} | {HELP[f.name]} |" for f in dataclasses.fields(PipelineConfig)
+             if f.name != "source"]
+    return "\n".join(rows) + "\n"
+
+
+def parameter_values(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config as ROS parameter values: null stays None (a typed, unset parameter), the
+    placement mapping becomes its YAML text."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(PipelineConfig) if f.name != "source"}
+    if not isinstance(out["placement"], str):
+        out["placement"] = yaml.safe_dump(out["placement"], default_flow_style=True).strip()
+    return out
+
+
+PARAMETER_TYPES = {"data_root": str, "weights_dir": str, "restore_weights": bool}   # keys that may be null
+
+
+def from_parameter_values(values: Mapping[str, Any], source: str) -> PipelineConfig:
+    """``parameter_values`` back, validated like the YAML (a bad ``-p key:=value`` names the key)."""
+    raw = dict(values)
+    if isinstance(raw.get("placement"), str) and raw["placement"] != "round_robin":
+        try:
+            raw["placement"] = yaml.safe_load(raw["placement"])
+        except yaml.YAMLError as e:
+            raise ConfigError(source, "placement", f"not YAML: {e}") from None
+    return parse_pipeline_config(raw, source)
 
 
 def server_arguments(cfg: PipelineConfig, servers_here: int) -> list[str]:

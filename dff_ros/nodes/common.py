@@ -29,6 +29,21 @@ CLAIMS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=
 
 
 
+def declare_settings(node, values: dict, help: dict) -> dict:
+    """Declare each setting as a read-only ROS parameter of ``node``, so `ros2 param list/get/
+    dump` show what it runs with. A value given with ``--ros-args -p``, ``--params-file`` or a
+    launch file's ``parameters=[...]`` wins over ``values`` (the flags' and files' values);
+    returns the values in effect, for the caller to validate. Typing is dynamic: the caller's
+    validation names a bad value (and a null setting is a parameter that is not set)."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    out = {}
+    for key, value in values.items():
+        desc = ParameterDescriptor(description=help.get(key, ""), read_only=True, dynamic_typing=True)
+        out[key] = node.declare_parameter(key, value, desc).value
+    return out
+
+
 def discover_servers(node) -> list[str]:
     """The servers in ``node``'s graph: nodes that offer a ``<node>/create_layers`` service of
     type dff_ros/srv/CreateLayers, whatever their name and namespace. Each as its fully

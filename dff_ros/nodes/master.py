@@ -21,15 +21,16 @@ import yaml
 from rclpy.node import Node
 
 from dff_ros.checkpoint import load_weights, save_atomic
-from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, load_pipeline_config,
-                                     plan_layers)
+from dff_ros.config.pipeline import HELP as PIPELINE_HELP
+from dff_ros.config.pipeline import (check_model_layer_types, from_parameter_values, load_layer_types,
+                                     load_pipeline_config, parameter_values, plan_layers)
 from dff_ros.config.schema import ConfigError, load_model_config
 from dff_ros.data.datasets import DatasetMissing, load_dataset
 from dff_ros.ff.history import curves, rounded
 from dff_ros.ff.schedule import chapters
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, RunProgress, TrainingBatch
 from dff_ros.nodes.common import (DATA_QOS, HEAD_WEIGHTS_FORMAT, RUN_STATE_FORMAT, STATUS_QOS, STATUS_TOPIC,
-                                  checkpoints_topic, default_weights_dir, discover_servers, head_weights_file, layer_topics, make_executor, params_qos,
+                                  checkpoints_topic, declare_settings, default_weights_dir, discover_servers, head_weights_file, layer_topics, make_executor, params_qos,
                                   path_token, progress_topic, spin_until_shutdown)
 from dff_ros.nodes.master_pff import ParameterRun
 from dff_ros.pff.worker import check_pff_supported
@@ -37,6 +38,7 @@ from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost, check_supported
 from dff_ros.plots import run_plots
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
+from dff_ros import stopping
 from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
 from dff_ros.transport.codec import (infer_from_msg, infer_to_msg, spec_to_msg, to_parameters,
                                      train_from_msg, train_to_msg)
@@ -47,8 +49,19 @@ class RunError(RuntimeError):
 
 
 class MasterNode(Node):
-    def __init__(self, pipeline, model, *, run_id: str, progress: bool = True):
+    def __init__(self, pipeline_file: str, *, sets: dict, train_sets: dict, run_id: str, progress: bool = True):
+        """Reads the pipeline YAML with ``sets`` and declares every key as a read-only ROS
+        parameter of this node, where ``-p key:=value`` / a params file wins; then the model YAML
+        with ``train_sets``. ConfigError / ValueError: a bad file, key or value."""
         super().__init__("dff_master")
+        path = declare_settings(self, {"pipeline": pipeline_file}, {"pipeline": "pipeline YAML"})["pipeline"]
+        pipeline = load_pipeline_config(path, sets)
+        values = declare_settings(self, parameter_values(pipeline), PIPELINE_HELP)
+        if values != parameter_values(pipeline):
+            pipeline = from_parameter_values(values, f"{path} with ROS parameters")
+        model = load_model_config(pipeline.model, train_sets)
+        check_model_layer_types(model, load_layer_types(pipeline.layer_types), pipeline.layer_types)
+        (check_pff_supported if pipeline.transport == "parameters" else check_supported)(model)
         self.p, self.model, self.run_id, self.show_progress = pipeline, model, run_id, progress
         self.results: queue.Queue = queue.Queue()
         self.status: dict[int, LayerStatus] = {}          # DFF: by layer
@@ -265,7 +278,10 @@ class MasterNode(Node):
         try:
             self.call_all(DeleteModel, calls, timeout=CLEANUP_SECONDS if STOPPING.is_set() else None)
         except RunError as e:
-            self.get_logger().warning(f"could not delete the layers of {self.model.name!r}: {e}")
+            if STOPPING.is_set():   # a terminal's Ctrl-C reaches the servers too: they are stopping
+                self.log(f"not every server answered delete_model ({e}); those are stopping themselves")
+            else:
+                self.get_logger().warning(f"could not delete the layers of {self.model.name!r}: {e}")
             return
         if STOPPING.is_set():
             self.log(f"dropped run {self.run_id}'s layers on {', '.join(s for s in servers if s not in self.lost)}")
@@ -614,18 +630,14 @@ def main(argv=None) -> int:
     rclpy_init(argv)   # SIGINT / SIGTERM: drop the run's layers on the servers, then shut down
     executor = spinner = node = None
     try:
-        probe = rclpy.create_node("dff_master_params", start_parameter_services=False, enable_rosout=False)
-        pipeline_param = probe.declare_parameter("pipeline", "").value
-        probe.destroy_node()
         try:
-            pipeline = load_pipeline_config(args.pipeline or pipeline_param or default_pipeline(), parse_set(args.set))
-            model = load_model_config(pipeline.model, parse_set(args.train_set))
-            check_model_layer_types(model, load_layer_types(pipeline.layer_types), pipeline.layer_types)
-            (check_pff_supported if pipeline.transport == "parameters" else check_supported)(model)
+            node = MasterNode(args.pipeline or default_pipeline(), sets=parse_set(args.set),
+                              train_sets=parse_set(args.train_set), run_id=args.run_id or uuid.uuid4().hex[:8],
+                              progress=not args.no_progress)
         except (ConfigError, ValueError) as e:
             print(f"[master] config error: {e}", file=sys.stderr)
             return 2
-        node = MasterNode(pipeline, model, run_id=args.run_id or uuid.uuid4().hex[:8], progress=not args.no_progress)
+        pipeline, model = node.p, node.model
         executor = make_executor()
         executor.add_node(node)
         spinner = threading.Thread(target=spin_until_shutdown, args=(executor, rclpy.get_default_context()),
@@ -669,6 +681,7 @@ def main(argv=None) -> int:
             spinner.join(timeout=5.0)
         if executor is not None:
             executor.shutdown(timeout_sec=1.0)
+        stopping.ignore()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from dff_ros.config.schema import (ConfigError, DatasetConfig, LayerSpec, ModelC
 from dff_ros.data.datasets import DATASETS, DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
 from dff_ros.nodes.common import (LAYER_WEIGHTS_FORMAT, CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS,
-                                  STATUS_QOS, STATUS_TOPIC, checkpoints_topic, default_weights_dir, make_executor,
+                                  STATUS_QOS, STATUS_TOPIC, checkpoints_topic, declare_settings, default_weights_dir,
+                                  make_executor,
                                   params_qos, path_token)
 from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
@@ -51,6 +52,30 @@ from dff_ros.transport.tensors import nbytes, to_msg
 from rclpy.parameter import parameter_value_to_python
 
 _STOP = object()
+
+# The server's settings: flag --<key with dashes>, ROS parameter <key>; one default each.
+SETTINGS = {
+    "name": ("", "server name (default: the next free server_<n>; also `-r __node:=NAME`)"),
+    "weights_dir": ("", "where layer weights are kept (default: $DFF_WEIGHTS_DIR, else "
+                        "~/.local/share/dff_ros/weights)"),
+    "threads": (1, "torch threads"),
+    "solo_threads": (0, "PFF: torch threads while the other nodes have no work, when they share this "
+                        "machine's cores (0: threads)"),
+    "data_root": ("", "PFF: where this node reads its training data (wins over the master's data_root; "
+                      "default: the master's, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)"),
+}
+
+
+def checked_settings(values: dict) -> dict:
+    """The settings with their types checked; ValueError names the bad one."""
+    for key, (default, _) in SETTINGS.items():
+        v = values.get(key, default)
+        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= (1 if key == "threads" else 0)
+              if isinstance(default, int) else isinstance(v, str))
+        if not ok:
+            want = "an integer >= 1" if key == "threads" else "an integer >= 0" if isinstance(default, int) else "a string"
+            raise ValueError(f"server setting {key}: must be {want}, got {v!r}")
+    return dict(values)
 
 
 @dataclass
@@ -83,16 +108,20 @@ class Hosted:
 
 
 class ServerNode(Node):
-    def __init__(self, name: str, token: int, *, weights_dir: Path, threads: int, data_root: str = "",
-                 wait_seconds: float = 600.0, solo_threads: int = 0, **kwargs):
+    def __init__(self, name: str, token: int, settings: dict, *, wait_seconds: float = 600.0, **kwargs):
+        """``settings``: SETTINGS' keys, from the flags; declared as this node's read-only ROS
+        parameters, where ``-p key:=value`` / a params file wins (ValueError: a bad value)."""
         super().__init__(name, **kwargs)
         # what the master and `dff-ros status` call this server: namespace and name (a remapped
         # or namespaced server is found by its services, whatever it is called)
         self.key = self.get_fully_qualified_name().lstrip("/")
-        self.token, self.weights_dir, self.threads = token, weights_dir, threads
-        self.solo_threads = solo_threads   # PFF: threads while the other nodes have no work
-        self.data_root, self.wait_seconds = data_root, wait_seconds
-        torch.set_num_threads(threads)
+        self.settings = checked_settings(declare_settings(self, {**settings, "name": self.get_name()},
+                                                          {k: h for k, (_, h) in SETTINGS.items()}))
+        self.token, self.threads = token, self.settings["threads"]
+        self.weights_dir = Path(self.settings["weights_dir"] or default_weights_dir()).expanduser()
+        self.solo_threads = self.settings["solo_threads"]   # PFF: threads while the other nodes have no work
+        self.data_root, self.wait_seconds = self.settings["data_root"], wait_seconds
+        torch.set_num_threads(self.threads)
         self.lock = threading.RLock()
         self.retired: list[threading.Thread] = []   # workers of stopped layers and shares, maybe still finishing
         self.layers: dict[tuple[str, int], Hosted] = {}   # DFF: (model, layer) -> hosted layer
@@ -110,8 +139,9 @@ class ServerNode(Node):
         self.create_service(SaveWeights, "~/save_weights", self.on_save)
         self.create_service(FetchParameters, "~/fetch_parameters", self.on_fetch)
         self.create_timer(1.0, self._heartbeat)
-        solo = f" ({solo_threads} while the other PFF nodes have no work)" if solo_threads > threads else ""
-        self.get_logger().info(f"ready: weights in {weights_dir}, {threads} torch thread(s){solo}")
+        solo = (f" (PFF runs: {self.solo_threads} while the other nodes have no work)"
+                if self.solo_threads > self.threads else "")
+        self.get_logger().info(f"ready: weights in {self.weights_dir}, {self.threads} torch thread(s){solo}")
 
     def publish_status(self, msg: LayerStatus) -> None:
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -587,14 +617,8 @@ def history_fields(host: LayerHost, h: Hosted) -> dict:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="dff_ros server", description=__doc__.split("\n\n")[0])
-    p.add_argument("--name", default="", help="server name (default: the next free server_<n>)")
-    p.add_argument("--weights-dir", default="", help=f"where layer weights go (default {default_weights_dir()})")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: 1)")
-    p.add_argument("--solo-threads", type=int, default=0,
-                   help="PFF: torch threads while the other nodes have no work, when they share this "
-                        "machine's cores (default: --threads)")
-    p.add_argument("--data-root", default="", help="PFF: where this node reads its training data "
-                   "(wins over the master's data_root; default: the master's, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)")
+    for key, (default, help) in SETTINGS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=type(default), default=default, help=help)
     return p.parse_args(argv)
 
 
@@ -607,18 +631,15 @@ def main(argv=None) -> int:
     context = rclpy.get_default_context()
     executor = node = None
     try:
-        # ROS parameters (ros2 run / launch) take the same settings as the flags
-        probe = rclpy.create_node("dff_server_params", context=context, start_parameter_services=False,
+        settings = {k: getattr(args, k) for k in SETTINGS}
+        # the name decides which node to make, so it is read before the server node exists; the
+        # server node declares every setting (ROS parameters) itself
+        probe = rclpy.create_node("dff_server_name", context=context, start_parameter_services=False,
                                   enable_rosout=False)
-        params = {k: probe.declare_parameter(k, v).value for k, v in
-                  (("name", ""), ("weights_dir", ""), ("threads", 0), ("solo_threads", 0), ("data_root", ""))}
-        remapped = probe.get_name() if probe.get_name() != "dff_server_params" else ""   # -r __node:=NAME
+        fixed_name = probe.declare_parameter("name", settings["name"]).value
+        if probe.get_name() != "dff_server_name":   # -r __node:=NAME renames every node of this process
+            fixed_name = probe.get_name()
         probe.destroy_node()
-        fixed_name = args.name or params.get("name") or remapped
-        weights_dir = Path(args.weights_dir or params.get("weights_dir") or default_weights_dir()).expanduser()
-        threads = int(args.threads or params.get("threads") or 1)
-        solo = int(args.solo_threads or params.get("solo_threads") or 0)
-        data_root = args.data_root or params.get("data_root") or ""
         executor = make_executor(context)
         lost: set[int] = set()
         log = lambda s: print(f"[server] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -627,8 +648,11 @@ def main(argv=None) -> int:
                 name, token = fixed_name, 0  # an explicit name always wins
             else:
                 name, token = claim_server_name(context, log=log, exclude=lost)
-            node = ServerNode(name, token, weights_dir=weights_dir, threads=threads, solo_threads=solo,
-                              data_root=data_root)
+            try:
+                node = ServerNode(name, token, settings)
+            except ValueError as e:
+                print(f"[server] {e}", file=sys.stderr, flush=True)
+                return 2
             executor.add_node(node)
             while rclpy.ok() and not node.conflict:
                 executor.spin_once(timeout_sec=0.1)
@@ -651,6 +675,7 @@ def main(argv=None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        stopping.ignore()
         if node is not None and any(t.is_alive() for t in node.retired):
             # a worker still inside a long torch op: Python's finalization would abort under it
             sys.stdout.flush()
