@@ -99,7 +99,7 @@ def launched(run: str, model_path: str, servers: int, overrides: dict, *, extra:
         sys.stdout.write(proc.stdout[-2500:])
         if proc.returncode:
             raise SystemExit(f"{run} failed ({proc.returncode})")
-        summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", proc.stdout).group(1)).read_text())
+        summary = json.loads(Path(re.search(r"\[dff_master\]: summary: (\S+)", proc.stdout).group(1)).read_text())
         epochs = summary["config"]["train"]["epochs"]
         out = {"accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
                "eval_seconds": summary["eval_seconds"], "nodes": servers, "threads": 1,
@@ -114,7 +114,7 @@ def launched(run: str, model_path: str, servers: int, overrides: dict, *, extra:
                        setup_seconds=summary["setup_seconds"], fetch_seconds=summary["fetch_seconds"],
                        per_node=summary["per_node"], bytes_per_topic=summary["bytes_per_topic"])
             if timeline:
-                png = Path(re.search(r"\[master\] plot: (\S+-timeline\.png)", proc.stdout).group(1))
+                png = Path(re.search(r"\[dff_master\]: plot: (\S+-timeline\.png)", proc.stdout).group(1))
                 shutil.copy(png, RESULTS / timeline)
                 out["timeline_png"] = f"bench/results/{timeline}"
         return out

@@ -12,7 +12,7 @@
 2. Master killed at the same point and started again: it takes the run over.
 3. Bad service requests and path-traversal names against a live server.
 4. Config errors: the master exits 2 with a message naming the file and the key.
-5. A checkpoint writer killed mid-write (tests/test_checkpoint.py).
+5. A checkpoint writer killed mid-write (test/test_checkpoint.py).
 6. PFF All-Layers on 2 nodes and a spare: node 1's server killed mid-chapter; the spare takes
    its share over from the parameter topics' history. Again with adaptive negatives (against
    an undisturbed adaptive run): the spare scores the labels node 1 had scored again.
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 from common import (REPO, RESULTS, data_root, launched, machine, machine_cell, markdown_table,  # noqa: E402
                     publish_table)
 from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg  # noqa: E402
@@ -81,7 +81,7 @@ def summary_of(run: Proc, what: str) -> dict:
     out = run.output()
     if rc:
         raise SystemExit(f"{what} failed ({rc}):\n{out[-3000:]}")
-    return json.loads(Path(re.search(r"\[master\] summary: (\S+)", out).group(1)).read_text())
+    return json.loads(Path(re.search(r"\[dff_master\]: summary: (\S+)", out).group(1)).read_text())
 
 
 def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str, inject: bool = True) -> dict:
@@ -217,7 +217,7 @@ def config_checks() -> list[dict]:
 
 
 def checkpoint_check() -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_checkpoint.py"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test/test_checkpoint.py"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     return {"passed": proc.returncode == 0, "output": proc.stdout.strip().splitlines()[-1]}
 
@@ -309,7 +309,7 @@ def table(r: dict) -> str:
     cfg = r["config_errors"]
     rows.append([f"config errors: {'; '.join(c['case'] for c in cfg)}", len(cfg),
                  f"{sum(c['named'] for c in cfg)} exited 2 naming the file and the key"])
-    rows.append(["checkpoint writer SIGKILLed mid-write (tests/test_checkpoint.py)", 5,
+    rows.append(["checkpoint writer SIGKILLed mid-write (test/test_checkpoint.py)", 5,
                  "previous checkpoint intact, loads weights-only" if r["checkpoint"]["passed"] else "FAILED"])
     partial = "".join(f"; {machine_cell(x['machine'])}: `python bench/faults.py {' '.join(x['args'])}`"
                       for x in r.get("partial_runs", []))

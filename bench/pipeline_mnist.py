@@ -76,7 +76,7 @@ def main() -> int:
         sys.stdout.write(proc.stdout[-3000:])
         if proc.returncode:
             return proc.returncode
-        summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", proc.stdout).group(1)).read_text())
+        summary = json.loads(Path(re.search(r"\[dff_master\]: summary: (\S+)", proc.stdout).group(1)).read_text())
     moved = summary["master"]["bytes_sent"] + sum(l["bytes_out"] or 0 for l in summary["layers"])
     row = {"key": key, "model": cfg.name, "schedule": cfg.train.schedule, "servers": args.servers,
            "epochs": cfg.train.epochs, "server_threads": pipe.server_threads, "reference": ref,

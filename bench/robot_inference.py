@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 from common import RESULTS, data_root, machine, machine_cell, markdown_table, publish_table  # noqa: E402
 from faults import bench_env, pipeline_args  # noqa: E402
 from rosutil import Proc, start_server  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> int:
             if master.p.wait(3600) != 0:
                 raise SystemExit(f"training failed:\n{master.output()[-3000:]}")
             out = master.output()
-            summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", out).group(1)).read_text())
+            summary = json.loads(Path(re.search(r"\[dff_master\]: summary: (\S+)", out).group(1)).read_text())
             print(f"trained in {time.monotonic() - start:.0f} s: {summary['accuracy']}", flush=True)
 
             t0 = time.monotonic()

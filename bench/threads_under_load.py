@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.role == "train":
         return role_train(args.threads)
-    from common import REPO, RESULTS, machine, machine_cell, markdown_table, publish_table, write_results
+    from common import RESULTS, machine, machine_cell, markdown_table, publish_table, write_results
     if not args.report_only:
         m = machine()
         times: dict[tuple[str, int], list[dict]] = {}

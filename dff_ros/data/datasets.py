@@ -6,6 +6,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,22 @@ DATASETS: dict[str, IdxDataset] = {
 
 
 class DatasetMissing(FileNotFoundError):
-    pass
+    """The dataset cannot be used here; the message says which files and what to do."""
+
+
+class DatasetUnreadable(DatasetMissing):
+    """A dataset file is there but corrupt, truncated or not the right one."""
+
+
+def _read(f: IdxFile, path: Path) -> np.ndarray:
+    try:
+        return read_idx(path, f.md5)
+    except ChecksumError as e:
+        raise DatasetUnreadable(str(e)) from None
+    except (OSError, EOFError, ValueError, zlib.error) as e:   # truncated gzip, bad header, unreadable
+        raise DatasetUnreadable(f"{path}: cannot be read ({type(e).__name__}: {e}); the file is corrupt or "
+                                f"truncated: delete it and run again to download it, or put a good copy "
+                                f"there") from None
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
@@ -131,7 +147,7 @@ def load_dataset(name: str = "MNIST", root: str | os.PathLike | None = None, *, 
             missing = [f.name for f in spec.files if find_file(spec, f, root) is None]
             raise DatasetMissing(_missing_message(spec, root, missing, ["download disabled"]))
         download(spec, root, mirrors)
-    arrays = {key: read_idx(find_file(spec, f, root), f.md5) for key, f in
+    arrays = {key: _read(f, find_file(spec, f, root)) for key, f in
               zip(("train_images", "train_labels", "test_images", "test_labels"), spec.files)}
     out = {}
     for split in ("train", "test"):

@@ -314,6 +314,7 @@ class MasterNode(Node):
                               chunk_rows=self.p.chunk_rows, window=self.p.window,
                               stall_seconds=self.p.stall_seconds, progress=self.show_progress, log=self.log,
                               health=self.check_servers, progress_listener=self.publish_progress,
+                              layer_samples=lambda: sum(st.samples for st in list(self.status.values())),
                               recover=self.recover if self.p.recover else None)
 
     def _wait_connected(self, topics: list[dict], timeout: float = 30.0, hosts: dict[int, str] | None = None) -> None:
@@ -649,26 +650,26 @@ def main(argv=None) -> int:
             node.get_logger().error(str(e))
             return 1
         node.publish_progress(phase="done", accuracy=summary["accuracy"])
+        log = node.get_logger()   # the results go to /rosout too
         out = Path(pipeline.summary_dir) / f"{path_token(model.name)}-{node.run_id}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2, default=str))
         try:
             for png in run_plots(summary, model, out.with_suffix("")):
-                print(f"[master] plot: {png}", flush=True)
+                log.info(f"plot: {png}")
         except ImportError as e:
-            print(f"[master] no plots ({e}); pip install matplotlib", flush=True)
+            log.warning(f"no plots ({e}); pip install matplotlib")
         for part, origin in (summary.get("restored_from") or {}).items():
-            print(f"[master] {part} started from saved weights: {origin}", flush=True)
+            log.warning(f"{part} started from saved weights: {origin}")
         acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["accuracy"].items())
-        print(f"[master] {model.name}: test accuracy {acc}"
-              + (f"; trained in {summary['train_seconds']} s" if summary.get("train_seconds") else " (restored weights)"),
-              flush=True)
-        print(f"[master] summary: {out}", flush=True)
+        log.info(f"{model.name}: test accuracy {acc}"
+                 + (f"; trained in {summary['train_seconds']} s" if summary.get("train_seconds") else " (restored weights)"))
+        log.info(f"summary: {out}")
         for server, paths in summary["weights"].items():
             for path in paths:
-                print(f"[master] weights on {server}: {path}", flush=True)
+                log.info(f"weights on {server}: {path}")
         if summary.get("head_weights"):
-            print(f"[master] head weights: {summary['head_weights']}", flush=True)
+            log.info(f"head weights: {summary['head_weights']}")
         return 0
     except Interrupted as e:
         if node is not None:

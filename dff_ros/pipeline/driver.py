@@ -63,11 +63,15 @@ class PipelineDriver:
                  window: int = 8, stall_seconds: float = 120.0, progress: bool = True,
                  log: Callable[[str], None] = print, health: Callable[[], None] = lambda: None,
                  recover: Callable[[ServerLost], int] | None = None, on_chapter: Callable[[], None] | None = None,
-                 progress_listener: Callable[[Progress], None] | None = None):
+                 progress_listener: Callable[[Progress], None] | None = None,
+                 layer_samples: Callable[[], int] | None = None):
         """``health`` raises ServerLost when a server is gone; ``recover`` then has its layers
         hosted again and returns the first chapter some layer has not trained (without it a
         lost server ends the run). ``on_chapter``: after each chapter the head has trained
-        (the master saves ``state()`` there)."""
+        (the master saves ``state()`` there). ``layer_samples``: the rows the layers have
+        trained so far, summed (the master reads it off their heartbeats); the progress then
+        counts the layers' work too and moves from the first minibatch, not only when results
+        reach the head after the pipeline has filled."""
         check_supported(config)
         t = config.train
         self.config, self.t, self.log = config, t, log
@@ -76,6 +80,9 @@ class PipelineDriver:
         self.show_progress = progress
         self.health, self.recover, self.on_chapter = health, recover, on_chapter
         self.progress_listener = progress_listener
+        self.layer_samples = layer_samples
+        self.progress: Progress | None = None
+        self._head_units = 0     # progress units from the head (rows x epochs trained)
         self.attempt = 0        # +1 per recovery; results of older attempts are stale
         self.head_done = 0      # chapters the softmax head has trained
         self.head_stream_done = (0, -1, -1)   # stream: (chapter, epoch, seq) the head trained last
@@ -105,8 +112,10 @@ class PipelineDriver:
     # ------------------------------------------------------------------ training
     def fit(self) -> dict:
         t, n = self.t, len(self.train_y)
-        self.progress = Progress(t.epochs * n, f"train {self.config.name} (DFF pipeline)",
+        parts = 1 + (len(self.config.layers) if self.layer_samples is not None else 0)
+        self.progress = Progress(t.epochs * n * parts, f"train {self.config.name} (DFF pipeline)",
                                  enabled=self.show_progress, listener=self.progress_listener)
+        self._refresh_progress()
         start = time.perf_counter()
         self._in_flight = 0
         next_chapter = self.start_chapter
@@ -177,10 +186,22 @@ class PipelineDriver:
                                        images=self.train_x[idx], neg_labels=neg[idx], attempt=self.attempt))
         self._in_flight += 1
 
+    def _advance(self, head_units: int, **info) -> None:
+        self._head_units += head_units
+        self._refresh_progress(**info)
+
+    def _refresh_progress(self, **info) -> None:
+        """Progress = the head's units plus the layers' trained rows (when known), at most once
+        per result or per second of waiting."""
+        done = self._head_units + (self.layer_samples() if self.layer_samples is not None else 0)
+        self.progress.update(max(0, min(done, self.progress.total) - self.progress.done), **info)
+
     def _next_result(self, kind: type):
         deadline = time.monotonic() + self.stall_seconds
         while True:
             self.health()
+            if self.progress is not None:
+                self._refresh_progress()
             try:
                 r = self.results.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
@@ -205,7 +226,7 @@ class PipelineDriver:
                 return   # replayed after a recovery: the head trained on it already
             self._head_step(r.chapter, r.epoch, r.features, r.labels)
             self.head_stream_done = key
-            self.progress.update(len(r), epoch=r.epoch)
+            self._advance(len(r), epoch=r.epoch)
             if self.chapters[r.chapter].ends_at(r.epoch, r.seq, r.count):
                 self.head_done = r.chapter + 1
                 if self.on_chapter is not None:
@@ -214,7 +235,7 @@ class PipelineDriver:
         got = self._pending.setdefault(r.chapter, {})
         got[r.seq] = r
         if r.chapter >= self.head_done:
-            self.progress.update(len(r) * self.t.chapter_epochs, epoch=r.epoch)
+            self._advance(len(r) * self.t.chapter_epochs, epoch=r.epoch)
         if len(got) == r.count:
             del self._pending[r.chapter]
             if r.chapter == self.head_done:   # replayed chapters were trained on already

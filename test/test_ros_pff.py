@@ -116,7 +116,7 @@ def test_federated_publishes_parameters_only(env, tmp_path, data_root):
 
     import json
     import re
-    summary = json.loads(Path(re.search(r"\[master\] summary: (\S+)", proc.output()).group(1)).read_text())
+    summary = json.loads(Path(re.search(r"\[dff_master\]: summary: (\S+)", proc.output()).group(1)).read_text())
     # every published byte is a parameter version (2 layers + head per chapter, 8 chapters)
     weights = 4 * (785 * 200 + 201 * 200 + 201 * 10)
     assert summary["bytes_published"] < 3.2 * weights * 8

@@ -174,7 +174,7 @@ def test_master_publishes_progress_for_ros2_topic_echo(env, tmp_path, data_root)
         run.stop()
         client.close()
     out = run.output()
-    summary = json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
+    summary = json.loads(open(re.search(r"\[dff_master\]: summary: (\S+)", out).group(1)).read())
     phases = [m.phase for m in got]
     assert phases[0] == "training" and phases[-1] == "done" and "testing" in phases, phases
     training = [m for m in got if m.phase == "training"]

@@ -31,7 +31,7 @@ def trained(tmp_path, data_root):
                   tmp_path / "master.log")
     try:
         assert master.p.wait(180) == 0, master.output()
-        summary = json.loads(open(re.search(r"\[master\] summary: (\S+)", master.output()).group(1)).read())
+        summary = json.loads(open(re.search(r"\[dff_master\]: summary: (\S+)", master.output()).group(1)).read())
         yield env, pipeline, summary
     finally:
         master.stop()

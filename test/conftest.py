@@ -11,6 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("DFF_DATA_ROOT") or REPO.parent / "shared" / "data")
 
 
+def pytest_collection_modifyitems(items):
+    """The DDS tests carry the ``ros`` marker (setup.cfg), so `-m "not ros"` leaves them out."""
+    for item in items:
+        name = item.path.name
+        if name.startswith("test_ros_") or name == "test_multihost.py":
+            item.add_marker(pytest.mark.ros)
+
+
 @pytest.fixture(scope="session")
 def data_root():
     return DATA_ROOT

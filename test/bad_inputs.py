@@ -1,5 +1,5 @@
 """Bad input to try on live nodes: malformed or foreign chunks, invalid service requests, names
-that try to leave the weights folder. Used by tests/test_ros_nodes.py (asserted) and
+that try to leave the weights folder. Used by test/test_ros_nodes.py (asserted) and
 bench/faults.py (the README report)."""
 from __future__ import annotations
 

@@ -4,14 +4,19 @@ import hashlib
 import http.server
 import shutil
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dff_ros.data import ChecksumError, DatasetMissing, IdxDataset, IdxFile, load_dataset, read_idx
-from dff_ros.data.datasets import download
+from dff_ros.data import DatasetMissing, IdxDataset, IdxFile, load_dataset, read_idx
+from dff_ros.data.datasets import DatasetUnreadable, download
 from dff_ros.data.idx import parse_idx
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -73,8 +78,16 @@ def test_checksum_mismatch_is_detected(tmp_path, data_root):
     blob = bytearray(gzip.decompress(labels.read_bytes()))
     blob[-1] = (blob[-1] + 1) % 10  # one label changed
     labels.write_bytes(gzip.compress(bytes(blob)))
-    with pytest.raises(ChecksumError, match="t10k-labels-idx1-ubyte.gz: content md5"):
+    with pytest.raises(DatasetUnreadable, match="t10k-labels-idx1-ubyte.gz: content md5"):
         load_dataset("MNIST", tmp_path, allow_download=False)
+    # a truncated download: the file and what to do, no EOFError from deep inside gzip
+    labels.write_bytes(gzip.compress(bytes(blob))[:100])
+    with pytest.raises(DatasetUnreadable, match=r"t10k-labels-idx1-ubyte.gz: cannot be read .*delete it"):
+        load_dataset("MNIST", tmp_path, allow_download=False)
+    out = subprocess.run([sys.executable, "-m", "dff_ros.cli", "train", str(REPO / "config/models/mnist_default.yaml"),
+                          "--data-root", str(tmp_path), "--no-download"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3 and "t10k-labels-idx1-ubyte.gz: cannot be read" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_real_mnist_loads_verified(mnist):

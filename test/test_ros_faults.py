@@ -11,7 +11,9 @@ from rosutil import (Client, finished, kill_when, master, master_killed, ros_env
                      start_server, write_pipeline)
 
 FAST = {"heartbeat_timeout_seconds": 3, "restore_weights": False}
-TRAIN = {"epochs": 8, "splits": 4, "train_subset": 6000}
+# 12k rows: chapters long enough that a kill after the first one lands before the last (the status
+# subscription itself takes a second or two to match)
+TRAIN = {"epochs": 8, "splits": 4, "train_subset": 12000}
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def finished(run: Proc) -> dict:
     rc = run.p.wait(240)
     out = run.output()
     assert rc == 0, out
-    return json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
+    return json.loads(open(re.search(r"\[dff_master\]: summary: (\S+)", out).group(1)).read())
 
 
 def server_2_killed(env, tmp_path, pipeline, ready, delay: float):
@@ -223,7 +223,7 @@ def run_launcher(env, tmp_path, pipeline, *extra, name="run"):
         proc.stop()
     out = proc.output()
     assert rc == 0, out
-    summary = json.loads(open(re.search(r"\[master\] summary: (\S+)", out).group(1)).read())
+    summary = json.loads(open(re.search(r"\[dff_master\]: summary: (\S+)", out).group(1)).read())
     return summary, out
 
 
@@ -241,6 +241,6 @@ def check_run_plots(summary: dict, out: str, parts: list[str]) -> None:
     links = h["bytes_per_chapter"].values()
     assert links and all(len(v) == len(h["chapter_epochs"]) for v in links), h
     assert all(sum(v[c] for v in links) > 0 for c in range(len(h["chapter_epochs"]))), h   # bytes every chapter
-    pngs = re.findall(r"\[master\] plot: (\S+)", out)
+    pngs = re.findall(r"\[dff_master\]: plot: (\S+)", out)
     assert sorted(Path(p).name.rsplit("-", 1)[1] for p in pngs) == ["curves.png", "timeline.png"], out[-2000:]
     assert all(Path(p).stat().st_size > 10_000 for p in pngs)
