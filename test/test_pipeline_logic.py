@@ -19,8 +19,9 @@ def config(schedule, **train):
                   "test_subset": 1000, "threads": 2, **train}}, "test")
 
 
-def run_in_process(cfg, data):
-    """Hosts chained by direct calls: each output chunk goes straight to the next host."""
+def run_in_process(cfg, data, count_layers=False):
+    """Hosts chained by direct calls: each output chunk goes straight to the next host.
+    ``count_layers``: the progress counts the hosts' trained rows too (as the master does)."""
     hosts = [LayerHost(s, cfg.train, cfg.num_classes, last=s.index == len(cfg.layers) - 1) for s in cfg.layers]
     results = queue.Queue()
 
@@ -34,7 +35,8 @@ def run_in_process(cfg, data):
 
     driver = PipelineDriver(cfg, data, send_train=lambda c: push(0, c, False),
                             send_infer=lambda c: push(0, c, True), results=results, chunk_rows=700,
-                            progress=False)
+                            progress=False,
+                            layer_samples=(lambda: sum(h.samples for h in hosts)) if count_layers else None)
     driver.fit()
     return driver.evaluate()["accuracy"], hosts, driver
 
@@ -57,6 +59,15 @@ def test_pipeline_matches_reference(mnist, schedule):
         # the same sums; the reference's history keeps 5 decimals
         assert loss == pytest.approx(history["loss"][name], abs=1e-5), name
         assert acc == pytest.approx(history["accuracy"][name], abs=1e-5), name
+
+
+def test_progress_counts_the_layers_rows_as_they_train(mnist):
+    cfg = config("chapters", epochs=2, splits=1)
+    _, _, driver = run_in_process(cfg, mnist, count_layers=True)
+    rows = cfg.train.train_subset * cfg.train.epochs
+    assert driver.progress.total == driver.progress.done == rows * (len(cfg.layers) + 1)
+    _, _, driver = run_in_process(cfg, mnist)   # the head's rows only
+    assert driver.progress.total == driver.progress.done == rows
 
 
 @pytest.mark.parametrize("schedule", ["chapters", "stream"])
