@@ -72,3 +72,12 @@ def test_shipped_configs_are_valid():
     assert shipped, "config/models/ should ship model configs"
     for p in shipped:
         load_model_config(p)
+
+
+def test_the_reference_lists_every_train_key_as_the_code_has_it():
+    from pathlib import Path
+
+    from dff_ros.config.schema import train_reference_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text()
+    assert train_reference_table() in doc, "docs/reference.md: paste dff_ros.config.schema.train_reference_table()"

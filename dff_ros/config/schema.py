@@ -93,6 +93,48 @@ class TrainConfig:
         return self.epochs // self.splits
 
 
+# What each train key means: docs/reference.md's table (test/test_config.py keeps it in step).
+TRAIN_HELP = {
+    "algorithm": "`ff`: positive/negative goodness; `pon`: per-layer softmax heads (PFF 4.4)",
+    "epochs": "E, passes over the training set",
+    "splits": "S: chapters of C = E/S epochs (must divide `epochs`); negatives are chosen anew per chapter",
+    "batch_size": "rows per update",
+    "lr": "FF layers' learning rate",
+    "head_lr": "softmax / PON heads' learning rate",
+    "optimizer": "`adam` \\| `sgd` (momentum 0.9)",
+    "cooldown": "linear learning-rate decay over the second half of training (PFF 5.1)",
+    "threshold": "theta; null: the layer's width for sum goodness (1 for mean)",
+    "goodness": "`sum` \\| `mean` of squared activities",
+    "peer_normalization": "weight of the peer-normalisation loss (0: off)",
+    "negatives": "`adaptive` \\| `random` \\| `fixed`",
+    "negatives_lag": "adaptive: chapter j's negatives are scored after chapter j - lag; null: 1, or the node "
+                     "count in PFF",
+    "classifiers": "ff: `goodness`, `softmax`; pon: `pon_last`, `pon_all`",
+    "schedule": "`chapters`: layer by layer (PFF); `stream`: each minibatch through all layers (DFF)",
+    "seed": "seeds the layers, the minibatch order and the negatives",
+    "threads": "torch threads of the single-process trainer (`dff-ros train`); servers take `server_threads`",
+    "eval_batch_size": "rows per forward pass when testing",
+    "train_subset": "0: every training image; N: the first N (quick runs, tests)",
+    "test_subset": "0: every test image; N: the first N",
+}
+
+
+def train_reference_table() -> str:
+    """docs/reference.md's table of the model YAML's train keys, from TrainConfig and TRAIN_HELP."""
+    def shown(v):
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, tuple):
+            return "[" + ", ".join(v) + "]"
+        return f"`{v}`" if isinstance(v, str) else str(v)
+
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `train.{f.name}` | {shown(f.default)} | {TRAIN_HELP[f.name]} |" for f in dataclasses.fields(TrainConfig)]
+    return "\n".join(rows) + "\n"
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str = "MNIST"
