@@ -165,6 +165,7 @@ class ServerNode(Node):
             self._stop(h)
         for job in jobs:
             job.stop(f"{self.key} is shutting down")
+            self._retire(job.thread)
         deadline = time.monotonic() + timeout
         for t in self.retired:   # a worker still inside torch when Python finalizes aborts the process
             t.join(max(0.0, deadline - time.monotonic()))
