@@ -32,7 +32,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${PIP[@]}" --upgrade pip
   # torch==2.13.0 exactly: this machine has its CPU wheel; any other spec pulls GBs of CUDA.
   # matplotlib: run timelines and benchmark charts (PNG)
-  "${PIP[@]}" torch==2.13.0 numpy pyyaml pytest matplotlib
+  # psutil: Fast DDS's own `fastdds shm clean` needs it (scripts/test.sh)
+  "${PIP[@]}" torch==2.13.0 numpy pyyaml pytest matplotlib psutil
   [ -n "${DFF_NO_ROS:-}" ] || "${PIP[@]}" "${ROS_WHEELS[@]}"
   "${PIP[@]}" --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
