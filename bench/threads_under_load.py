@@ -10,7 +10,7 @@ stalls the whole product. dff_ros starts its processes with OMP_WAIT_POLICY=PASS
   - 2 threads, OMP_WAIT_POLICY=PASSIVE (sleep at once);
 beside 0, 1 and 2 processes that keep a core busy, in alternating rounds (the table keeps the
 median and the range). Every run trains the same updates: the accuracy column shows it.
-Writes bench/results/threads_under_load.{json,md} and the README table.
+Writes bench/results/threads_under_load.{json,md,png} and the README table.
 
     source scripts/env.sh && python bench/threads_under_load.py [--rounds 3]
 """
@@ -111,6 +111,31 @@ def main() -> None:
     table += (f"\n`{s['model']}`, {s['train_subset']} MNIST training images × {s['epochs']} epochs, "
               f"{s['test_subset']} test images; MKL strict CNR on in every run.\n")
     publish_table("threads_under_load", table)
+    plot(runs, RESULTS)
+
+
+def plot(runs: list[dict], results) -> None:
+    """Median training time per case, grouped by the busy processes beside it (range as error bars)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    labels, width = list(CASES), 0.8 / len(CASES)
+    for i, label in enumerate(labels):
+        rows = sorted((r for r in runs if r["label"] == label), key=lambda r: r["busy_processes"])
+        xs = [r["busy_processes"] + (i - (len(labels) - 1) / 2) * width for r in rows]
+        med = [r["train_seconds"] for r in rows]
+        err = [[m - min(r["runs"]) for m, r in zip(med, rows)], [max(r["runs"]) - m for m, r in zip(med, rows)]]
+        ax.bar(xs, med, width, yerr=err, capsize=3, label=label)
+    ax.set_xticks([0, 1, 2], ["alone", "1 busy process beside it", "2 busy processes beside it"])
+    ax.set_ylabel("training time, s (median, range)")
+    m = runs[0]["machine"]
+    ax.set_title(f"reference trainer on a shared CPU ({m['cores']}-core {m['cpu']}, {m['date'][:10]})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / "threads_under_load.png", dpi=120)
+    print(f"plot: {results / 'threads_under_load.png'}")
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # common.py imports dff_ros: import it late
