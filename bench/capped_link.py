@@ -24,7 +24,7 @@ from common import (REPO, RESULTS, launched, machine, machine_cell, markdown_tab
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.netns import NetnsUnavailable, VirtualHosts  # noqa: E402
-from dff_ros.nodes.master import parse_set  # noqa: E402
+from dff_ros.config.files import parse_set  # noqa: E402
 
 RUNS = ("dff", "single_layer", "all_layers")
 DEFAULTS = {"train_subset": 10000, "epochs": 2, "splits": 2}

@@ -42,8 +42,9 @@ from rosutil import Client, Proc, kill_when, start_server, wait_status  # noqa: 
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.msg import TrainingBatch  # noqa: E402
-from dff_ros.nodes.common import DATA_QOS, layer_topics  # noqa: E402
-from dff_ros.nodes.master import parse_set  # noqa: E402
+from dff_ros.nodes.common import DATA_QOS  # noqa: E402
+from dff_ros.topics import layer_topics  # noqa: E402
+from dff_ros.config.files import parse_set  # noqa: E402
 from dff_ros.srv import CreateLayers, SaveWeights  # noqa: E402
 
 PIPELINE = REPO / "config" / "mnist_pipeline.yaml"
@@ -289,7 +290,7 @@ def table(r: dict) -> str:
         rows.append([f"PFF master SIGKILLed in chapter {pk['killed_in_chapter'] + 1} of {splits}, then started again "
                      f"({mnist}, All-Layers, 2 nodes)", 1,
                      (f"survived: the new master took run `{res['run_id']}` over (the nodes had reported "
-                      f"{res['head_done']} whole chapter(s)) and followed it to the end; trained in "
+                      f"{res['chapters_done']} whole chapter(s)) and followed it to the end; trained in "
                       f"{ps['train_seconds']:.0f} s counting the gap; {_accuracy(ps, u)}") if res
                      else "NOT taken over: a new run started"])
     rows.append([f"malformed / foreign chunks on layer 0's input during that run: "

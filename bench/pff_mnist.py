@@ -31,7 +31,7 @@ from common import REPO, RESULTS, data_root, launched, machine, machine_cell, ma
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
 from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
-from dff_ros.nodes.master import parse_set  # noqa: E402
+from dff_ros.config.files import parse_set  # noqa: E402
 
 RUNS = ("sequential-1t", "sequential-2t", "sequential-1t-pair", "single_layer", "all_layers", "federated", "dff")
 

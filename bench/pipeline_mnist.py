@@ -26,7 +26,7 @@ from dff_ros.config.pipeline import load_pipeline_config  # noqa: E402
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
 from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
-from dff_ros.nodes.master import parse_set  # noqa: E402
+from dff_ros.config.files import parse_set  # noqa: E402
 
 
 def table(runs):

@@ -25,7 +25,7 @@ from common import RESULTS, data_root, machine, machine_cell, markdown_table, pu
 from faults import bench_env, pipeline_args  # noqa: E402
 from rosutil import Proc, start_server  # noqa: E402
 
-from dff_ros.nodes.master import parse_set  # noqa: E402
+from dff_ros.config.files import parse_set  # noqa: E402
 
 
 def run_cli(env, *args, timeout=600) -> str:

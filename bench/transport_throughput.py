@@ -30,7 +30,7 @@ def role_sub(args) -> None:
     import rclpy
     from dff_ros.msg import TrainingBatch
     from dff_ros.nodes.common import DATA_QOS, make_executor
-    from dff_ros.transport.tensors import from_msg
+    from dff_ros.wire.tensors import from_msg
     from std_msgs.msg import UInt64
 
     rclpy.init()
@@ -68,7 +68,7 @@ def role_pub(args) -> None:
     import torch
     from dff_ros.msg import TrainingBatch
     from dff_ros.nodes.common import DATA_QOS, make_executor
-    from dff_ros.transport.tensors import to_msg
+    from dff_ros.wire.tensors import to_msg
     from std_msgs.msg import UInt64
 
     rclpy.init()

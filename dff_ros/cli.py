@@ -100,7 +100,7 @@ def _admin(args):
 
 def _pipeline(args):
     from dff_ros.config.pipeline import load_pipeline_config
-    from dff_ros.nodes.master import default_pipeline
+    from dff_ros.config.files import default_pipeline
 
     return load_pipeline_config(args.pipeline or default_pipeline())
 
@@ -167,7 +167,7 @@ def cmd_export(args) -> int:
         print(f"{args.model_config or pipeline.model} describes model {config.name!r}, not {args.model!r}: "
               "pass its model YAML with --model-config", file=sys.stderr)
         return 2
-    from dff_ros.nodes.common import default_weights_dir
+    from dff_ros.weights import default_weights_dir
 
     local = [Path(pipeline.weights_dir) if pipeline.weights_dir else default_weights_dir()]
     out = Path(args.out or f"{args.model}.pt")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dff_ros.config.pipeline import load_pipeline_config, server_arguments
 from dff_ros.config.schema import ConfigError
-from dff_ros.nodes.master import config_file, default_pipeline, parse_set
+from dff_ros.config.files import config_file, default_pipeline, parse_set
 from dff_ros.procenv import node_env
 from dff_ros.stopping import Interrupted, ignore, install
 

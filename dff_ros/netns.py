@@ -81,6 +81,8 @@ def with_flow_controller(profile_xml: str, bytes_per_second: float, period_ms: i
 
 @dataclass
 class VirtualHosts:
+    """Emulated hosts on this machine: network namespaces on a bridge, one IP each, optional capped
+    links."""
     count: int
     prefix: str = "dffh"
     subnet: str = "10.77.0"      # host i is <subnet>.<i+1>; the bridge <subnet>.254

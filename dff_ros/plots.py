@@ -105,7 +105,7 @@ def _save(fig, plt, path) -> Path:
 
 def run_plots(summary: dict, config, stem) -> list[Path]:
     """A finished run's PNGs next to its summary: <stem>-curves.png and <stem>-timeline.png."""
-    from dff_ros.pff.worker import part_names
+    from dff_ros.parts.names import part_names
 
     if not summary.get("trained", True) or not summary.get("train_seconds"):
         return []   # evaluated saved weights: nothing was trained to plot

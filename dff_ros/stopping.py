@@ -24,6 +24,8 @@ _received: list[int] = []
 
 
 class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the process stops, after dropping its work; ``exit_code`` is 130
+    or 143."""
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum

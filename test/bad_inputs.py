@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from dff_ros.msg import LayerParameters, LayerSpec, TrainingBatch
-from dff_ros.nodes.common import layer_topics
+from dff_ros.topics import layer_topics
 from dff_ros.srv import CreateLayers
-from dff_ros.transport.codec import to_parameter_value, to_parameters
-from dff_ros.transport.tensors import to_msg
+from dff_ros.wire.codec import to_parameter_value, to_parameters
+from dff_ros.wire.tensors import to_msg
 
 # names that would leave the weights folder if joined as they are, and what becomes of them
 TRAVERSAL_NAMES = ["../../evil", "/etc/passwd", "a/../../b", "..", "~root/.ssh"]

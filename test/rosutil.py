@@ -102,7 +102,7 @@ def master_killed(env, tmp_path, pipeline, ready, state) -> tuple[dict, str, Pro
     """server_1, server_2 and a master; the master is SIGKILLed once a status satisfies
     ``ready`` and its run state file ``state`` exists, then started again. The second
     master's summary, the run id the first one had saved, and the second master."""
-    from dff_ros.checkpoint import load_weights
+    from dff_ros.weights import load_weights
 
     servers = [start_server(env, tmp_path, name=f"server_{i}") for i in (1, 2)]
     runs = []
@@ -166,7 +166,8 @@ class Client:
 def wait_status(client: Client, ready, timeout: float = 600.0):
     """The first /dff/status message that satisfies ``ready``."""
     from dff_ros.msg import LayerStatus
-    from dff_ros.nodes.common import STATUS_QOS, STATUS_TOPIC
+    from dff_ros.nodes.common import STATUS_QOS
+    from dff_ros.topics import STATUS_TOPIC
 
     seen = []
     sub = client.node.create_subscription(LayerStatus, STATUS_TOPIC, seen.append, STATUS_QOS)

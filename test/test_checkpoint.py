@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from dff_ros.checkpoint import load_weights, save_atomic
+from dff_ros.weights import load_weights, save_atomic
 
 WRITER = """
 import sys, torch
-from dff_ros.checkpoint import save_atomic
+from dff_ros.weights import save_atomic
 i = 1
 while True:  # ~32 MB per version: most of the time is spent inside a write
     save_atomic({"version": torch.tensor(i), "w": torch.full((8_000_000,), float(i))}, sys.argv[1])

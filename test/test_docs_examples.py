@@ -11,7 +11,7 @@ import pytest
 
 from dff_ros.config import load_model_config
 from dff_ros.config.pipeline import load_pipeline_config
-from dff_ros.nodes.master import parse_set
+from dff_ros.config.files import parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

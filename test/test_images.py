@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dff_ros.transport.images import ImageError, image_to_row, row_to_mono8
+from dff_ros.wire.images import ImageError, image_to_row, row_to_mono8
 
 
 def image(pixels: np.ndarray, encoding: str, *, step=None, bigendian=False, data=None):

@@ -6,8 +6,9 @@ import yaml
 
 from dff_ros.config import ConfigError, load_model_config
 from dff_ros.config.pipeline import (check_model_layer_types, load_layer_types, load_pipeline_config,
-                                     plan_layers, solo_threads)
-from dff_ros.nodes.common import layer_topics, path_token, topic_token
+                                     place_layers, solo_threads)
+from dff_ros.topics import layer_topics, topic_token
+from dff_ros.weights import path_token
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,14 +56,14 @@ def test_layer_types_errors(tmp_path):
 
 def test_round_robin_and_explicit_placement():
     servers = ["server_10", "server_2", "server_1"]
-    assert plan_layers(4, servers) == ["server_1", "server_2", "server_10", "server_1"]
-    assert plan_layers(2, servers, {0: "server_10", 1: "server_10"}) == ["server_10", "server_10"]
+    assert place_layers(4, servers) == ["server_1", "server_2", "server_10", "server_1"]
+    assert place_layers(2, servers, {0: "server_10", 1: "server_10"}) == ["server_10", "server_10"]
     with pytest.raises(ConfigError, match="placement.1: layer 1 has no server"):
-        plan_layers(2, servers, {0: "server_1"})
+        place_layers(2, servers, {0: "server_1"})
     with pytest.raises(ConfigError, match="not running"):
-        plan_layers(1, servers, {0: "server_7"})
+        place_layers(1, servers, {0: "server_7"})
     with pytest.raises(ConfigError, match="no server"):
-        plan_layers(1, [])
+        place_layers(1, [])
 
 
 def test_names_are_sanitized():

@@ -11,7 +11,8 @@ from rosutil import Client, Proc, check_run_plots, ros_env, run_launcher, start_
 from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg
 
 from dff_ros.msg import RunProgress, TrainingBatch
-from dff_ros.nodes.common import DATA_QOS, SERVER_NAME, layer_topics, progress_topic
+from dff_ros.nodes.common import DATA_QOS, SERVER_NAME
+from dff_ros.topics import layer_topics, progress_topic
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
 
 

@@ -9,9 +9,10 @@ from rosutil import Client, check_run_plots, ros_env, run_launcher, start_server
 
 from dff_ros.config import load_model_config
 from dff_ros.msg import LayerParameters, LayerStatus
-from dff_ros.nodes.common import STATUS_QOS, STATUS_TOPIC, params_qos, params_topic
+from dff_ros.nodes.common import STATUS_QOS, params_qos
+from dff_ros.topics import STATUS_TOPIC, params_topic
 from dff_ros.srv import CreateLayers
-from dff_ros.transport.codec import params_from_msg, spec_to_msg, to_parameters
+from dff_ros.wire.codec import params_from_msg, spec_to_msg, to_parameters
 
 SMALL = dict(widths=(200, 200), epochs=4, splits=4, train_subset=3000, test_subset=1000)
 

@@ -12,7 +12,7 @@ import yaml
 
 from dff_ros.config.schema import ConfigError, read_yaml
 from dff_ros.ff.layers import LAYER_TYPES
-from dff_ros.pff.plan import VARIANTS
+from dff_ros.parts.names import VARIANTS
 
 TRANSPORTS = ("activations", "parameters")
 MESSAGE_TYPES = ("dff_ros/msg/TrainingBatch", "dff_ros/msg/InferenceBatch")
@@ -62,6 +62,8 @@ def check_model_layer_types(config, layer_types: Mapping, source: str) -> None:
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """The pipeline YAML: which model runs where and how (transport, servers, placement, timeouts);
+    every key is a master ROS parameter."""
     model: str                              # model YAML
     layer_types: str                        # layer-type YAML
     servers: int = 2                        # servers the launcher starts / the master waits for
@@ -248,15 +250,15 @@ def parse_pipeline_config(raw: Mapping, source: str, base: Path | None = None) -
 
 # ---------------------------------------------------------------- planner
 
-def plan_layers(n_layers: int, servers: list[str], placement: Any = "round_robin",
-                source: str = "<plan>") -> list[str]:
+def place_layers(n_layers: int, servers: list[str], placement: Any = "round_robin",
+                source: str = "<placement>") -> list[str]:
     """Server for each layer: round robin over the servers in name order, or as placed."""
     if not servers:
         raise ConfigError(source, "servers", "no server is running")
     ordered = sorted(servers, key=lambda s: (len(s), s))  # server_2 before server_10
     if placement == "round_robin":
         return [ordered[i % len(ordered)] for i in range(n_layers)]
-    plan = []
+    where = []
     for i in range(n_layers):
         if i not in placement:
             raise ConfigError(source, f"placement.{i}", f"layer {i} has no server (placement names layers "
@@ -264,8 +266,8 @@ def plan_layers(n_layers: int, servers: list[str], placement: Any = "round_robin
         if placement[i] not in servers:
             raise ConfigError(source, f"placement.{i}", f"server {placement[i]!r} is not running "
                                                        f"(running: {', '.join(ordered)})")
-        plan.append(placement[i])
+        where.append(placement[i])
     extra = sorted(set(placement) - set(range(n_layers)))
     if extra:
         raise ConfigError(source, f"placement.{extra[0]}", f"the model has only {n_layers} layers")
-    return plan
+    return where

@@ -15,7 +15,7 @@ Every error names the file, the key and the problem (``ConfigError``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -45,22 +45,34 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One row of the model list, resolved: absolute input index and input width."""
+    """One row of the model list, resolved: the absolute index of the layer feeding it and the
+    shapes of one sample's activations in and out (``(width,)`` for a dense layer, ``(C, H, W)``
+    for a convolutional one; a batch adds a leading dimension)."""
 
     index: int
     source: int  # index of the layer feeding this one; -1 means the (label-overlaid) input
     module: str
     args: tuple = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    in_features: int = 0
-    out_features: int = 0
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def out_features(self) -> int:
+        return math.prod(self.out_shape)
 
     def build(self):
-        return LAYER_TYPES[self.module](self.in_features, *self.args, **dict(self.kwargs))
+        return LAYER_TYPES[self.module].from_shape(self.in_shape, *self.args, **dict(self.kwargs))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The model YAML's ``train`` section: how the layers learn (epochs, chapters, objective,
+    negatives, classifiers, schedule)."""
     algorithm: str = "ff"            # ff: positive/negative goodness; pon: per-layer softmax (PFF 4.4)
     epochs: int = 20
     splits: int = 20                 # S; chapter length C = epochs / splits
@@ -137,12 +149,14 @@ def train_reference_table() -> str:
 
 @dataclass(frozen=True)
 class DatasetConfig:
+    """The model YAML's ``dataset``: which dataset, and where its files are."""
     name: str = "MNIST"
     root: str | None = None          # None: $DFF_DATA_ROOT, else ~/.cache/dff_ros/data
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A validated model YAML: its name, resolved layer specs, training settings and dataset."""
     name: str
     layers: tuple[LayerSpec, ...]
     train: TrainConfig
@@ -234,7 +248,9 @@ def _validate_dataset(raw: Any, source: str) -> DatasetConfig:
     return DatasetConfig(name=name, root=root)
 
 
-def validate_model_rows(rows: Any, input_features: int, source: str) -> tuple[LayerSpec, ...]:
+def validate_model_rows(rows: Any, input_shape: int | tuple[int, ...], source: str) -> tuple[LayerSpec, ...]:
+    """The model list's rows as LayerSpecs; ``input_shape``: one input sample's (a width for flat inputs)."""
+    input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if not isinstance(rows, list) or not rows:
         raise ConfigError(source, "model", "must be a non-empty list of [from, module, args] rows")
     layers: list[LayerSpec] = []
@@ -261,15 +277,14 @@ def validate_model_rows(rows: Any, input_features: int, source: str) -> tuple[La
             pos, kw = tuple(args), {}
         else:
             raise ConfigError(source, f"{key}.args", f"must be a list or mapping, got {args!r}")
-        in_features = input_features if resolved < 0 else layers[resolved].out_features
+        in_shape = input_shape if resolved < 0 else layers[resolved].out_shape
         cls = LAYER_TYPES[module]
         try:
-            inspect.signature(cls).bind(in_features, *pos, **kw)
-            out_features = cls.output_features(in_features, *pos, **kw)
+            out_shape = cls.check_args(in_shape, *pos, **kw)
         except (TypeError, ValueError) as e:
             raise ConfigError(source, f"{key}.args", f"{module}{list(pos) or kw}: {e}") from None
         layers.append(LayerSpec(index=i, source=resolved, module=module, args=pos, kwargs=kw,
-                                in_features=in_features, out_features=out_features))
+                                in_shape=tuple(in_shape), out_shape=tuple(out_shape)))
     return tuple(layers)
 
 

@@ -20,6 +20,7 @@ ENV_DATA_ROOT = "DFF_DATA_ROOT"
 
 @dataclass(frozen=True)
 class IdxFile:
+    """One file of an IDX dataset: its name, where to download it and its checksum."""
     name: str   # without .gz, e.g. "train-images-idx3-ubyte"
     md5: str    # md5 of the decompressed content: the same for every mirror's compression
 

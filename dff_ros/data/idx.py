@@ -12,6 +12,7 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 
 class ChecksumError(ValueError):
+    """A data file whose content is not the published file's (corrupt, truncated or another file)."""
     pass
 
 

@@ -9,6 +9,8 @@ _KEYS = ("loss", "accuracy", "batches")   # sums per epoch
 
 
 class EpochMeans:
+    """Per-epoch means of a part's minibatch loss and training accuracy, summed as it trains (the
+    learning curves)."""
     def __init__(self):
         self._sums: dict[int, list[float]] = {}   # epoch -> [loss sum, accuracy sum, batches]
 

@@ -1,6 +1,9 @@
 """FF layer types, registered by name so model configs can refer to them."""
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +27,7 @@ def register_layer(name: str):
 
 
 def length_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Scale each row to unit root-mean-square length.
+    """Scale each row (sample) to unit root-mean-square length.
 
     Hinton's normalisation: the next layer sees only the *direction* of the activity
     vector, so a layer cannot pass its goodness (the length) on. RMS rather than plain L2
@@ -32,6 +35,8 @@ def length_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     eps sits inside the square root: an all-zero row (every unit dead) then has a finite
     gradient instead of 0/0 (PON backpropagates through this).
     """
+    if x.dim() != 2:   # an N-d activation: over all of a sample's values
+        return x * torch.rsqrt(x.pow(2).flatten(1).mean(dim=1) + eps).view(-1, *[1] * (x.dim() - 1))
     return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
 
 
@@ -75,15 +80,38 @@ class _OverlaidLinear(torch.autograd.Function):
 
 
 class FFLayer(nn.Module):
-    """A layer trained by its own local objective; input is the raw previous activity."""
+    """A layer trained by its own local objective; input is the raw previous activity.
+
+    A layer type works on one sample's activations of some shape: a flat one (``shape_args =
+    False``, the default) is built as ``cls(in_features, *args)`` on the flattened input and
+    says its output width with ``output_features``; an N-d one (``shape_args = True``, e.g. a
+    convolution on ``(C, H, W)``) is built as ``cls(in_shape, *args)`` and says its output
+    shape with ``output_shape``."""
 
     type_name = "FFLayer"
+    shape_args = False
     out_features: int
 
     @classmethod
     def output_features(cls, in_features: int, *args, **kwargs) -> int:
         """Output width for the given constructor args, without building the layer."""
         raise NotImplementedError
+
+    @classmethod
+    def output_shape(cls, in_shape: tuple[int, ...], *args, **kwargs) -> tuple[int, ...]:
+        """One sample's output shape for ``in_shape`` and the constructor args."""
+        return (cls.output_features(math.prod(in_shape), *args, **kwargs),)
+
+    @classmethod
+    def check_args(cls, in_shape: tuple[int, ...], *args, **kwargs) -> tuple[int, ...]:
+        """The output shape, once the args fit the constructor (TypeError / ValueError if not)."""
+        first = tuple(in_shape) if cls.shape_args else math.prod(in_shape)
+        inspect.signature(cls).bind(first, *args, **kwargs)
+        return tuple(cls.output_shape(tuple(in_shape), *args, **kwargs))
+
+    @classmethod
+    def from_shape(cls, in_shape: tuple[int, ...], *args, **kwargs) -> "FFLayer":
+        return cls(tuple(in_shape) if cls.shape_args else math.prod(in_shape), *args, **kwargs)
 
 
 @register_layer("FFDense")
@@ -106,6 +134,8 @@ class FFDense(FFLayer):
         return out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:   # an N-d layer's activations: one flat row per sample
+            x = x.flatten(1)
         return _ReLUFullGrad.apply(self.linear(length_normalize(x)))
 
     def forward_overlaid(self, blank: torch.Tensor, passes, num_classes: int, eps: float = 1e-8) -> torch.Tensor:

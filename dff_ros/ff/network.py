@@ -64,7 +64,7 @@ class FFNetwork(nn.Module):
         Row chunks written into one output (``scratch``'s "head" tensor when given): normalising a whole chapter's
         activities at once made three full-size temporaries, and it ran three times slower beside
         another process than alone."""
-        acts = acts[1:]
+        acts = [a if a.dim() == 2 else a.flatten(1) for a in acts[1:]]   # N-d activations: flat per sample
         rows = acts[0].shape[0]
         width = sum(a.shape[1] for a in acts)
         out = scratch_tensor(scratch, "head", (rows, width), acts[0].dtype)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 
 def goodness(h: torch.Tensor, kind: str = "sum") -> torch.Tensor:
-    """Per-row goodness: sum or mean of squared activities."""
-    sq = h.pow(2)
+    """Per-row (per-sample) goodness: sum or mean of squared activities."""
+    sq = h.pow(2) if h.dim() == 2 else h.pow(2).flatten(1)
     return sq.mean(dim=1) if kind == "mean" else sq.sum(dim=1)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Chapter:
+    """E/S consecutive epochs of training: the unit of the chapters schedule and of PFF tasks."""
     index: int        # 0-based chapter number
     epochs: range     # 1-based global epoch numbers trained in this chapter
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from dff_ros.checkpoint import load_weights, save_atomic
+from dff_ros.weights import NETWORK_FORMAT as WEIGHTS_FORMAT, load_weights, save_atomic
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import accuracy, goodness_scores
 from dff_ros.ff.history import EpochMeans, curves
@@ -24,10 +24,11 @@ from dff_ros.ff.network import FFNetwork
 from dff_ros.ff.schedule import chapters
 from dff_ros.progress import Progress
 
-WEIGHTS_FORMAT = "dff_ros.ffnetwork/1"
 
 
 class ReferenceTrainer:
+    """The single-process trainer: the whole model on one machine, the result every distributed mode
+    must reproduce."""
     def __init__(self, config, data: dict[str, torch.Tensor], *, progress: bool = True,
                  eval_every: int = 0, log: Callable[[str], None] = print):
         """``eval_every`` k > 0: also test after every k chapters (time not counted as training)."""

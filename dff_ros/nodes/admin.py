@@ -13,33 +13,23 @@ from pathlib import Path
 import rclpy
 from rclpy.qos import QoSProfile
 
-from dff_ros.checkpoint import load_weights
+from dff_ros import weights
 from dff_ros.msg import LayerStatus
-from dff_ros.nodes.common import (RUN_STATE_FORMAT, STATUS_TOPIC, discover_servers, head_weights_file, path_token)
-from dff_ros.pff.state import saved_part_tensors
-from dff_ros.pff.worker import network_from_parts, part_names
+from dff_ros.nodes.common import discover_servers
+from dff_ros.topics import STATUS_TOPIC
+from dff_ros.parts.names import part_names
+from dff_ros.pff.worker import network_from_parts
 from dff_ros.srv import DeleteModel, FetchParameters, ListLayers
-from dff_ros.transport.codec import spec_hash
-from dff_ros.transport.tensors import TensorDecodeError, from_msg
+from dff_ros.wire.tensors import TensorDecodeError, from_msg
 
 
 class AdminError(RuntimeError):
     """What the command could not do, and why."""
 
 
-def part_files(config) -> dict[int, str]:
-    """The file each part of ``config`` is saved in by the node that trained it (the servers'
-    and the master's naming): layer<i>-<module>-<spec hash>.pt, head-<hash>.pt."""
-    train = config.to_dict()["train"]
-    out = {s.index: f"layer{s.index}-{path_token(s.module)}-{spec_hash(config.name, s, train)}.pt"
-           for s in config.layers}
-    if train["algorithm"] == "ff" and "softmax" in train["classifiers"]:
-        out[len(config.layers)] = head_weights_file(config.name, [s.out_features for s in config.layers],
-                                                    config.num_classes)
-    return out
-
-
 class Admin:
+    """``dff-ros status | delete | export``: a short-lived ROS node that asks every server on the
+    domain."""
     def __init__(self, *, wait_seconds: float = 3.0, servers: int = 0, call_timeout: float = 10.0):
         """``wait_seconds``: how long discovery may take; ``servers``: stop waiting once this many
         servers are seen (0: until the list has settled)."""
@@ -138,8 +128,8 @@ class Admin:
         """Each part's saved tensors, from the server that saved it most recently, else from a
         local weights dir (a DFF master keeps the softmax head on its own machine). Returns
         the tensors and where each part came from."""
-        files, names = part_files(config), part_names(config)
-        folder = path_token(config.name)
+        files, names = weights.part_files(config), part_names(config)
+        folder = weights.path_token(config.name)
         newest: dict[int, tuple[float, str]] = {}
         for entry in self.status(listen_seconds=0.0):
             for saved in entry.get("saved", []):
@@ -163,7 +153,7 @@ class Admin:
             for d in local_dirs:
                 path = Path(d) / folder / file
                 if path.is_file():
-                    tensors[part], source[part] = saved_part_tensors(load_weights(path)), str(path)
+                    tensors[part], source[part] = weights.saved_part_tensors(weights.load_weights(path)), str(path)
                     break
         missing = [names[p] for p in files if p not in tensors]
         if missing:
@@ -190,11 +180,10 @@ def interrupted_runs(summary_dir) -> list[dict]:
     out = []
     for path in sorted(Path(summary_dir).glob("*.run-state.pt")):
         try:
-            state = load_weights(path)
-            if not isinstance(state, dict) or state.get("format") != RUN_STATE_FORMAT:
-                raise ValueError("not a run state")
+            state = weights.read_run_state(path)
             out.append({"path": str(path), "model": state["config"]["name"], "run_id": state["run_id"],
-                        "chapters_done": int(state["head_done"]), "attempt": int(state["attempt"])})
+                        "chapters_done": int(state.get("chapters_done", state.get("head_done", 0))),   # (older files: head_done)
+                        "attempt": int(state["attempt"])})
         except Exception as e:   # say what is wrong with it, list the rest
             out.append({"path": str(path), "error": str(e)})
     return out

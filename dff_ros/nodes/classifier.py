@@ -25,7 +25,7 @@ from dff_ros.ff.classifiers import class_scores
 from dff_ros.ff.trainer import load_network
 from dff_ros.msg import Prediction
 from dff_ros.srv import Classify
-from dff_ros.transport.images import ImageError, image_to_row
+from dff_ros.wire.images import ImageError, image_to_row
 
 
 class Classifier:
@@ -50,6 +50,7 @@ class Classifier:
 
 
 class ClassifierNode(Node):
+    """Classifies each ``sensor_msgs/Image`` with a trained network and publishes a Prediction."""
     def __init__(self, model: Classifier, input_qos: str = "best_effort"):
         super().__init__("dff_classifier")
         self.model = model

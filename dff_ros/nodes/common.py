@@ -1,23 +1,13 @@
-"""Names, topics, paths and QoS shared by the master and the servers."""
+"""What the ROS adapters share: QoS profiles, ROS parameters, server discovery, executors."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-from pathlib import Path
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from dff_ros.pff.plan import NEGATIVES
-
-LAYER_WEIGHTS_FORMAT = "dff_ros.layer/1"   # one layer, saved by the server hosting or training it
-HEAD_WEIGHTS_FORMAT = "dff_ros.head/1"     # a softmax head
-RUN_STATE_FORMAT = "dff_ros.run/1"         # a DFF run in progress, saved by the master after each chapter
 SERVER_NAME = re.compile(r"^server_(\d+)$")   # the names servers give themselves (naming.py)
 SERVER_SERVICE = ("create_layers", "dff_ros/srv/CreateLayers")   # what makes a node a server
-STATUS_TOPIC = "/dff/status"
-CLAIMS_TOPIC = "/dff/server_claims"
 
 # Training/inference chunks: lossless and in order. KEEP_ALL makes a full writer wait instead
 # of overwriting; the master bounds what is in flight, so nothing piles up.
@@ -26,7 +16,6 @@ DATA_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPol
 STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
 CLAIMS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
 
 
 def declare_settings(node, values: dict, help: dict) -> dict:
@@ -102,59 +91,3 @@ TASKS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10000, reliability
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def progress_topic(model: str) -> str:
-    """The master's RunProgress (``params_qos(1)``: the latest for late listeners)."""
-    return f"/dff/{topic_token(model)}/progress"
-
-
-def checkpoints_topic(model: str) -> str:
-    """DFF layer checkpoints (``params_qos``): each hosted layer's state after every chapter it
-    trains (weights and optimizer, a few MB: ~1 % of a chapter's activations). The master keeps
-    the newest per layer for the server that takes over a lost server's layer."""
-    return f"/dff/{topic_token(model)}/checkpoints"
-
-
-def tasks_topic(model: str) -> str:
-    return f"/dff/{topic_token(model)}/tasks"
-
-
-def topic_token(name: str) -> str:
-    """A model name as one valid ROS name token: [A-Za-z0-9_], not starting with a digit."""
-    token = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "model"
-    return token if not token[0].isdigit() else f"m_{token}"
-
-
-def path_token(name: str) -> str:
-    """A name safe as one path component (no separators, no leading dot, bounded length)."""
-    token = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100]
-    return token or "_"
-
-
-def layer_topics(model: str, index: int, last_index: int) -> dict[str, str]:
-    base = f"/dff/{topic_token(model)}"
-    src = f"{base}/input" if index == 0 else f"{base}/layer_{index - 1}"
-    dst = f"{base}/output" if index == last_index else f"{base}/layer_{index}"
-    return {"train_input": f"{src}/train", "infer_input": f"{src}/infer",
-            "train_output": f"{dst}/train", "infer_output": f"{dst}/infer"}
-
-
-def params_topic(model: str, part: int, num_layers: int) -> str:
-    """Where versions of one part go: /dff/<model>/params/layer_<i>, or .../head (part L), and
-    adaptive negative labels (part NEGATIVES) /dff/<model>/negatives."""
-    if part == NEGATIVES:
-        return f"/dff/{topic_token(model)}/negatives"
-    return f"/dff/{topic_token(model)}/params/" + ("head" if part == num_layers else f"layer_{part}")
-
-
-def head_weights_file(model: str, widths, num_classes: int) -> str:
-    """File name of a model's softmax head weights (keyed by what shapes the head)."""
-    h = hashlib.sha256(json.dumps([model, list(widths), num_classes]).encode()).hexdigest()[:12]
-    return f"head-{h}.pt"
-
-
-def default_weights_dir() -> Path:
-    base = os.environ.get("DFF_WEIGHTS_DIR")
-    if base:
-        return Path(base)
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(data_home) / "dff_ros" / "weights"

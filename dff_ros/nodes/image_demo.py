@@ -21,7 +21,7 @@ from dff_ros.data import DatasetMissing, load_dataset
 from dff_ros.data.datasets import DATASETS
 from dff_ros.msg import Prediction
 from dff_ros.progress import Progress
-from dff_ros.transport.images import row_to_mono8
+from dff_ros.wire.images import row_to_mono8
 
 
 class LiveScore:
@@ -56,6 +56,7 @@ class LiveScore:
 
 
 class ImageDemo(Node):
+    """Publishes test-set images as ``sensor_msgs/Image`` and checks the classifier's predictions."""
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int], rate: float):
         super().__init__("dff_image_demo")
         self.images, self.labels, self.shape, self.period = images, labels, shape, 1.0 / rate

@@ -17,7 +17,8 @@ import socket
 import time
 
 from dff_ros import stopping
-from dff_ros.nodes.common import CLAIMS_QOS, CLAIMS_TOPIC, SERVER_NAME
+from dff_ros.nodes.common import CLAIMS_QOS, SERVER_NAME
+from dff_ros.topics import CLAIMS_TOPIC
 
 
 def lowest_free(taken: set[int]) -> int:

@@ -8,24 +8,24 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
-from dff_ros.checkpoint import load_weights, save_atomic
-from dff_ros.msg import LayerInfo, LayerParameters, LayerStatus
 from rclpy.serialization import serialize_message
 
-from dff_ros.nodes.common import (HEAD_WEIGHTS_FORMAT, LAYER_WEIGHTS_FORMAT, TASKS_QOS, head_weights_file,
-                                  params_qos, params_topic, path_token, tasks_topic)
-from dff_ros.pff.plan import NEGATIVES, PFFPlan
-from dff_ros.pff.state import part_state
-from dff_ros.pff.store import ParameterStore, Parameters, ParametersTimeout
-from dff_ros.pff.worker import PFFWorker, WorkerStopped, part_names
-from dff_ros.pipeline.chunks import ChunkError
-from dff_ros.transport.codec import params_from_msg, params_to_msg
-from dff_ros.transport.tensors import nbytes
+from dff_ros import weights
+from dff_ros.msg import LayerInfo, LayerParameters, LayerStatus
+from dff_ros.nodes.common import TASKS_QOS, params_qos
+from dff_ros.topics import params_topic, tasks_topic
+from dff_ros.parts.names import NEGATIVES, part_names
+from dff_ros.parts.state import part_state
+from dff_ros.parts.versions import MalformedVersion, ParameterStore, Parameters, ParametersTimeout
+from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.worker import PFFWorker, WorkerStopped
+from dff_ros.wire.codec import params_from_msg, params_to_msg
+from dff_ros.wire.tensors import nbytes
 
 
 class PFFJob:
+    """A server's share of a PFF run: its worker on a thread, its parts' versions published and the
+    others' received, its files saved and restored."""
     def __init__(self, node, *, run_id: str, config, plan: PFFPlan, index: int, images, labels,
                  hashes: dict[int, str], history: int, wait_seconds: float, evaluate_only: bool = False,
                  start_chapter: int = 0):
@@ -149,7 +149,7 @@ class PFFJob:
         if why is None:
             try:
                 params = params_from_msg(msg)
-            except ChunkError as e:
+            except MalformedVersion as e:
                 why = str(e)
         if why is not None:
             self.dropped += 1
@@ -165,32 +165,24 @@ class PFFJob:
     # ------------------------------------------------------------------ weights, status
     def part_path(self, part: int) -> Path:
         """Where a part's final weights live on this node (the DFF servers' file names)."""
-        root = self.node.weights_dir / path_token(self.model)
+        root = weights.model_dir(self.node.weights_dir, self.model)
         if part == len(self.config.layers):
-            widths = [s.out_features for s in self.config.layers]
-            return root / head_weights_file(self.model, widths, self.config.num_classes)
-        spec = self.config.layers[part]
-        return root / f"layer{part}-{path_token(spec.module)}-{self.hashes[part]}.pt"
+            return root / weights.model_head_file(self.config)
+        return root / weights.layer_file(self.config.layers[part], self.hashes[part])
 
     def save(self) -> list[str]:
         """Save the parts whose final version this node holds (it trained their last chapter)."""
         out = []
+        made = weights.made_by(self.run_id)
         for part, version in sorted(self.worker.held.items()):
             if version != self.config.train.splits:
                 continue
-            learner = self.worker.parts[part]
+            learner, path = self.worker.parts[part], self.part_path(part)
             if part == len(self.config.layers):
-                state = {"format": HEAD_WEIGHTS_FORMAT, "state_dict": learner.head.state_dict()}
+                out.append(str(weights.save_head(path, learner.head.state_dict(), made)))
             else:
-                layer_state = {"layer": learner.layer.state_dict(), "samples": self.samples}
-                if getattr(learner, "running_mean", None) is not None:
-                    layer_state["running_mean"] = learner.running_mean
-                if isinstance(getattr(learner, "head", None), torch.nn.Module):   # a PON layer's own head
-                    layer_state["head"] = learner.head.state_dict()
-                state = {"format": LAYER_WEIGHTS_FORMAT, "model": self.model, "index": part,
-                         "spec_hash": self.hashes[part], "state": layer_state}
-            state.update(run_id=self.run_id, saved_at=time.time())
-            out.append(str(save_atomic(state, self.part_path(part))))
+                out.append(str(weights.save_layer(path, model=self.model, index=part, spec_hash=self.hashes[part],
+                                                  state=weights.layer_state(learner, self.samples), provenance=made)))
         return out
 
     def restore(self) -> dict[int, float]:
@@ -201,24 +193,16 @@ class PFFJob:
             path = self.part_path(part)
             if not path.exists():
                 continue
-            blob = load_weights(path)
-            fmt = HEAD_WEIGHTS_FORMAT if part == L else LAYER_WEIGHTS_FORMAT
-            if not isinstance(blob, dict) or blob.get("format") != fmt or (
-                    part < L and blob.get("spec_hash") != self.hashes[part]):
-                raise ValueError(f"{path}: not weights of {self.names[part]} of this model spec")
             try:
                 if part == L:
-                    learner.head.load_state_dict(blob["state_dict"])
+                    state, made = weights.read_head(path)
+                    learner.head.load_state_dict(state)
                 else:
-                    state = blob["state"]
-                    learner.layer.load_state_dict(state["layer"])
-                    if "running_mean" in state:
-                        learner.running_mean = state["running_mean"]
-                    if "head" in state:
-                        learner.head.load_state_dict(state["head"])
-            except (KeyError, RuntimeError) as e:
-                raise ValueError(f"{path}: {type(e).__name__}: {e}") from None
-            out[part] = float(blob.get("saved_at", path.stat().st_mtime))
+                    state, made = weights.read_layer(path, self.hashes[part])
+                    weights.load_layer_state(learner, state)
+            except (weights.WeightsError, RuntimeError) as e:
+                raise ValueError(f"{path}: not weights of {self.names[part]} of this model spec ({e})") from None
+            out[part] = float(made["saved_at"])
         return out
 
     def busy_seconds(self) -> float:
@@ -244,6 +228,8 @@ class PFFJob:
                 model=self.model, run_id=self.run_id, index=p, module=spec.module if spec else "SoftmaxHead",
                 in_features=spec.in_features if spec else sum(widths[1:]),
                 out_features=spec.out_features if spec else self.config.num_classes,
+                in_shape=list(spec.in_shape) if spec else [sum(widths[1:])],
+                out_shape=list(spec.out_shape) if spec else [self.config.num_classes],
                 spec_hash=self.hashes.get(p, ""), samples=self.samples, dropped=self.dropped,
                 input_topic="", output_topic=params_topic(self.model, p, L)))
         return out

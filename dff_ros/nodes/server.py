@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import re
 import socket
 import sys
 import threading
@@ -27,29 +26,23 @@ import torch
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from dff_ros.checkpoint import load_weights, save_atomic
-from dff_ros.config.schema import (ConfigError, DatasetConfig, LayerSpec, ModelConfig, validate_model_rows,
-                                   validate_train)
-from dff_ros.data.datasets import DATASETS, DatasetMissing, load_dataset
+from dff_ros import stopping, weights
+from dff_ros.config.schema import ConfigError, LayerSpec
+from dff_ros.data.datasets import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
-from dff_ros.nodes.common import (LAYER_WEIGHTS_FORMAT, CLAIMS_QOS, CLAIMS_TOPIC, DATA_QOS,
-                                  STATUS_QOS, STATUS_TOPIC, checkpoints_topic, declare_settings, default_weights_dir,
-                                  make_executor,
-                                  params_qos, path_token)
+from dff_ros.nodes.common import CLAIMS_QOS, DATA_QOS, STATUS_QOS, declare_settings, make_executor, params_qos
 from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
-from dff_ros.pff.plan import PFFPlan, shard_indices
-from dff_ros.pff.state import saved_part_tensors
-from dff_ros.pff.worker import check_pff_supported
+from dff_ros.pff.plan import shard_indices
 from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.host import LayerHost, LayerStopped
-from dff_ros import stopping
-from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
+from dff_ros.run.cluster import HostRequest
 from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
-from dff_ros.transport.codec import (from_parameters, infer_from_msg, infer_to_msg, params_from_msg, params_to_msg,
-                                     spec_hash, train_from_msg, train_to_msg)
-from dff_ros.transport.tensors import nbytes, to_msg
-from rclpy.parameter import parameter_value_to_python
+from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
+from dff_ros.wire.codec import (host_request_from_msg, infer_from_msg, infer_to_msg, params_to_msg,
+                                     train_from_msg, train_to_msg)
+from dff_ros.wire.tensors import nbytes, to_msg
+from dff_ros.topics import CLAIMS_TOPIC, STATUS_TOPIC, checkpoints_topic
 
 _STOP = object()
 
@@ -79,7 +72,8 @@ def checked_settings(values: dict) -> dict:
 
 
 @dataclass
-class Hosted:
+class HostedLayer:
+    """A DFF layer a server hosts for a run: its LayerHost, topics, worker thread and counters."""
     model: str
     run_id: str
     spec: LayerSpec
@@ -108,6 +102,8 @@ class Hosted:
 
 
 class ServerNode(Node):
+    """A server: hosts DFF layers and PFF shares for any number of models, over ROS services and
+    topics."""
     def __init__(self, name: str, token: int, settings: dict, *, wait_seconds: float = 600.0, **kwargs):
         """``settings``: SETTINGS' keys, from the flags; declared as this node's read-only ROS
         parameters, where ``-p key:=value`` / a params file wins (ValueError: a bad value)."""
@@ -118,13 +114,13 @@ class ServerNode(Node):
         self.settings = checked_settings(declare_settings(self, {**settings, "name": self.get_name()},
                                                           {k: h for k, (_, h) in SETTINGS.items()}))
         self.token, self.threads = token, self.settings["threads"]
-        self.weights_dir = Path(self.settings["weights_dir"] or default_weights_dir()).expanduser()
+        self.weights_dir = Path(self.settings["weights_dir"] or weights.default_weights_dir()).expanduser()
         self.solo_threads = self.settings["solo_threads"]   # PFF: threads while the other nodes have no work
         self.data_root, self.wait_seconds = self.settings["data_root"], wait_seconds
         torch.set_num_threads(self.threads)
         self.lock = threading.RLock()
         self.retired: list[threading.Thread] = []   # workers of stopped layers and shares, maybe still finishing
-        self.layers: dict[tuple[str, int], Hosted] = {}   # DFF: (model, layer) -> hosted layer
+        self.layers: dict[tuple[str, int], HostedLayer] = {}   # DFF: (model, layer) -> hosted layer
         self.jobs: dict[str, PFFJob] = {}                   # PFF: model -> this node's share
         self._datasets: dict[tuple, dict] = {}
         self.status_pub = self.create_publisher(LayerStatus, STATUS_TOPIC, STATUS_QOS)
@@ -196,9 +192,8 @@ class ServerNode(Node):
     def on_create(self, req: CreateLayers.Request, res: CreateLayers.Response):
         pff = req.transport == "parameters"
         try:
-            if req.transport not in ("", "activations", "parameters"):
-                raise ValueError(f"transport must be activations or parameters, got {req.transport!r}")
-            built = self._build_pff(req) if pff else self._build(req)
+            request, wiring = host_request_from_msg(req)   # validated once, here
+            built = self._build_pff(request) if pff else self._build(request, wiring)
         except (ConfigError, ValueError, TypeError, KeyError, DatasetMissing) as e:
             res.success, res.message = False, f"create_layers for model {req.model!r} refused: {e}"
             self.get_logger().warning(res.message)
@@ -225,6 +220,7 @@ class ServerNode(Node):
         else:
             res.weights_restored = [h.restored for h in built]
             res.restored_from = [h.restored_from for h in built]
+            res.restored_paths = [str(self.weights_path(h)) if h.restored_from else "" for h in built]
             res.message = (f"hosting layer(s) {[h.spec.index for h in built]} of {req.model!r}"
                            + (f"; resumed after chapter(s) {[h.host.chapters_done for h in built]}" if req.resume_from
                               else "".join(f"; layer {h.spec.index} restored from {h.restored_from}"
@@ -232,102 +228,39 @@ class ServerNode(Node):
         self.get_logger().info(res.message)
         return res
 
-    def _train_config(self, req, where: str):
-        if not req.model.strip():
-            raise ValueError("model name is empty")
-        if not req.layers:
-            raise ValueError("no layers requested")
-        if not 2 <= req.num_classes <= 1000:
-            raise ValueError(f"num_classes must be 2..1000, got {req.num_classes}")
-        train_raw = from_parameters(req.train)
-        if "classifiers" in train_raw and isinstance(train_raw["classifiers"], list):
-            train_raw["classifiers"] = list(train_raw["classifiers"])
-        return train_raw, validate_train(train_raw, where)
-
-    def _specs(self, req, where: str) -> list[LayerSpec]:
+    def _build(self, req: HostRequest, wiring: dict[int, dict]) -> list[HostedLayer]:
+        m = req.model
+        resume = {p.part: p for p in req.resume}
         out = []
-        for m in req.layers:
-            args = [parameter_value_to_python(v) for v in m.args]
-            kwargs = from_parameters(m.kwargs)
-            # validate the row exactly like a model YAML row (names the layer and the problem)
-            row = [-1, m.module, kwargs if kwargs else args]
-            (spec,) = validate_model_rows([row], int(m.in_features), f"{where} layer {m.index}")
-            spec = LayerSpec(index=m.index, source=m.source, module=spec.module, args=spec.args,
-                             kwargs=spec.kwargs, in_features=spec.in_features, out_features=spec.out_features)
-            if m.index < 0 or m.source >= m.index:
-                raise ValueError(f"layer {m.index}: source {m.source} must be an earlier layer or -1")
-            if spec.out_features != m.out_features:
-                raise ValueError(f"layer {m.index}: out_features {m.out_features} does not match "
-                                 f"{m.module}{list(args)} ({spec.out_features})")
-            out.append(spec)
-        return out
-
-    def _build(self, req) -> list[Hosted]:
-        where = f"create_layers({req.model!r})"
-        train_raw, train = self._train_config(req, where)
-        indices = [m.index for m in req.layers]
-        if len(set(indices)) != len(indices):
-            raise ValueError(f"layer indices {indices} name a layer twice")
-        checkpoints = {}
-        for msg in req.resume_from:
-            try:
-                p = params_from_msg(msg)
-            except ChunkError as e:
-                raise ValueError(f"resume_from: {e}") from None
-            if p.part not in indices:
-                raise ValueError(f"resume_from: a checkpoint of layer {p.part}, which is not requested")
-            checkpoints[p.part] = p
-        out = []
-        for m, spec in zip(req.layers, self._specs(req, where)):
-            for key in ("train_input", "train_output", "infer_input", "infer_output"):
-                if not getattr(m, key).startswith("/"):
-                    raise ValueError(f"layer {m.index}: {key} must be an absolute topic name, got {getattr(m, key)!r}")
-            host = LayerHost(spec, train, int(req.num_classes), last=m.last)
-            h = Hosted(req.model, req.run_id, spec, host, spec_hash(req.model, spec, train_raw),
-                       {k: getattr(m, k) for k in ("train_input", "train_output", "infer_input", "infer_output")},
-                       False, train.epochs, train.splits)
-            if spec.index in checkpoints:
-                host.resume(checkpoints[spec.index])
+        for spec in m.layers:
+            host = LayerHost(spec, m.train, m.num_classes, last=wiring[spec.index]["last"])
+            h = HostedLayer(m.name, req.run_id, spec, host, weights.layer_key(m, spec),
+                       {k: v for k, v in wiring[spec.index].items() if k != "last"}, False, m.train.epochs,
+                       m.train.splits)
+            if spec.index in resume:
+                host.resume(resume[spec.index])
                 h.restored = True
-            elif req.restore_weights:
+            elif req.restore:
                 h.restored = self._restore(h)
             out.append(h)
         return out
 
-    def _build_pff(self, req) -> PFFJob:
-        where = f"create_layers({req.model!r}, parameters)"
-        train_raw, train = self._train_config(req, where)
-        specs = sorted(self._specs(req, where), key=lambda s: s.index)
-        if [s.index for s in specs] != list(range(len(specs))):
-            raise ValueError(f"PFF nodes need every layer of the model (0..{len(specs) - 1}), "
-                             f"got {[s.index for s in specs]}")
-        dataset = DatasetConfig(req.dataset or "MNIST", req.data_root or None)
-        if dataset.name not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset.name!r} (known: {', '.join(DATASETS)})")
-        config = ModelConfig(req.model, tuple(specs), train, dataset, where)
-        if config.num_classes != req.num_classes:
-            raise ValueError(f"num_classes {req.num_classes}, but {dataset.name} has {config.num_classes}")
-        check_pff_supported(config)
-        if not 0 <= req.node_index < req.num_nodes:
-            raise ValueError(f"node_index {req.node_index} outside 0..{req.num_nodes - 1}")
-        plan = PFFPlan.for_model(config, req.pff_variant, int(req.num_nodes), tuple(int(n) for n in req.layer_nodes))
-        if req.start_chapter > train.splits or (req.start_chapter and req.evaluate_only):
-            raise ValueError(f"start_chapter {req.start_chapter}: outside 0..{train.splits} (train.splits), "
-                             "or given with evaluate_only")
+    def _build_pff(self, req: HostRequest) -> PFFJob:
+        m, plan, train = req.model, req.plan, req.model.train
         if req.evaluate_only:   # nothing to train: a robot with saved weights needs no training data
-            x, y = torch.empty(0, specs[0].in_features), torch.empty(0, dtype=torch.long)
+            x, y = torch.empty(0, *m.layers[0].in_shape), torch.empty(0, dtype=torch.long)
         else:
-            data = self._dataset(dataset.name, req.data_root)
+            data = self._dataset(m.dataset.name, req.data_root)
             x, y = data["train_images"], data["train_labels"]
         if train.train_subset:
             x, y = x[:train.train_subset], y[:train.train_subset]
         if plan.variant == "federated":  # this node's own shard; the other rows never leave their nodes
-            idx = shard_indices(len(y), int(req.node_index), plan.nodes, train.seed)
+            idx = shard_indices(len(y), req.node_index, plan.nodes, train.seed)
             x, y = x[idx], y[idx]
-        hashes = {s.index: spec_hash(req.model, s, train_raw) for s in specs}
-        return PFFJob(self, run_id=req.run_id, config=config, plan=plan, index=int(req.node_index), images=x,
-                      labels=y, hashes=hashes, history=int(req.param_history) or 4, wait_seconds=self.wait_seconds,
-                      evaluate_only=bool(req.evaluate_only), start_chapter=int(req.start_chapter))
+        return PFFJob(self, run_id=req.run_id, config=m, plan=plan, index=req.node_index, images=x, labels=y,
+                      hashes={s.index: weights.layer_key(m, s) for s in m.layers}, history=req.param_history,
+                      wait_seconds=self.wait_seconds, evaluate_only=req.evaluate_only,
+                      start_chapter=req.start_chapter)
 
     def _dataset(self, name: str, root: str) -> dict:
         # the server's own data root wins: the master's path may not exist on this robot
@@ -356,7 +289,7 @@ class ServerNode(Node):
         res.success, res.deleted = True, gone
         res.message = f"deleted {gone} layer(s) of {req.model!r}"
         if req.weights:
-            folder = self.weights_dir / path_token(req.model)
+            folder = weights.model_dir(self.weights_dir, req.model)
             files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
             for f in files:
                 f.unlink(missing_ok=True)
@@ -373,7 +306,8 @@ class ServerNode(Node):
             for h in self.layers.values():
                 res.layers.append(LayerInfo(
                     model=h.model, run_id=h.run_id, index=h.spec.index, module=h.spec.module,
-                    in_features=h.spec.in_features, out_features=h.spec.out_features, spec_hash=h.hash,
+                    in_features=h.spec.in_features, out_features=h.spec.out_features,
+                    in_shape=list(h.spec.in_shape), out_shape=list(h.spec.out_shape), spec_hash=h.hash,
                     weights_restored=h.restored, samples=h.host.samples, dropped=h.dropped,
                     input_topic=h.topics["train_input"], output_topic=h.topics["train_output"]))
             for job in self.jobs.values():
@@ -417,16 +351,16 @@ class ServerNode(Node):
 
     def _fetch_saved(self, req, res):
         """A part's weights from a file saved here (``dff-ros export``), weights-only."""
-        path = self.weights_dir / path_token(req.model) / req.file
+        path = weights.model_dir(self.weights_dir, req.model) / req.file
         res.success = False
-        if not SAVED_FILE.fullmatch(req.file):
+        if not weights.SAVED_FILE.fullmatch(req.file):
             res.message = f"{req.file!r} is not a weights file name (layer<i>-<module>-<hash>.pt or head-<hash>.pt)"
         elif not path.is_file():
             res.message = f"no {req.file} of {req.model!r} in {self.weights_dir}"
         else:
             try:
-                blob = load_weights(path)
-                tensors = saved_part_tensors(blob)
+                blob = weights.load_weights(path)
+                tensors = weights.saved_part_tensors(blob)
                 if "index" in blob and int(blob["index"]) != req.part:
                     raise ValueError(f"it holds layer {blob['index']}, not part {req.part}")
             except Exception as e:   # unreadable, pickled code, another format: say so, stay up
@@ -441,46 +375,40 @@ class ServerNode(Node):
         return res
 
     # ------------------------------------------------------------------ weights
-    def weights_path(self, h: Hosted) -> Path:
-        return self.weights_dir / path_token(h.model) / f"layer{h.spec.index}-{path_token(h.spec.module)}-{h.hash}.pt"
+    def weights_path(self, h: HostedLayer) -> Path:
+        return weights.model_dir(self.weights_dir, h.model) / weights.layer_file(h.spec, h.hash)
 
-    def _save(self, h: Hosted) -> str:
+    def _save(self, h: HostedLayer) -> str:
         with h.lock:
             # which run wrote it and how far it got: only a layer that trained every chapter is
             # ever restored (an interrupted run's weights are not a trained layer)
-            made = {"run_id": h.run_id, "chapters_done": h.host.chapters_done, "chapters": h.splits,
-                    "saved_at": time.time()}
+            made = weights.made_by(h.run_id, h.host.chapters_done, h.splits)
             if h.restored and not h.host.chapters_done:   # restored, not trained further: as it was
                 made = h.provenance
-            state = {"format": LAYER_WEIGHTS_FORMAT, "model": h.model, "index": h.spec.index,
-                     "spec_hash": h.hash, **made, "state": h.host.state_dict()}
-        path = save_atomic(state, self.weights_path(h))
+            state = h.host.state_dict()
+        path = weights.save_layer(self.weights_path(h), model=h.model, index=h.spec.index, spec_hash=h.hash,
+                                  state=state, provenance=made)
         h.saved_path = str(path)
         return str(path)
 
-    def _restore(self, h: Hosted) -> bool:
+    def _restore(self, h: HostedLayer) -> bool:
         """Load the layer's saved weights if a run trained it to the end; sets ``restored_from``."""
         path = self.weights_path(h)
         if not path.exists():
             return False
-        blob = load_weights(path)
-        if not isinstance(blob, dict) or blob.get("format") != LAYER_WEIGHTS_FORMAT or blob.get("spec_hash") != h.hash:
-            raise ValueError(f"{path}: not weights of this layer spec")
-        done, total = blob.get("chapters_done"), blob.get("chapters")
-        if done is not None and done < total:
-            self.get_logger().warning(f"not restoring {path}: run {blob.get('run_id')} stopped after {done} of "
-                                      f"{total} chapters; layer {h.spec.index} of {h.model!r} trains from scratch")
+        state, made = weights.read_layer(path, h.hash)
+        why = weights.unfinished(made)
+        if why:
+            self.get_logger().warning(f"not restoring {path}: {why}; layer {h.spec.index} of {h.model!r} "
+                                      "trains from scratch")
             return False
-        h.host.load_state_dict(blob["state"])
-        h.provenance = {k: blob[k] for k in ("run_id", "chapters_done", "chapters", "saved_at") if k in blob}
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(blob.get("saved_at", path.stat().st_mtime)))
-        h.restored_from = (f"{path} (run {blob.get('run_id', 'unknown')}, "
-                           + (f"{done}/{total} chapters, " if done is not None else "")
-                           + f"saved {when})")
+        h.host.load_state_dict(state)
+        h.provenance = made
+        h.restored_from = weights.describe(path, made)
         return True
 
     # ------------------------------------------------------------------ data path
-    def _start(self, h: Hosted) -> None:
+    def _start(self, h: HostedLayer) -> None:
         h.entities = [
             self.create_publisher(TrainingBatch, h.topics["train_output"], DATA_QOS),
             self.create_publisher(InferenceBatch, h.topics["infer_output"], DATA_QOS),
@@ -499,9 +427,9 @@ class ServerNode(Node):
         h.worker = threading.Thread(target=self._work, args=(h, train_pub, infer_pub), daemon=True,
                                     name=f"layer{h.spec.index}-{h.model}")
         h.worker.start()
-        self._status(h, "created", f"{h.spec.module} {h.spec.in_features}->{h.spec.out_features}")
+        self._status(h, "created", f"{h.spec.module} {list(h.spec.in_shape)}->{list(h.spec.out_shape)}")
 
-    def _stop(self, h: Hosted) -> None:
+    def _stop(self, h: HostedLayer) -> None:
         h.host.stop()   # a chapter in training ends at its next minibatch
         h.inbox.put(_STOP)
         self._retire(h.worker)
@@ -512,7 +440,7 @@ class ServerNode(Node):
                 self.destroy_subscription(e)
         h.entities = []
 
-    def _receive(self, h: Hosted, msg, training: bool) -> None:
+    def _receive(self, h: HostedLayer, msg, training: bool) -> None:
         if msg.model != h.model:
             return self._drop(h, "foreign", f"model {msg.model!r} on {h.model!r}'s topic")
         if msg.run_id != h.run_id:   # another pipeline of the same model, or a stray publisher
@@ -528,7 +456,7 @@ class ServerNode(Node):
             h.host.note_attempt(chunk.attempt)
         h.inbox.put((training, msg.run_id, chunk))
 
-    def _drop(self, h: Hosted, kind: str, why: str) -> None:
+    def _drop(self, h: HostedLayer, kind: str, why: str) -> None:
         """Count a chunk that is not for this layer or does not fit it; the first of each kind is
         logged, the rest only counted (LayerStatus.dropped, and per kind in its message)."""
         h.drops[kind] = h.drops.get(kind, 0) + 1
@@ -536,7 +464,7 @@ class ServerNode(Node):
             self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped a {kind} chunk ({why}); "
                                       f"more {kind} chunks are only counted (see /dff/status)")
 
-    def _work(self, h: Hosted, train_pub, infer_pub) -> None:
+    def _work(self, h: HostedLayer, train_pub, infer_pub) -> None:
         last_status = 0.0
         while True:
             item = h.inbox.get()
@@ -584,12 +512,12 @@ class ServerNode(Node):
                 last_status = now
                 self._status(h, h.phase)
 
-    def _finished(self, h: Hosted, chunk, outs) -> bool:
+    def _finished(self, h: HostedLayer, chunk, outs) -> bool:
         if h.host.train_cfg.schedule == "stream":
             return chunk.epoch == h.total_epochs and chunk.seq == chunk.count - 1
         return bool(outs) and chunk.chapter == h.splits - 1
 
-    def _status(self, h: Hosted, phase: str, message: str = "") -> None:
+    def _status(self, h: HostedLayer, phase: str, message: str = "") -> None:
         host = h.host
         loss = host.mean_loss
         if not message and h.drops:
@@ -603,10 +531,9 @@ class ServerNode(Node):
 
 
 MAX_LISTED_FILES = 1000   # saved weights listed by list_layers
-SAVED_FILE = re.compile(r"(layer\d+-[A-Za-z0-9_.-]+-[0-9a-f]{12}|head-[0-9a-f]{12})\.pt")   # fullmatch
 
 
-def history_fields(host: LayerHost, h: Hosted) -> dict:
+def history_fields(host: LayerHost, h: HostedLayer) -> dict:
     """LayerStatus' history arrays of a hosted layer (see msg/LayerStatus.msg)."""
     loss, acc = host.history.as_lists(h.total_epochs)
     nan = float("nan")

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-VARIANTS = ("single_layer", "all_layers", "federated")
-NEGATIVES = -1      # store/topic key of the adaptive negative labels (version = the chapter they are for)
+from dff_ros.parts.names import NEGATIVES, VARIANTS  # noqa: F401  (re-exported: the plan's vocabulary)
 
 
 @dataclass(frozen=True)
 class PFFPlan:
+    """Which node trains which part in which chapter of a PFF run, and where adaptive negatives are
+    scored."""
     variant: str
     nodes: int
     num_layers: int

@@ -18,12 +18,14 @@ from dff_ros.ff.learners import Activities, Scratch, make_inputs
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
 from dff_ros.ff.schedule import chapters
-from dff_ros.pff.plan import NEGATIVES, PFFPlan
-from dff_ros.pff.state import load_part_state, part_state
-from dff_ros.pff.store import ParameterStore, Parameters
+from dff_ros.parts.names import NEGATIVES, part_names
+from dff_ros.pff.plan import PFFPlan
+from dff_ros.parts.state import load_part_state, part_state
+from dff_ros.parts.versions import ParameterStore, Parameters
 
 
 class WorkerStopped(RuntimeError):
+    """The worker was stopped (its run was deleted or the server shuts down)."""
     pass
 
 
@@ -32,13 +34,6 @@ def check_pff_supported(config) -> None:
     if t.schedule != "chapters":
         raise ValueError(f"{config.source}: train.schedule: PFF trains layer by layer per chapter; "
                          f"use schedule: chapters (got {t.schedule!r})")
-
-
-def part_names(config) -> dict[int, str]:
-    names = {s.index: f"layer {s.index}" for s in config.layers}
-    names[len(config.layers)] = "softmax head"
-    names[NEGATIVES] = "negative labels"
-    return names
 
 
 def network_from_parts(config, parts: dict[int, dict[str, torch.Tensor]]) -> FFNetwork:
@@ -53,6 +48,7 @@ def network_from_parts(config, parts: dict[int, dict[str, torch.Tensor]]) -> FFN
 
 
 class PFFWorker:
+    """One PFF node's schedule: trains its tasks in order, waiting for the versions they need."""
     def __init__(self, config, images: torch.Tensor, labels: torch.Tensor, plan: PFFPlan, node: int,
                  store: ParameterStore, *, wait_seconds: float = 600.0, solo_threads: int = 0,
                  on_batch: Callable[[int, int, int, float, int], None] | None = None):

@@ -20,7 +20,7 @@ from dff_ros.ff.learners import Scratch
 from dff_ros.ff.network import build_head, make_head_learner
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.schedule import chapters
-from dff_ros.pff.state import load_part_state, part_state
+from dff_ros.parts.state import load_part_state, part_state
 from dff_ros.pipeline.chunks import InferChunk, TrainChunk
 from dff_ros.progress import Progress
 
@@ -58,6 +58,8 @@ def as_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class PipelineDriver:
+    """The master's side of a DFF pipeline: feeds chunks, trains the softmax head on the results,
+    tests."""
     def __init__(self, config, data: dict[str, torch.Tensor], *, send_train: Callable[[TrainChunk], None],
                  send_infer: Callable[[InferChunk], None], results: "queue.Queue", chunk_rows: int = 1000,
                  window: int = 8, stall_seconds: float = 120.0, progress: bool = True,
@@ -127,6 +129,9 @@ class PipelineDriver:
             self._fit_chapters(next_chapter)
         finally:
             torch.set_num_threads(threads)
+        # every chapter is through the last layer and the head: the work is done, though the
+        # layers' heartbeats may still be a second behind
+        self.progress.update(self.progress.total - self.progress.done)
         seconds = time.perf_counter() - start
         return {"train_seconds": round(seconds, 2), "samples_per_second": round(n * t.epochs / seconds, 1),
                 "head_seconds": round(self.head_seconds, 2),

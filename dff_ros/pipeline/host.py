@@ -32,8 +32,9 @@ from dff_ros.ff.network import build_layer, make_ff_learner
 from dff_ros.ff.objectives import goodness
 from dff_ros.ff.overlay import overlay_neutral
 from dff_ros.ff.schedule import chapters
-from dff_ros.pff.state import load_part_state, part_state
-from dff_ros.pff.store import Parameters
+from dff_ros.parts.state import load_part_state, part_state
+from dff_ros.parts.versions import Parameters
+from dff_ros import weights
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 
 
@@ -47,6 +48,8 @@ class LayerStopped(RuntimeError):
 
 
 class LayerHost:
+    """What a hosted DFF layer does with a chunk: trains on it (chapters or stream), passes its
+    activities on, answers inference."""
     def __init__(self, spec, train, num_classes: int, *, last: bool,
                  on_checkpoint: Callable[[Parameters], None] | None = None):
         """``on_checkpoint``: called with ``checkpoint()`` as soon as a chapter is trained,
@@ -191,6 +194,7 @@ class LayerHost:
         if neutral is None or self.spec.index == 0:
             return so_far
         mine = length_normalize(neutral)
+        mine = mine if mine.dim() == 2 else mine.flatten(1)   # N-d activations: flat per sample
         return mine if so_far is None else torch.cat([so_far, mine], dim=1)
 
     def _check_train(self, chunk: TrainChunk) -> None:
@@ -199,8 +203,8 @@ class LayerHost:
             if chunk.images is None or chunk.neg_labels is None:
                 raise ChunkError("the first layer needs images and neg_labels")
             x = chunk.images
-            if x.dim() != 2 or x.shape[1] != self.spec.in_features or x.shape[0] != n:
-                raise ChunkError(f"images {list(x.shape)}, expected [{n}, {self.spec.in_features}]")
+            if tuple(x.shape) != (n, *self.spec.in_shape):
+                raise ChunkError(f"images {list(x.shape)}, expected {[n, *self.spec.in_shape]}")
             labels = [chunk.labels, chunk.neg_labels]
         else:
             a = chunk.acts
@@ -209,8 +213,8 @@ class LayerHost:
             if self.neutral and a.neutral is None:
                 raise ChunkError(f"layer {self.spec.index} needs neutral activities (softmax head)")
             for name, t in (("pos", a.pos), ("neg", a.neg), ("neutral", a.neutral)):
-                if t is not None and (t.dim() != 2 or t.shape[1] != self.spec.in_features or t.shape[0] != n):
-                    raise ChunkError(f"{name} {list(t.shape)}, expected [{n}, {self.spec.in_features}]")
+                if t is not None and tuple(t.shape) != (n, *self.spec.in_shape):
+                    raise ChunkError(f"{name} {list(t.shape)}, expected {[n, *self.spec.in_shape]}")
             labels = [chunk.labels]
         for lab in labels:
             if lab.dim() != 1 or lab.shape[0] != n or lab.dtype != torch.int64 or \
@@ -238,18 +242,18 @@ class LayerHost:
         if n == 0:
             raise ChunkError("empty chunk")
         if self.first:
-            if chunk.images is None or chunk.images.dim() != 2 or chunk.images.shape[1] != self.spec.in_features:
-                raise ChunkError(f"the first layer needs images [B, {self.spec.in_features}]")
+            if chunk.images is None or tuple(chunk.images.shape[1:]) != self.spec.in_shape:
+                raise ChunkError(f"the first layer needs images {['B', *self.spec.in_shape]}")
             x = images_to_float(chunk.images)
             candidates = label_candidates(self.layer, x, c)
             neutral = self.layer(overlay_neutral(x, c))
             good = torch.zeros(n, c)  # the goodness classifier skips the first layer
         else:
-            w = self.spec.in_features
-            if chunk.candidates is None or tuple(chunk.candidates.shape) != (n * c, w):
-                raise ChunkError(f"candidates must be [{n * c}, {w}]")
-            if chunk.neutral is None or tuple(chunk.neutral.shape) != (n, w):
-                raise ChunkError(f"neutral must be [{n}, {w}]")
+            shape = self.spec.in_shape
+            if chunk.candidates is None or tuple(chunk.candidates.shape) != (n * c, *shape):
+                raise ChunkError(f"candidates must be {[n * c, *shape]}")
+            if chunk.neutral is None or tuple(chunk.neutral.shape) != (n, *shape):
+                raise ChunkError(f"neutral must be {[n, *shape]}")
             if chunk.goodness is None or tuple(chunk.goodness.shape) != (n, c):
                 raise ChunkError(f"goodness must be [{n}, {c}]")
             candidates = self.layer(chunk.candidates)
@@ -263,16 +267,11 @@ class LayerHost:
 
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict:
-        state = {"layer": self.layer.state_dict(), "samples": self.samples}
-        if self.learner.running_mean is not None:
-            state["running_mean"] = self.learner.running_mean
-        return state
+        """What the layer's weights file holds (``dff_ros.weights.layer_state``)."""
+        return weights.layer_state(self.learner, self.samples)
 
     def load_state_dict(self, state: dict) -> None:
-        self.layer.load_state_dict(state["layer"])
-        self.samples = int(state.get("samples", 0))
-        if "running_mean" in state:
-            self.learner.running_mean = state["running_mean"]
+        self.samples = weights.load_layer_state(self.learner, state)
 
     def checkpoint(self) -> Parameters:
         """The layer after its last trained chapter, optimizer included: what a replacement

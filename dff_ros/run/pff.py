@@ -1,34 +1,34 @@
-"""The master's side of a PFF run (transport: parameters): plan nodes, have each server start
-its share, follow the run on the nodes' task reports, then fetch the final parameter versions,
-assemble the network and test it. Servers read their own training data; only parameters cross
-the network, and the master takes only the final ones.
+"""A PFF run (transport: parameters): plan the nodes, have each server start its share, follow
+the run on the nodes' task reports, move a lost node's share to a spare server, take over a run a
+killed master left, then fetch the final parameter versions, assemble the network and test it.
+Servers read their own training data; only parameters cross the network, and the master takes
+only the final ones.
 """
 from __future__ import annotations
 
 import threading
 import time
 
-from rclpy.serialization import serialize_message
-
-from dff_ros.config.pipeline import plan_layers
+from dff_ros.config.pipeline import place_layers
 from dff_ros.ff.classifiers import accuracy
 from dff_ros.ff.history import EpochMeans, curves
 from dff_ros.ff.schedule import chapters
-from dff_ros.msg import LayerParameters
-from dff_ros.nodes.common import TASKS_QOS, params_topic, tasks_topic
-from dff_ros.pff.plan import NEGATIVES, PFFPlan
-from dff_ros.pff.store import Parameters
-from dff_ros.pff.worker import network_from_parts, part_names
-from dff_ros.pipeline.chunks import ChunkError
+from dff_ros.parts.names import NEGATIVES, part_names
+from dff_ros.parts.versions import MalformedVersion, Parameters
+from dff_ros.pff.plan import PFFPlan
+from dff_ros.pff.worker import network_from_parts
 from dff_ros.progress import Progress
-from dff_ros.srv import CreateLayers, FetchParameters, SaveWeights
-from dff_ros.transport.codec import params_from_msg, spec_to_msg, to_parameters
+from dff_ros.run.base import Run
+from dff_ros.run.cluster import Delivery, HostRequest, RunError
+from dff_ros.topics import params_topic
 
 
-class ParameterRun:
-    def __init__(self, master, run_error: type[Exception]):
-        self.master, self.RunError = master, run_error
-        self.p, self.model = master.p, master.model
+class PFFRun(Run):
+    """One PFF run of ``model`` over the cluster's servers; ``run()`` returns its summary."""
+
+    def __init__(self, cluster, pipeline, model, **kw):
+        super().__init__(cluster, pipeline, model, **kw)
+        self.mode = pipeline.pff_variant
         t = self.model.train
         self.L = len(self.model.layers)
         self.head = t.algorithm == "ff" and "softmax" in t.classifiers
@@ -48,60 +48,45 @@ class ParameterRun:
 
     # ------------------------------------------------------------------ plan, create
     def plan(self, servers: list[str]) -> tuple[PFFPlan, list[str]]:
-        p = self.p
+        p = self.pipeline
         if p.pff_variant == "single_layer":
-            per_layer = plan_layers(self.L, servers, p.placement, p.source)
+            per_layer = place_layers(self.L, servers, p.placement, p.source)
             nodes = sorted(set(per_layer), key=per_layer.index)
             return PFFPlan.for_model(self.model, "single_layer", len(nodes),
                                      tuple(nodes.index(s) for s in per_layer)), nodes
         nodes = sorted(servers, key=lambda s: (len(s), s))[:p.servers]
         return PFFPlan.for_model(self.model, p.pff_variant, len(nodes)), nodes
 
-    def follow(self) -> None:
-        self.master.create_subscription(LayerParameters, tasks_topic(self.model.name), self._on_task, TASKS_QOS)
 
     def create(self, plan: PFFPlan, nodes: list[str], *, evaluate_only: bool = False,
                answered: list[float] | None = None, only: int | None = None,
                start_chapter: int = 0) -> dict[str, list[int]]:
         """Give every node (or node ``only``, from ``start_chapter``) its share; a node starts
         training as it answers. Returns the parts each node restored (evaluate_only)."""
-        m, p = self.model, self.p
-        train = m.to_dict()["train"]
-        no_topics = dict.fromkeys(("train_input", "train_output", "infer_input", "infer_output"), "")
-        calls = []
-        for index, server in enumerate(nodes):
-            if only is not None and index != only:
-                continue
-            req = CreateLayers.Request(
-                run_id=self.master.run_id, model=m.name, num_classes=m.num_classes, restore_weights=False,
-                train=to_parameters(train), transport="parameters", pff_variant=plan.variant, node_index=index,
-                num_nodes=plan.nodes, layer_nodes=list(plan.layer_nodes), dataset=m.dataset.name,
-                data_root=p.data_root or m.dataset.root or "", param_history=p.param_history,
-                evaluate_only=evaluate_only, start_chapter=start_chapter)
-            req.layers = [spec_to_msg(s, no_topics, s.index == self.L - 1) for s in m.layers]
-            calls.append((f"/{server}/create_layers", req))
+        calls = [(server, HostRequest(self.run_id, self.model, tuple(range(self.L)), plan=plan, node_index=index,
+                                      evaluate_only=evaluate_only, start_chapter=start_chapter,
+                                      data_root=self.pipeline.data_root or self.model.dataset.root or "",
+                                      param_history=self.pipeline.param_history))
+                 for index, server in enumerate(nodes) if only is None or index == only]
         restored = {}
-        for (_, req), res in zip(calls, self.master.call_all(CreateLayers, calls, answered=answered)):
-            server = nodes[req.node_index]
-            if not res.success:
-                raise self.RunError(f"{server} refused its PFF share: {res.message}")
-            self.master.log(f"{server}: {res.message}")
-            restored[server] = [p for p, r in enumerate(res.weights_restored) if r]
+        for (server, _), report in zip(calls, self.cluster.host(calls, answered=answered)):
+            self.log.info(f"{server}: {report.message}")
+            restored[server] = [p for p, r in enumerate(report.restored) if r]
         return restored
 
     # ------------------------------------------------------------------ following the run
-    def _decode(self, msg, topic: str) -> Parameters | None:
-        if msg.model != self.model.name or msg.run_id != self.master.run_id:
+    def _decode(self, d: Delivery, where: str) -> Parameters | None:
+        if d.model != self.model.name or d.run_id != self.run_id:
             return None
         try:
-            return params_from_msg(msg)
-        except ChunkError as e:
+            return d.decode()
+        except MalformedVersion as e:
             self.dropped += 1
-            self.master.get_logger().warning(f"dropped a message on {topic} ({e})", throttle_duration_sec=5.0)
+            self.log.warning(f"dropped a message on {where} ({e})", throttle_duration_sec=5.0)
             return None
 
-    def _on_task(self, msg) -> None:
-        report = self._decode(msg, tasks_topic(self.model.name))
+    def on_task(self, d: Delivery) -> None:
+        report = self._decode(d, "the task reports")
         if report is None:
             return
         part, meta = report.part, report.meta
@@ -127,17 +112,13 @@ class ParameterRun:
 
     def fetch(self, wanted: list[tuple[str, int]]) -> list[Parameters]:
         """Final versions of (server, part) pairs, by service: only the master receives them."""
-        calls = [(f"/{server}/fetch_parameters", FetchParameters.Request(model=self.model.name, part=part))
-                 for server, part in wanted]
         out = []
-        for (server, part), res in zip(wanted, self.master.call_all(FetchParameters, calls)):
-            if not res.success:
-                raise self.RunError(f"{server} could not give {self.names[part]}: {res.message}")
-            self.fetched_bytes += len(serialize_message(res.parameters))
-            params = self._decode(res.parameters, f"/{server}/fetch_parameters")
+        for (server, part), (delivery, size) in zip(wanted, self.cluster.fetch(self.model.name, wanted)):
+            self.fetched_bytes += size
+            params = self._decode(delivery, f"{server}'s answer")
             if params is None or params.part != part or params.version != self.model.train.splits:
-                raise self.RunError(f"{server} answered with something else than {self.names[part]} "
-                                    f"version {self.model.train.splits}")
+                raise RunError(f"{server} answered with something else than {self.names[part]} "
+                               f"version {self.model.train.splits}")
             out.append(params)
         return out
 
@@ -145,9 +126,9 @@ class ParameterRun:
         """Until every part's final version is reported. A lost node's share goes to a spare
         server (``replace``); ``nodes`` is updated in place. ``on_news``: after new reports."""
         final = self.model.train.splits
-        progress = Progress(self.parts * final, f"train {self.model.name} (PFF {self.p.pff_variant}, "
-                            f"{len(nodes)} nodes)", enabled=self.master.show_progress,
-                            listener=self.master.publish_progress)
+        progress = Progress(self.parts * final, f"train {self.model.name} (PFF {self.pipeline.pff_variant}, "
+                            f"{len(nodes)} nodes)", enabled=self.show_progress,
+                            listener=self.publish_progress)
         seen = 0
         while True:
             with self.cond:   # (released while a share is moved: task reports keep coming in)
@@ -160,14 +141,14 @@ class ParameterRun:
                                     part=self.names[last["part"]], loss=float(last.get("loss", float("nan"))))
                     seen = len(self.tasks)
                     on_news()
-                errors = self.master.errors_of(nodes)
+                errors = self.errors_of(nodes)
                 if errors:
-                    raise self.RunError("a node failed: " + "; ".join(errors))
-                lost = self.master.lost_server(nodes)
+                    raise RunError("a node failed: " + "; ".join(errors))
+                lost = self.heartbeats.first_lost(nodes)
                 quiet = time.monotonic() - self.last_news
-                if lost is None and quiet > self.p.stall_seconds:
+                if lost is None and quiet > self.pipeline.stall_seconds:
                     missing = [f"{self.names[p]} v{final}" for p in range(self.parts) if self.versions.get(p, 0) < final]
-                    raise self.RunError(f"no task done for {quiet:.0f} s while waiting for {', '.join(missing)} "
+                    raise RunError(f"no task done for {quiet:.0f} s while waiting for {', '.join(missing)} "
                                         f"(are {', '.join(nodes)} still running? see /dff/status)")
             if lost is not None:
                 self.replace(plan, nodes, lost)
@@ -179,22 +160,22 @@ class ParameterRun:
         parameter topics' history. Tasks the lost node did again from the same inputs give the
         same versions (adaptive negatives it scored are scored again, see PFFWorker)."""
         why = None
-        if not self.p.recover:
+        if not self.pipeline.recover:
             why = "recover: false"
-        live = [s for s in self.master.live_servers() if s not in nodes]
+        live = [s for s in self.live_servers() if s not in nodes]
         if why is None and not live:
             why = "no spare server (start one more server than the run uses)"
         if why is not None:
-            raise self.RunError(f"{lost}; its PFF share cannot move: {why}")
+            raise RunError(f"{lost}; its PFF share cannot move: {why}")
         began = time.perf_counter()
         index, spare = nodes.index(lost.server), live[0]
         start = plan.resume_chapter(index, self.model.train.splits, self.reported())
-        self.master.get_logger().warning(f"{lost}: node {index}'s share moves to {spare}, from chapter {start}")
+        self.log.warning(f"{lost}: node {index}'s share moves to {spare}, from chapter {start}")
         nodes[index] = spare
         self.create(plan, nodes, only=index, start_chapter=start)
         with self.cond:
             self.last_news = time.monotonic()
-        self.master.recoveries.append({
+        self.recoveries.append({
             "server": lost.server, "node": index, "to": spare, "silent_seconds": round(lost.silent_seconds, 2),
             "takeover_seconds": round(time.perf_counter() - began, 2), "resumed_from_chapter": start})
 
@@ -213,33 +194,33 @@ class ParameterRun:
     def save_state(self, plan: PFFPlan, nodes: list[str], started_at: float, setup_seconds: float) -> None:
         """What a restarted master needs to take this run over: the nodes run it on their own,
         the task reports say how far they are."""
-        self.master.write_run_state({
+        self.write_run_state({
             "transport": "parameters", "variant": plan.variant, "nodes": list(nodes),
             "layer_nodes": list(plan.layer_nodes), "started_at": started_at, "setup_seconds": setup_seconds,
-            "head_done": self.chapters_done(plan), "attempt": 0, "recoveries": self.master.recoveries})
+            "chapters_done": self.chapters_done(plan), "attempt": 0, "recoveries": self.recoveries})
 
     def taken_over(self, servers: list[str]) -> dict | None:
         """The PFF run a killed master of this model left, if every node of it still runs it:
         this master then follows it to the end (same run id) instead of starting again."""
-        state = self.master.read_run_state("parameters")
+        state = self.read_run_state("parameters")
         if state is None:
             return None
         nodes, run_id = list(state["nodes"]), state["run_id"]
-        hosting = self.master.hosting([s for s in nodes if s in servers], run_id)
+        hosting = self.hosting([s for s in nodes if s in servers], run_id)
         gone = [s for s in nodes if not hosting.get(s)]
         if gone:
-            self.master.get_logger().warning(f"PFF run {run_id} of {self.model.name!r}: {', '.join(gone)} no longer "
+            self.log.warning(f"PFF run {run_id} of {self.model.name!r}: {', '.join(gone)} no longer "
                                              f"run(s) it; starting a new run")
             return None
         try:
             plan = PFFPlan.for_model(self.model, state["variant"], len(nodes), tuple(state["layer_nodes"]))
         except ValueError as e:
-            self.master.get_logger().warning(f"PFF run {run_id}: {e}; starting a new run")
+            self.log.warning(f"PFF run {run_id}: {e}; starting a new run")
             return None
-        self.master.run_id = run_id
-        self.master.recoveries.extend(state.get("recoveries", []))
-        self.master.resumed = {"run_id": run_id, "head_done": int(state["head_done"]), "nodes": nodes}
-        self.master.log(f"taking over PFF run {run_id} (interrupted after {state['head_done']} chapter(s)); "
+        self.run_id = run_id
+        self.recoveries.extend(state.get("recoveries", []))
+        self.resumed = {"run_id": run_id, "chapters_done": int(state["chapters_done"]), "nodes": nodes}
+        self.log.info(f"taking over PFF run {run_id} (interrupted after {state['chapters_done']} chapter(s)); "
                         f"nodes {', '.join(nodes)}")
         return {**state, "plan": plan, "nodes": nodes}
 
@@ -249,7 +230,7 @@ class ParameterRun:
         restored = self.create(plan, nodes, evaluate_only=True)
         missing = [self.names[p] for p in range(self.parts) if not any(p in r for r in restored.values())]
         if missing:
-            raise self.RunError(f"train: false needs saved weights of every part; none of {', '.join(nodes)} has "
+            raise RunError(f"train: false needs saved weights of every part; none of {', '.join(nodes)} has "
                                 f"{', '.join(missing)} for this model spec in its weights dir "
                                 f"(run once with train: true)")
         saved = self.fetch([(server, part) for server, parts in restored.items() for part in parts])
@@ -258,30 +239,31 @@ class ParameterRun:
         return {part: nodes[int(v.meta["node"])] for part, v in self.latest.items()}
 
     # ------------------------------------------------------------------ the run
-    def run(self, servers: list[str], data: dict) -> dict:
-        m, p, master = self.model, self.p, self.master
+    def run(self) -> dict:
+        p, data = self.pipeline, self.data
+        servers = self.cluster.servers()
         try:
             plan, nodes = self.plan(servers)
         except ValueError as e:
-            raise self.RunError(str(e)) from None
+            raise RunError(str(e)) from None
         if not p.train:
             try:
                 sources = self.gather_saved(plan, nodes)
                 result = self.evaluate(data)
             finally:
                 if not p.keep_layers:
-                    master.delete(nodes)
+                    self.drop_layers(nodes)
             return {**self._about(plan, nodes, result), "trained": False, "weights_restored": True,
                     "restored_from": {self.names[part]: server for part, server in sorted(sources.items())},
                     "weights": {}}
         state = self.taken_over(servers)
         if state is not None:
             plan, nodes = state["plan"], state["nodes"]
-        master.log(f"PFF {plan.variant}: {len(nodes)} node(s) {', '.join(nodes)}; "
+        self.log.info(f"PFF {plan.variant}: {len(nodes)} node(s) {', '.join(nodes)}; "
                    + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
         created = time.perf_counter()
         answered: list[float] = []
-        self.follow()   # (a master that took over gets the task reports so far: transient local)
+        self.cluster.follow_tasks(self.model, self.on_task)   # (a master that took over gets the reports so far)
         try:
             if state is None:
                 self.create(plan, nodes, answered=answered)
@@ -295,28 +277,23 @@ class ParameterRun:
             self.wait_trained(plan, nodes, lambda: self.save_state(plan, nodes, started_at, setup_seconds))
             train_seconds = time.time() - started_at
             # every node done (a replacement may still be taking final versions from the topics)
-            status = master.wait_phase(nodes, "trained", timeout=30.0)
+            status = self.wait_phase(nodes, "trained", timeout=30.0)
             final = self.model.train.splits - 1
             fetching = time.perf_counter()
             self.latest = {v.part: v for v in self.fetch([(nodes[plan.trainer(part, final)], part)
                                                           for part in range(self.parts)])}
             fetch_seconds = time.perf_counter() - fetching
             result = self.evaluate(data)
-            paths = {}
-            for server in nodes:
-                res = master.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=m.name))
-                if not res.success:
-                    raise self.RunError(f"{server} could not save weights: {res.message}")
-                paths[server] = list(res.paths)
-            master.run_state_path().unlink(missing_ok=True)   # finished: nothing to take over
+            paths = self.save_all(nodes)
+            self.finished()
         finally:
             if not p.keep_layers:
-                master.delete(nodes)
+                self.drop_layers(nodes)
         return {**self.summary(plan, nodes, train_seconds, setup_seconds, result, status, paths),
                 "fetch_seconds": round(fetch_seconds, 2), "master_bytes_received": self.fetched_bytes}
 
     def evaluate(self, data: dict) -> dict:
-        self.master.publish_progress(phase="testing")
+        self.publish_progress(phase="testing")
         t = self.model.train
         x, y = data["test_images"], data["test_labels"]
         if t.test_subset:
@@ -340,7 +317,7 @@ class ParameterRun:
                              "bytes_out": st.bytes_out if st else None, "bytes_in": st.bytes_in if st else None})
         busy = sum(n["busy_seconds"] or 0.0 for n in per_node)
         t0 = min(task["start"] for task in self.tasks)
-        lost = [r["server"] for r in self.master.recoveries]   # a lost node keeps its row
+        lost = [r["server"] for r in self.recoveries]   # a lost node keeps its row
         rows = nodes + lost
 
         def server(x):
@@ -358,7 +335,7 @@ class ParameterRun:
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
             "per_node": per_node, "timeline": timeline,
             "timeline_nodes": nodes + [f"{server} (lost)" for server in lost],
-            "recoveries": self.master.recoveries,
+            "recoveries": self.recoveries,
             "dropped": self.dropped, "weights": paths,
             "history": {**curves({("head" if p == self.L else f"layer_{p}"): h
                                    for p, h in sorted(self.histories.items())}, t.epochs),
@@ -369,12 +346,12 @@ class ParameterRun:
 
     def _about(self, plan: PFFPlan, nodes: list[str], result: dict) -> dict:
         """What every PFF summary says: the run, its nodes, the test result and the settings."""
-        return {"run_id": self.master.run_id, "model": self.model.name, "mode": "pff", "transport": "parameters",
-                "pff_variant": plan.variant, "nodes": nodes, "resumed": self.master.resumed,
+        return {"run_id": self.run_id, "model": self.model.name, "mode": "pff", "transport": "parameters",
+                "pff_variant": plan.variant, "nodes": nodes, "resumed": self.resumed,
                 "accuracy": result["accuracy"],
                 "eval_seconds": result["eval_seconds"], "test_samples": result["test_samples"],
-                "config": self.model.to_dict(), "pipeline": dict(vars(self.p))}
+                "config": self.model.to_dict(), "pipeline": dict(vars(self.pipeline))}
 
     def _samples(self) -> int:
         t = self.model.train
-        return t.train_subset or len(self.master.data["train_labels"])
+        return t.train_subset or len(self.data["train_labels"])

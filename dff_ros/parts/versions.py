@@ -10,12 +10,18 @@ from typing import Callable
 import torch
 
 
+class MalformedVersion(ValueError):
+    """A message that does not describe a parameter version (dropped by the receiver)."""
+
+
 class ParametersTimeout(TimeoutError):
     """A needed parameter version did not arrive in time (its node died or is unreachable)."""
 
 
 @dataclass
 class Parameters:
+    """One version of a part: its tensors after ``version`` chapters, and what the task that made it
+    reported."""
     part: int
     version: int                       # chapters trained: version j+1 is the output of chapter j
     tensors: dict[str, torch.Tensor]

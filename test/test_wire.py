@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dff_ros.msg import Tensor
-from dff_ros.transport.codec import from_parameters, to_parameters
-from dff_ros.transport.tensors import TensorDecodeError, from_msg, to_msg
+from dff_ros.wire.codec import from_parameters, to_parameters
+from dff_ros.wire.tensors import TensorDecodeError, from_msg, to_msg
 
 
 @pytest.mark.parametrize("t", [torch.randn(64, 2000), torch.arange(10), torch.randint(0, 255, (3, 784), dtype=torch.uint8),

@@ -60,22 +60,3 @@ def load_part_state(learner, tensors: dict[str, torch.Tensor]) -> None:
 def nbytes_of(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
-
-def saved_part_tensors(blob) -> dict[str, torch.Tensor]:
-    """A part's tensors (``part_state`` names, no optimizer state) from the weights file a
-    server saved it in: a layer file ({"state": {"layer", "running_mean", "head"}}) or a softmax
-    head file ({"state_dict"}). Raises ValueError for anything else."""
-    if isinstance(blob, dict) and isinstance(blob.get("state"), dict) and isinstance(blob["state"].get("layer"), dict):
-        state = blob["state"]
-        out = {f"layer.{k}": v for k, v in state["layer"].items()}
-        if isinstance(state.get("head"), dict):   # a PON layer's own head
-            out.update({f"head.{k}": v for k, v in state["head"].items()})
-        if torch.is_tensor(state.get("running_mean")):
-            out["running_mean"] = state["running_mean"]
-    elif isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
-        out = {f"head.{k}": v for k, v in blob["state_dict"].items()}
-    else:
-        raise ValueError("not a saved layer or head (expected 'state' with 'layer', or 'state_dict')")
-    if not out or not all(torch.is_tensor(v) for v in out.values()):
-        raise ValueError("a saved part without tensors, or with something else than tensors")
-    return out

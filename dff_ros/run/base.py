@@ -1,0 +1,166 @@
+"""What every run keeps, DFF or PFF: its servers' heartbeats and statuses, the recoveries so far,
+the run state a restarted master takes over from, and its progress reports."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dff_ros import weights
+from dff_ros.pipeline.driver import ServerLost
+from dff_ros.run.cluster import Cluster, Hosting, ProgressReport, RunError, Status
+from dff_ros.stopping import CLEANUP_SECONDS, STOPPING
+
+
+class Heartbeats:
+    """When each server was last heard of (any status it sends is a heartbeat), and which are
+    lost: silent for longer than ``timeout``. A lost server is asked nothing any more."""
+
+    def __init__(self, timeout: float, clock=time.monotonic):
+        self.timeout, self.clock = timeout, clock
+        self.last_seen: dict[str, float] = {}
+        self.lost: set[str] = set()
+
+    def beat(self, server: str) -> None:
+        self.last_seen[server] = self.clock()
+
+    def first_lost(self, servers) -> ServerLost | None:
+        """The first of ``servers`` whose heartbeat stopped; from now on it is lost."""
+        now = self.clock()
+        for s in sorted(set(servers)):
+            seen = self.last_seen.get(s)
+            if seen is not None and now - seen > self.timeout:
+                self.lost.add(s)
+                return ServerLost(s, now - seen)
+        return None
+
+
+class Run:
+    """A run of one model on the cluster: the shared state of ``DFFRun`` and ``PFFRun``.
+    ``log``: a logger with info / warning / error (rclpy's, or the tests')."""
+    mode = ""
+
+    def __init__(self, cluster: Cluster, pipeline, model, *, run_id: str, log, data: dict | None = None,
+                 show_progress: bool = True):
+        self.cluster, self.pipeline, self.model, self.run_id, self.log = cluster, pipeline, model, run_id, log
+        self.data = data
+        self.show_progress = show_progress
+        self.heartbeats = Heartbeats(pipeline.heartbeat_timeout_seconds)
+        self.server_status: dict[str, Status] = {}   # this run's latest status per server
+        self.recoveries: list[dict] = []
+        self.resumed: dict | None = None              # the run this master took over
+        self._progress = None                         # the latest Progress
+        self.phase = "training"
+
+    # ------------------------------------------------------------------ statuses
+    def on_status(self, st: Status) -> None:
+        """Every status on the domain: any is its server's heartbeat; this run's are kept."""
+        self.heartbeats.beat(st.server)
+        if st.model != self.model.name or st.run_id != self.run_id:
+            return
+        self.server_status[st.server] = st
+        self.note_status(st)
+        if st.phase == "error":
+            self.log.error(f"{st.server} layer {st.layer}: {st.message}")
+
+    def note_status(self, st: Status) -> None:
+        """A status of this run (a subclass keeps what it needs of it)."""
+
+    def errors_of(self, servers) -> list[str]:
+        return [f"{s}: {st.message}" for s, st in list(self.server_status.items())
+                if s in servers and st.phase == "error"]
+
+    def wait_phase(self, servers, phase: str, timeout: float) -> dict[str, Status]:
+        """Latest status of each server once all report ``phase`` (or whatever came by the timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(s in self.server_status and self.server_status[s].phase == phase for s in servers):
+                break
+            time.sleep(0.1)
+        else:
+            self.log.warning(f"not every server reported {phase!r} within {timeout:.0f} s")
+        return {s: self.server_status[s] for s in servers if s in self.server_status}
+
+    def live_servers(self) -> list[str]:
+        """Servers that are reachable and not lost (their heartbeats checked again now)."""
+        names = set(self.cluster.servers())
+        while self.heartbeats.first_lost(names - self.heartbeats.lost) is not None:   # more may have gone silent
+            pass
+        return sorted(names - self.heartbeats.lost, key=lambda s: (len(s), s))
+
+    # ------------------------------------------------------------------ servers
+    def drop_layers(self, servers) -> None:
+        """Have ``servers`` drop this model's layers (briefly when interrupted: the servers
+        are likely stopping too)."""
+        servers = [s for s in servers if s not in self.heartbeats.lost]
+        if not servers:
+            return
+        try:
+            self.cluster.drop(servers, self.model.name, timeout=CLEANUP_SECONDS if STOPPING.is_set() else None)
+        except RunError as e:
+            if STOPPING.is_set():   # a terminal's Ctrl-C reaches the servers too: they are stopping
+                self.log.info(f"not every server answered delete_model ({e}); those are stopping themselves")
+            else:
+                self.log.warning(f"could not delete the layers of {self.model.name!r}: {e}")
+            return
+        if STOPPING.is_set():
+            self.log.info(f"dropped run {self.run_id}'s layers on {', '.join(servers)}")
+
+    def hosting(self, servers: list[str], run_id: str) -> dict[str, list[Hosting]]:
+        """Server -> what it hosts of run ``run_id`` of this model."""
+        return {s: [h for h in self.cluster.hosting(s) if h.model == self.model.name and h.run_id == run_id]
+                for s in servers}
+
+    def save_all(self, servers) -> dict[str, list[str]]:
+        return {s: self.cluster.save(s, self.model.name) for s in servers}
+
+    # ------------------------------------------------------------------ master restart
+    def run_state_path(self) -> Path:
+        return weights.run_state_path(self.pipeline.summary_dir, self.model.name)
+
+    def write_run_state(self, state: dict) -> None:
+        weights.save_run_state(self.run_state_path(), run_id=self.run_id, config=self.model.to_dict(), state=state)
+
+    def read_run_state(self, transport: str) -> dict | None:
+        """The state a killed master of this model left for a run of ``transport``, if it is
+        one this master can take over; otherwise None, saying why."""
+        path = self.run_state_path()
+        if not path.exists():
+            return None
+        try:
+            state = weights.read_run_state(path)
+        except weights.WeightsError as e:   # a file this version cannot read: say so, start again
+            self.log.warning(f"{e}; starting a new run")
+            return None
+        if state.get("config") != self.model.to_dict():
+            self.log.warning(f"{path}: run {state.get('run_id')} had another config; starting a new run")
+            return None
+        if state.get("transport", "activations") != transport:
+            self.log.warning(f"{path}: run {state['run_id']} passed {state.get('transport')}, this master "
+                             f"passes {transport}; starting a new run")
+            return None
+        return state
+
+    def finished(self) -> None:
+        self.run_state_path().unlink(missing_ok=True)   # nothing to take over
+
+    # ------------------------------------------------------------------ progress
+    def publish_progress(self, progress=None, *, phase: str | None = None, accuracy: dict | None = None) -> None:
+        """Report the run's progress (``progress``: a Progress that just advanced; ``phase``:
+        the phase from now on, training | testing | done)."""
+        if progress is not None:
+            self._progress = progress
+        self.phase = phase = phase or self.phase
+        pr = self._progress
+        report = ProgressReport(run_id=self.run_id, model=self.model.name, phase=phase, mode=self.mode,
+                                recoveries=len(self.recoveries), accuracy=dict(accuracy or {}))
+        if pr is not None:
+            elapsed, eta = pr.elapsed_eta()
+            report.done, report.total, report.fraction = pr.done, pr.total, float(pr.fraction)
+            report.elapsed_seconds, report.eta_seconds = elapsed, 0.0 if phase != "training" else eta
+            report.epoch = int(pr.info.get("epoch", 0))
+            report.chapters_done, report.chapters = pr.done, pr.total
+        self.add_progress(report)
+        self.cluster.publish_progress(report)
+
+    def add_progress(self, report: ProgressReport) -> None:
+        """What a subclass adds to a progress report (losses, chapters)."""

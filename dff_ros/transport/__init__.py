@@ -1,1 +1,0 @@
-"""Message <-> tensor/config conversion. Needs the generated dff_ros.msg (the ROS build)."""
