@@ -41,7 +41,7 @@ def in_tree(tree: Path, command: str, domain: int) -> subprocess.CompletedProces
 
 def launched(tree: Path, transport: str, train: dict, domain: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        sets = [f"model=config/models/mnist_default.yaml", f"data_root={data_root()}", f"weights_dir={tmp}/w",
+        sets = [f"model={tree}/config/models/mnist_default.yaml", f"data_root={data_root()}", f"weights_dir={tmp}/w",
                 f"summary_dir={tmp}/runs", "restore_weights=false", f"transport={transport}", "server_threads=1",
                 "pff_variant=all_layers"]
         cmd = ("python -m dff_ros.launcher --pipeline config/mnist_pipeline.yaml --servers 2 --no-progress "
@@ -73,6 +73,7 @@ def main() -> int:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--base-tree", required=True, type=Path)
     a.add_argument("--base-label", default="", help="what the base tree is (default: its git revision)")
+    a.add_argument("--head-label", default="", help="what this tree is (default: its git revision)")
     a.add_argument("--rounds", type=int, default=3)
     a.add_argument("--train-set", action="append", default=[])
     a.add_argument("--transport-mb", type=float, default=1500)
@@ -86,7 +87,7 @@ def main() -> int:
                                       stdout=subprocess.PIPE).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True,
                            stdout=subprocess.PIPE).stdout.strip()
-    labels = {"base": args.base_label or rev(base), "head": rev(REPO) + (" + changes" if dirty else "")}
+    labels = {"base": args.base_label or rev(base), "head": args.head_label or rev(REPO) + (" + changes" if dirty else "")}
     train = {**DEFAULT_TRAIN, **parse_set(args.train_set)}
     trees = {"base": base, "head": REPO}
     kinds = [k for k in args.only.split(",") if k]

@@ -227,6 +227,49 @@ def saved_part_tensors(blob) -> dict[str, torch.Tensor]:
     return out
 
 
+# ---------------------------------------------------------------- a weights dir
+
+def saved_files(root, limit: int = 1000) -> list[tuple[str, int, float]]:
+    """``(<model>/<file>, bytes, saved_at)`` of the weights files under ``root`` (the first ``limit``)."""
+    out = []
+    for path in sorted(Path(root).glob("*/*.pt"))[:limit]:
+        try:
+            st = path.stat()
+        except OSError:   # removed meanwhile
+            continue
+        out.append((f"{path.parent.name}/{path.name}", st.st_size, st.st_mtime))
+    return out
+
+
+def remove_model_files(root, model: str) -> tuple[int, Path]:
+    """Delete ``model``'s weights files under ``root``; (how many, the folder they were in)."""
+    folder = model_dir(root, model)
+    files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    for f in files:
+        f.unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return len(files), folder
+
+
+def read_part_file(root, model: str, file: str, part: int) -> tuple[dict[str, torch.Tensor], str, float, Path]:
+    """A part's tensors from one of ``model``'s files under ``root`` (what ``dff-ros export``
+    gathers): ``(tensors, run_id, saved_at, path)``. WeightsError names what is wrong."""
+    path = model_dir(root, model) / file
+    if not SAVED_FILE.fullmatch(file):
+        raise WeightsError(f"{file!r} is not a weights file name (layer<i>-<module>-<hash>.pt or head-<hash>.pt)")
+    if not path.is_file():
+        raise WeightsError(f"no {file} of {model!r} in {root}")
+    try:
+        blob = load_weights(path)
+        tensors = saved_part_tensors(blob)
+        if "index" in blob and int(blob["index"]) != part:
+            raise ValueError(f"it holds layer {blob['index']}, not part {part}")
+    except Exception as e:   # unreadable, pickled code, another format
+        raise WeightsError(f"{path}: {e}") from None
+    return tensors, str(blob.get("run_id", "")), path.stat().st_mtime, path
+
+
 # ---------------------------------------------------------------- run state
 
 def run_state_path(summary_dir, model: str) -> Path:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import rclpy
@@ -27,7 +25,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from dff_ros import stopping, weights
-from dff_ros.config.schema import ConfigError, LayerSpec
+from dff_ros.config.schema import ConfigError
 from dff_ros.data.datasets import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
 from dff_ros.nodes.common import CLAIMS_QOS, DATA_QOS, STATUS_QOS, declare_settings, make_executor, params_qos
@@ -35,11 +33,12 @@ from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
 from dff_ros.pff.plan import shard_indices
 from dff_ros.pipeline.chunks import ChunkError
-from dff_ros.pipeline.host import LayerHost, LayerStopped
+from dff_ros.hosting import HostedLayer
+from dff_ros.pipeline.host import LayerStopped
 from dff_ros.run.cluster import HostRequest
 from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
 from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
-from dff_ros.wire.codec import (host_request_from_msg, infer_from_msg, infer_to_msg, params_to_msg,
+from dff_ros.wire.codec import (host_request_from_msg, infer_from_msg, infer_to_msg, params_to_msg, status_to_msg,
                                      train_from_msg, train_to_msg)
 from dff_ros.wire.tensors import nbytes, to_msg
 from dff_ros.topics import CLAIMS_TOPIC, STATUS_TOPIC, checkpoints_topic
@@ -71,36 +70,6 @@ def checked_settings(values: dict) -> dict:
     return dict(values)
 
 
-@dataclass
-class HostedLayer:
-    """A DFF layer a server hosts for a run: its LayerHost, topics, worker thread and counters."""
-    model: str
-    run_id: str
-    spec: LayerSpec
-    host: LayerHost
-    hash: str
-    topics: dict
-    restored: bool
-    total_epochs: int
-    splits: int
-    inbox: queue.Queue = field(default_factory=queue.Queue)
-    entities: list = field(default_factory=list)
-    worker: threading.Thread | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    chapter_bytes: dict = field(default_factory=dict)   # chapter -> bytes published for it
-    drops: dict = field(default_factory=dict)   # kind -> chunks dropped
-    phase: str = "created"
-    saved_path: str = ""
-    restored_from: str = ""   # what was restored: file, run, chapters, when saved
-    provenance: dict = field(default_factory=dict)   # the restored file's run_id, chapters, saved_at
-    lock: threading.Lock = field(default_factory=threading.Lock)  # compute vs. save
-
-    @property
-    def dropped(self) -> int:
-        return sum(self.drops.values())
-
-
 class ServerNode(Node):
     """A server: hosts DFF layers and PFF shares for any number of models, over ROS services and
     topics."""
@@ -121,6 +90,7 @@ class ServerNode(Node):
         self.lock = threading.RLock()
         self.retired: list[threading.Thread] = []   # workers of stopped layers and shares, maybe still finishing
         self.layers: dict[tuple[str, int], HostedLayer] = {}   # DFF: (model, layer) -> hosted layer
+        self.entities: dict[int, list] = {}                     # id(hosted layer) -> its publishers, subscriptions
         self.jobs: dict[str, PFFJob] = {}                   # PFF: model -> this node's share
         self._datasets: dict[tuple, dict] = {}
         self.status_pub = self.create_publisher(LayerStatus, STATUS_TOPIC, STATUS_QOS)
@@ -178,7 +148,7 @@ class ServerNode(Node):
         for job in running:
             self.publish_status(job.status())
         for h in hosted:
-            self._status(h, h.phase)
+            self._status(h)
 
     def _on_claim(self, msg) -> None:
         # another *running* server holds the same name with a lower token: it keeps the name.
@@ -220,7 +190,7 @@ class ServerNode(Node):
         else:
             res.weights_restored = [h.restored for h in built]
             res.restored_from = [h.restored_from for h in built]
-            res.restored_paths = [str(self.weights_path(h)) if h.restored_from else "" for h in built]
+            res.restored_paths = [str(h.path) if h.restored_from else "" for h in built]
             res.message = (f"hosting layer(s) {[h.spec.index for h in built]} of {req.model!r}"
                            + (f"; resumed after chapter(s) {[h.host.chapters_done for h in built]}" if req.resume_from
                               else "".join(f"; layer {h.spec.index} restored from {h.restored_from}"
@@ -229,19 +199,18 @@ class ServerNode(Node):
         return res
 
     def _build(self, req: HostRequest, wiring: dict[int, dict]) -> list[HostedLayer]:
-        m = req.model
         resume = {p.part: p for p in req.resume}
         out = []
-        for spec in m.layers:
-            host = LayerHost(spec, m.train, m.num_classes, last=wiring[spec.index]["last"])
-            h = HostedLayer(m.name, req.run_id, spec, host, weights.layer_key(m, spec),
-                       {k: v for k, v in wiring[spec.index].items() if k != "last"}, False, m.train.epochs,
-                       m.train.splits)
+        for spec in req.model.layers:
+            ends = wiring[spec.index]
+            h = HostedLayer(req, spec, {k: v for k, v in ends.items() if k != "last"}, last=ends["last"],
+                            weights_dir=self.weights_dir)
             if spec.index in resume:
-                host.resume(resume[spec.index])
-                h.restored = True
+                h.resume(resume[spec.index])
             elif req.restore:
-                h.restored = self._restore(h)
+                why = h.restore()
+                if why:
+                    self.get_logger().warning(why)
             out.append(h)
         return out
 
@@ -289,13 +258,8 @@ class ServerNode(Node):
         res.success, res.deleted = True, gone
         res.message = f"deleted {gone} layer(s) of {req.model!r}"
         if req.weights:
-            folder = weights.model_dir(self.weights_dir, req.model)
-            files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
-            for f in files:
-                f.unlink(missing_ok=True)
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-            res.message += f" and {len(files)} saved weight file(s) in {folder}"
+            removed, folder = weights.remove_model_files(self.weights_dir, req.model)
+            res.message += f" and {removed} saved weight file(s) in {folder}"
         self.get_logger().info(res.message)
         return res
 
@@ -312,14 +276,10 @@ class ServerNode(Node):
                     input_topic=h.topics["train_input"], output_topic=h.topics["train_output"]))
             for job in self.jobs.values():
                 res.layers.extend(job.infos())
-        for path in sorted(self.weights_dir.glob("*/*.pt"))[:MAX_LISTED_FILES]:
-            try:
-                st = path.stat()
-            except OSError:   # removed meanwhile
-                continue
-            res.saved_files.append(f"{path.parent.name}/{path.name}")
-            res.saved_bytes.append(st.st_size)
-            res.saved_at.append(st.st_mtime)
+        for name, size, saved_at in weights.saved_files(self.weights_dir, MAX_LISTED_FILES):
+            res.saved_files.append(name)
+            res.saved_bytes.append(size)
+            res.saved_at.append(saved_at)
         return res
 
     def on_fetch(self, req, res):
@@ -343,7 +303,7 @@ class ServerNode(Node):
             chosen = [h for h in self.layers.values() if not req.model or h.model == req.model]
             jobs = [j for j in self.jobs.values() if not req.model or j.model == req.model]
         try:
-            res.paths = [self._save(h) for h in chosen] + [p for j in jobs for p in j.save()]
+            res.paths = [h.save() for h in chosen] + [p for j in jobs for p in j.save()]
             res.success, res.message = True, f"saved {len(res.paths)} layer(s)"
         except OSError as e:
             res.success, res.message = False, f"saving failed: {e}"
@@ -351,71 +311,28 @@ class ServerNode(Node):
 
     def _fetch_saved(self, req, res):
         """A part's weights from a file saved here (``dff-ros export``), weights-only."""
-        path = weights.model_dir(self.weights_dir, req.model) / req.file
-        res.success = False
-        if not weights.SAVED_FILE.fullmatch(req.file):
-            res.message = f"{req.file!r} is not a weights file name (layer<i>-<module>-<hash>.pt or head-<hash>.pt)"
-        elif not path.is_file():
-            res.message = f"no {req.file} of {req.model!r} in {self.weights_dir}"
-        else:
-            try:
-                blob = weights.load_weights(path)
-                tensors = weights.saved_part_tensors(blob)
-                if "index" in blob and int(blob["index"]) != req.part:
-                    raise ValueError(f"it holds layer {blob['index']}, not part {req.part}")
-            except Exception as e:   # unreadable, pickled code, another format: say so, stay up
-                res.message = f"{path}: {e}"
-                return res
-            m = res.parameters
-            m.header.stamp = self.get_clock().now().to_msg()
-            m.run_id, m.model, m.node, m.part = str(blob.get("run_id", "")), req.model, self.key, req.part
-            m.names, m.tensors = list(tensors), [to_msg(t) for t in tensors.values()]
-            m.metric_names, m.metric_values = ["saved_at"], [path.stat().st_mtime]
-            res.success, res.message = True, f"{path} ({len(tensors)} tensors)"
+        try:
+            tensors, run_id, saved_at, path = weights.read_part_file(self.weights_dir, req.model, req.file, req.part)
+        except weights.WeightsError as e:   # say what is wrong with it, stay up
+            res.success, res.message = False, str(e)
+            return res
+        m = res.parameters
+        m.header.stamp = self.get_clock().now().to_msg()
+        m.run_id, m.model, m.node, m.part = run_id, req.model, self.key, req.part
+        m.names, m.tensors = list(tensors), [to_msg(t) for t in tensors.values()]
+        m.metric_names, m.metric_values = ["saved_at"], [saved_at]
+        res.success, res.message = True, f"{path} ({len(tensors)} tensors)"
         return res
-
-    # ------------------------------------------------------------------ weights
-    def weights_path(self, h: HostedLayer) -> Path:
-        return weights.model_dir(self.weights_dir, h.model) / weights.layer_file(h.spec, h.hash)
-
-    def _save(self, h: HostedLayer) -> str:
-        with h.lock:
-            # which run wrote it and how far it got: only a layer that trained every chapter is
-            # ever restored (an interrupted run's weights are not a trained layer)
-            made = weights.made_by(h.run_id, h.host.chapters_done, h.splits)
-            if h.restored and not h.host.chapters_done:   # restored, not trained further: as it was
-                made = h.provenance
-            state = h.host.state_dict()
-        path = weights.save_layer(self.weights_path(h), model=h.model, index=h.spec.index, spec_hash=h.hash,
-                                  state=state, provenance=made)
-        h.saved_path = str(path)
-        return str(path)
-
-    def _restore(self, h: HostedLayer) -> bool:
-        """Load the layer's saved weights if a run trained it to the end; sets ``restored_from``."""
-        path = self.weights_path(h)
-        if not path.exists():
-            return False
-        state, made = weights.read_layer(path, h.hash)
-        why = weights.unfinished(made)
-        if why:
-            self.get_logger().warning(f"not restoring {path}: {why}; layer {h.spec.index} of {h.model!r} "
-                                      "trains from scratch")
-            return False
-        h.host.load_state_dict(state)
-        h.provenance = made
-        h.restored_from = weights.describe(path, made)
-        return True
 
     # ------------------------------------------------------------------ data path
     def _start(self, h: HostedLayer) -> None:
-        h.entities = [
+        entities = self.entities[id(h)] = [
             self.create_publisher(TrainingBatch, h.topics["train_output"], DATA_QOS),
             self.create_publisher(InferenceBatch, h.topics["infer_output"], DATA_QOS),
             self.create_publisher(LayerParameters, checkpoints_topic(h.model), params_qos(1)),
         ]
-        train_pub, infer_pub, checkpoint_pub = h.entities
-        h.entities += [
+        train_pub, infer_pub, checkpoint_pub = entities
+        entities += [
             self.create_subscription(TrainingBatch, h.topics["train_input"],
                                      lambda m, h=h: self._receive(h, m, True), DATA_QOS),
             self.create_subscription(InferenceBatch, h.topics["infer_input"],
@@ -433,20 +350,16 @@ class ServerNode(Node):
         h.host.stop()   # a chapter in training ends at its next minibatch
         h.inbox.put(_STOP)
         self._retire(h.worker)
-        for e in h.entities:
+        for e in self.entities.pop(id(h), []):
             if hasattr(e, "topic_name") and hasattr(e, "publish"):
                 self.destroy_publisher(e)
             else:
                 self.destroy_subscription(e)
-        h.entities = []
 
     def _receive(self, h: HostedLayer, msg, training: bool) -> None:
-        if msg.model != h.model:
-            return self._drop(h, "foreign", f"model {msg.model!r} on {h.model!r}'s topic")
-        if msg.run_id != h.run_id:   # another pipeline of the same model, or a stray publisher
-            return self._drop(h, "foreign", f"run {msg.run_id!r}, this layer belongs to run {h.run_id!r}")
-        if msg.layer != h.spec.source:
-            return self._drop(h, "misrouted", f"from layer {msg.layer}, this layer reads layer {h.spec.source}")
+        foreign = h.foreign(msg.run_id, msg.model, msg.layer)
+        if foreign is not None:
+            return self._drop(h, *foreign)
         h.bytes_in += nbytes(msg)
         try:
             chunk = train_from_msg(msg) if training else infer_from_msg(msg)
@@ -459,8 +372,7 @@ class ServerNode(Node):
     def _drop(self, h: HostedLayer, kind: str, why: str) -> None:
         """Count a chunk that is not for this layer or does not fit it; the first of each kind is
         logged, the rest only counted (LayerStatus.dropped, and per kind in its message)."""
-        h.drops[kind] = h.drops.get(kind, 0) + 1
-        if h.drops[kind] == 1:
+        if h.drop(kind):
             self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped a {kind} chunk ({why}); "
                                       f"more {kind} chunks are only counted (see /dff/status)")
 
@@ -473,28 +385,20 @@ class ServerNode(Node):
             training, run_id, chunk = item  # chunk tensors keep the message buffers alive
             try:
                 if training:
-                    h.phase = "training"
-                    with h.lock:
-                        outs = h.host.train(chunk)
+                    outs = h.train(chunk)
                     for out in outs:
                         if h.host.stopped:
                             return
                         m = train_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self)
-                        size = nbytes(m)
-                        h.bytes_out += size
-                        h.chapter_bytes[out.chapter] = h.chapter_bytes.get(out.chapter, 0) + size
+                        h.sent(out.chapter, nbytes(m))
                         train_pub.publish(m)
-                    if self._finished(h, chunk, outs):
+                    if h.finished(chunk, outs):
                         h.phase = "trained"
-                        self._save(h)
-                        self._status(h, "trained", f"weights saved to {h.saved_path}")
+                        self._status(h, "trained", f"weights saved to {h.save()}")
                         continue
                 else:
-                    h.phase = "inference"
-                    with h.lock:
-                        out = h.host.infer(chunk)
-                    m = infer_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self)
-                    h.bytes_out += nbytes(m)
+                    m = infer_to_msg(h.infer(chunk), run_id=run_id, model=h.model, layer=h.spec.index, node=self)
+                    h.sent(None, nbytes(m))
                     infer_pub.publish(m)
             except ChunkError as e:
                 self._drop(h, "malformed", str(e))
@@ -512,35 +416,11 @@ class ServerNode(Node):
                 last_status = now
                 self._status(h, h.phase)
 
-    def _finished(self, h: HostedLayer, chunk, outs) -> bool:
-        if h.host.train_cfg.schedule == "stream":
-            return chunk.epoch == h.total_epochs and chunk.seq == chunk.count - 1
-        return bool(outs) and chunk.chapter == h.splits - 1
-
-    def _status(self, h: HostedLayer, phase: str, message: str = "") -> None:
-        host = h.host
-        loss = host.mean_loss
-        if not message and h.drops:
-            message = "dropped: " + ", ".join(f"{k} {n}" for k, n in sorted(h.drops.items()))
-        msg = LayerStatus(
-            run_id=h.run_id, model=h.model, server=self.key, layer=h.spec.index, phase=phase,
-            chapter=host.chapter, chapters_done=host.chapters_done, epoch=host.epoch, loss=float(loss), samples=host.samples,
-            busy_seconds=host.busy_seconds, bytes_in=h.bytes_in, bytes_out=h.bytes_out, dropped=h.dropped,
-            message=message, **history_fields(host, h))
-        self.publish_status(msg)
+    def _status(self, h: HostedLayer, phase: str | None = None, message: str = "") -> None:
+        self.publish_status(status_to_msg(h.status(self.key, phase, message), LayerStatus()))
 
 
 MAX_LISTED_FILES = 1000   # saved weights listed by list_layers
-
-
-def history_fields(host: LayerHost, h: HostedLayer) -> dict:
-    """LayerStatus' history arrays of a hosted layer (see msg/LayerStatus.msg)."""
-    loss, acc = host.history.as_lists(h.total_epochs)
-    nan = float("nan")
-    spans = [host.timeline.get(c, (nan, nan)) for c in range(h.splits)]
-    return {"epoch_loss": loss, "epoch_accuracy": acc, "chapter_start": [s[0] for s in spans],
-            "chapter_end": [s[1] for s in spans],
-            "chapter_bytes_out": [int(h.chapter_bytes.get(c, 0)) for c in range(h.splits)]}
 
 
 def parse_args(argv):

@@ -169,7 +169,8 @@ def host_request_to_msg(req, srv_request):
     m, r = req.model, srv_request
     last = len(m.layers) - 1
     r.run_id, r.model, r.num_classes, r.dataset = req.run_id, m.name, m.num_classes, m.dataset.name
-    r.train = to_parameters(m.to_dict()["train"])
+    # a server trains with its own thread count (its `threads` setting), not the trainer's
+    r.train = to_parameters({k: v for k, v in m.to_dict()["train"].items() if k != "threads"})
     if req.plan is None:
         r.restore_weights, r.add_layers = req.restore, req.add
         r.resume_from = [params_to_msg(p, run_id=req.run_id, model=m.name, node_name="") for p in req.resume]
@@ -196,6 +197,16 @@ STATUS_LISTS = ("epoch_loss", "epoch_accuracy", "chapter_start", "chapter_end", 
 
 def status_from_msg(msg) -> Status:
     return Status(**{f: getattr(msg, f) for f in STATUS_FIELDS}, **{f: list(getattr(msg, f)) for f in STATUS_LISTS})
+
+
+def status_to_msg(st: Status, msg):
+    """A ``Status`` into ``msg`` (an empty LayerStatus)."""
+    for f in STATUS_FIELDS:
+        setattr(msg, f, getattr(st, f))
+    msg.loss, msg.busy_seconds, msg.idle_seconds = float(st.loss), float(st.busy_seconds), float(st.idle_seconds)
+    for f in STATUS_LISTS:
+        setattr(msg, f, list(getattr(st, f)))
+    return msg
 
 
 def progress_to_msg(report, msg):
