@@ -150,12 +150,20 @@ class Client:
         while time.monotonic() < end:
             self.executor.spin_once(timeout_sec=0.05)
 
-    def call(self, srv_type, name: str, request, timeout: float = 20.0):
+    def call(self, srv_type, name: str, request, timeout: float = 20.0, *, resend_every: float | None = None):
+        """``resend_every``: for a query, send it again after that many seconds without an answer
+        (within ``timeout``): a request that arrives before the service's reply writer has
+        matched this client gets no answer (DDS), which a busy machine made happen here."""
         client = self.node.create_client(srv_type, name)
         assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
-        future = client.call_async(request)
-        self.executor.spin_until_future_complete(future, timeout_sec=timeout)
-        assert future.done(), f"{name} did not answer"
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            wait = deadline - time.monotonic() if resend_every is None else min(resend_every, deadline - time.monotonic())
+            self.executor.spin_until_future_complete(future, timeout_sec=max(wait, 0.0))
+            if future.done() or time.monotonic() >= deadline:
+                break
+        assert future.done(), f"{name} did not answer in {timeout:.0f} s"
         return future.result()
 
     def close(self) -> None:

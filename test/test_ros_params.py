@@ -23,8 +23,8 @@ def server(env, tmp_path, label, *ros_args):
 
 
 def parameters(client, node: str, names: list[str]) -> dict:
-    listed = client.call(ListParameters, f"{node}/list_parameters", ListParameters.Request()).result.names
-    got = client.call(GetParameters, f"{node}/get_parameters", GetParameters.Request(names=names)).values
+    listed = client.call(ListParameters, f"{node}/list_parameters", ListParameters.Request(), resend_every=5.0).result.names
+    got = client.call(GetParameters, f"{node}/get_parameters", GetParameters.Request(names=names), resend_every=5.0).values
     from rclpy.parameter import parameter_value_to_python
     return {"listed": sorted(listed), **{n: parameter_value_to_python(v) for n, v in zip(names, got)}}
 
