@@ -58,7 +58,6 @@ class FakeCluster:
         self.on_result = None
         self.on_task = None
         self.progress: list = []
-        self.requests: list = []             # every (server, HostRequest)
         self.master_gone = False             # the master process is gone: nothing it asks is done
         self._master_died = False
         self.published: dict[str, list[Parameters]] = {}   # PFF: the params topics' history, per model
@@ -118,7 +117,6 @@ class FakeCluster:
     def host(self, calls, *, answered=None, timeout=None) -> list[HostReport]:
         reports = []
         for server, req in calls:
-            self.requests.append((server, req))
             s = self._server(server)
             reports.append(self._host_pff(s, req) if req.pff else self._host_dff(s, req))
             if answered is not None:

@@ -10,7 +10,8 @@ from dff_ros.ff.classifiers import accuracy
 from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.network import FFNetwork
 from dff_ros.ff.trainer import ReferenceTrainer
-from dff_ros.pff.plan import NEGATIVES, PFFPlan, shard_indices
+from dff_ros.parts.names import NEGATIVES
+from dff_ros.pff.plan import PFFPlan, shard_indices
 from dff_ros.parts.state import load_part_state, part_state
 from dff_ros.parts.versions import ParameterStore, Parameters, ParametersTimeout
 from dff_ros.pff.worker import PFFWorker, check_pff_supported, network_from_parts

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dff_ros.parts.names import NEGATIVES, VARIANTS  # noqa: F401  (re-exported: the plan's vocabulary)
+from dff_ros.parts.names import NEGATIVES, VARIANTS
 
 
 @dataclass(frozen=True)
