@@ -59,9 +59,6 @@ class Hosting:
     weights_restored: bool = False
 
 
-NAN = math.nan
-
-
 @dataclass
 class Status:
     """A hosted layer's or PFF share's heartbeat (msg/LayerStatus.msg says what each field is)."""
@@ -73,7 +70,7 @@ class Status:
     chapter: int = 0
     chapters_done: int = 0
     epoch: int = 0
-    loss: float = NAN
+    loss: float = math.nan
     samples: int = 0
     busy_seconds: float = 0.0
     idle_seconds: float = 0.0
