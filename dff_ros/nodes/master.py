@@ -38,7 +38,7 @@ from dff_ros.run.cluster import Delivery, HostReport, Hosting, RunError
 from dff_ros.run.dff import DFFRun
 from dff_ros.run.pff import PFFRun
 from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
-from dff_ros.stopping import Interrupted, rclpy_init
+from dff_ros.stopping import STOPPING, Interrupted, rclpy_init
 from dff_ros.wire.codec import (host_report_from_msg, host_request_to_msg, infer_from_msg, infer_to_msg,
                                      params_from_msg, progress_to_msg, status_from_msg, train_from_msg,
                                      train_to_msg)
@@ -72,54 +72,51 @@ class MasterNode(Node):
 
     # ------------------------------------------------------------------ service calls
     def call_all(self, srv_type, calls: list[tuple[str, object]], *, answered: list[float] | None = None,
-                 timeout: float | None = None) -> list:
+                 timeout: float | None = None, resend_every: float | None = None) -> list:
         """Call several services at once (servers load data or build layers in parallel); every
         answer is awaited with the service timeout (or ``timeout``). ``answered`` gets each
-        answer's perf_counter time."""
+        answer's perf_counter time. ``resend_every``: for a request that may be sent twice (a
+        query, delete_model), send it again after that many seconds without an answer: a request
+        that beats the server's reply path to matching a new client gets no answer (seen with
+        busy servers after a master restart and on Ctrl-C)."""
         timeout = self.pipeline.service_timeout_seconds if timeout is None else timeout
         # a client per call: kept ones answered a brief delete_model on Ctrl-C less reliably
         clients = [self.create_client(srv_type, name) for name, _ in calls]
         try:
-            futures = []
-            for client, (name, request) in zip(clients, calls):
-                if not client.wait_for_service(timeout_sec=timeout):
-                    raise RunError(f"service {name} is not available")
-                futures.append(client.call_async(request))
             deadline = time.monotonic() + timeout
-            seen: set[int] = set()
-            while True:
+            for client, (name, _) in zip(clients, calls):
+                if not client.wait_for_service(timeout_sec=max(0.0, deadline - time.monotonic())):
+                    raise RunError(f"service {name} is not available")
+            sent = [[c.call_async(req)] for c, (_, req) in zip(clients, calls)]   # every attempt's future
+            last_send = time.monotonic()
+            results: dict[int, object] = {}
+            while len(results) < len(calls):
                 # noted here, not in a done callback: rclpy runs those later, on the executor
-                for i in [i for i, f in enumerate(futures) if i not in seen and f.done()]:
-                    seen.add(i)
-                    if answered is not None:
-                        answered.append(time.perf_counter())
-                if len(seen) == len(futures):
-                    break
-                if time.monotonic() > deadline:
-                    late = [name for f, (name, _) in zip(futures, calls) if not f.done()]
-                    raise RunError(f"service {', '.join(late)} did not answer in {timeout:.0f} s")
+                for i, futures in enumerate(sent):
+                    done = next((f for f in futures if f.done()), None)
+                    if i not in results and done is not None:
+                        results[i] = done.result()
+                        if answered is not None:
+                            answered.append(time.perf_counter())
+                now = time.monotonic()
+                if len(results) < len(calls) and now > deadline:
+                    late = [name for i, (name, _) in enumerate(calls) if i not in results]
+                    how = f" (sent every {resend_every:g} s)" if resend_every else ""
+                    raise RunError(f"service {', '.join(late)} did not answer in {timeout:g} s{how}")
+                if resend_every is not None and now - last_send >= resend_every:
+                    for i, (client, (_, req)) in enumerate(zip(clients, calls)):
+                        if i not in results:
+                            sent[i].append(client.call_async(req))
+                    last_send = now
                 time.sleep(0.01)
-            return [f.result() for f in futures]
+            return [results[i] for i in range(len(calls))]
         finally:
             for client in clients:
                 self.destroy_client(client)
 
-    def call(self, srv_type, name: str, request, *, retry_every: float | None = None):
-        """One service call. ``retry_every``: for a request that may be sent again (a query),
-        resend it after that many seconds without an answer, until the service timeout: a
-        request sent before the server's reply path has matched gets no answer (seen with
-        busy servers right after a master restart)."""
-        if retry_every is None:
-            return self.call_all(srv_type, [(name, request)])[0]
-        limit = self.pipeline.service_timeout_seconds
-        deadline = time.monotonic() + limit
-        while True:
-            try:
-                return self.call_all(srv_type, [(name, request)], timeout=retry_every)[0]
-            except RunError:
-                if time.monotonic() + retry_every > deadline:
-                    raise RunError(f"service {name} did not answer in {limit:.0f} s (asked every "
-                                   f"{retry_every:.0f} s)") from None
+    def call(self, srv_type, name: str, request, *, resend_every: float | None = None):
+        """One service call (``resend_every``: see call_all)."""
+        return self.call_all(srv_type, [(name, request)], resend_every=resend_every)[0]
 
     # ------------------------------------------------------------------ the cluster (dff_ros.run.cluster)
     def servers(self) -> list[str]:
@@ -150,10 +147,11 @@ class MasterNode(Node):
 
     def drop(self, servers, model: str, *, timeout=None) -> None:
         self.call_all(DeleteModel, [(f"/{s}/delete_model", DeleteModel.Request(model=model)) for s in servers],
-                      timeout=timeout)
+                      # resent only when stopping: a late copy must not delete layers hosted after it
+                      timeout=timeout, resend_every=0.4 if STOPPING.is_set() else None)
 
     def hosting(self, server: str) -> list[Hosting]:
-        listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request(), retry_every=5.0)
+        listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request(), resend_every=5.0)
         return [Hosting(i.model, i.run_id, i.index, i.weights_restored) for i in listing.layers]
 
     def save(self, server: str, model: str) -> list[str]:
