@@ -23,6 +23,9 @@ def data_root() -> Path:
     return Path(os.environ.get("DFF_DATA_ROOT") or REPO.parent / "shared" / "data")
 
 
+os.environ["DFF_DATA_ROOT"] = str(data_root())   # model configs read their data's shape from here
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:

@@ -39,13 +39,13 @@ def cmd_train(args) -> int:
     if args.threads:
         overrides["threads"] = args.threads
     try:
-        config = load_model_config(args.config, overrides)
+        config = load_model_config(args.config, overrides, data_root=args.data_root,
+                                   allow_download=not args.no_download)
+        data = load_dataset(config.dataset, args.data_root, allow_download=not args.no_download)
+        config.check_data(data["info"], config.dataset.name)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    root = args.data_root or config.dataset.root
-    try:
-        data = load_dataset(config.dataset.name, root, allow_download=not args.no_download)
     except DatasetMissing as e:
         print(str(e), file=sys.stderr)
         return 3
@@ -67,16 +67,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from dff_ros.data import load_dataset
+    from dff_ros.config.schema import ConfigError
+    from dff_ros.data import DatasetMissing, load_dataset
     from dff_ros.ff.classifiers import accuracy
     from dff_ros.ff.trainer import load_network
 
-    from dff_ros.data import DatasetMissing
-
     net, config = load_network(args.weights)
     try:
-        data = load_dataset(config.dataset.name, args.data_root or config.dataset.root,
-                            allow_download=not args.no_download)
+        data = load_dataset(config.dataset, args.data_root, allow_download=not args.no_download)
+        config.check_data(data["info"], config.dataset.name)
+    except ConfigError as e:
+        print(f"{args.weights}: {e}", file=sys.stderr)
+        return 2
     except DatasetMissing as e:
         print(str(e), file=sys.stderr)
         return 3
@@ -155,14 +157,18 @@ def cmd_delete(args) -> int:
 
 def cmd_export(args) -> int:
     from dff_ros.config.schema import ConfigError, load_model_config
+    from dff_ros.data import DatasetMissing
     from dff_ros.nodes.admin import AdminError
 
     pipeline = _pipeline(args)
-    try:
-        config = load_model_config(args.model_config or pipeline.model)
+    try:   # the network file records the data's shape and classes, read from the data here
+        config = load_model_config(args.model_config or pipeline.model, data_root=pipeline.data_root)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except DatasetMissing as e:
+        print(str(e), file=sys.stderr)
+        return 3
     if config.name != args.model:
         print(f"{args.model_config or pipeline.model} describes model {config.name!r}, not {args.model!r}: "
               "pass its model YAML with --model-config", file=sys.stderr)

@@ -21,9 +21,11 @@ def spec_msg(model="bad", index=0, module="FFDense", args=(50,), in_features=784
                      in_features=in_features, out_features=out_features, last=last, **t)
 
 
-def create_request(layers, train=None, model="bad", num_classes=10, run_id="r", **fields) -> CreateLayers.Request:
+def create_request(layers, train=None, model="bad", num_classes=10, run_id="r", image_shape=(1, 28, 28),
+                   **fields) -> CreateLayers.Request:
     return CreateLayers.Request(run_id=run_id, model=model, num_classes=num_classes, layers=layers,
-                                train=to_parameters(train or {"epochs": 1, "splits": 1}), **fields)
+                                train=to_parameters(train or {"epochs": 1, "splits": 1}),
+                                image_shape=list(image_shape), **fields)
 
 
 def request_cases() -> list[tuple[str, CreateLayers.Request, str]]:
@@ -41,6 +43,8 @@ def request_cases() -> list[tuple[str, CreateLayers.Request, str]]:
         ("a relative topic name", create_request([relative]), "absolute topic"),
         ("the same layer twice", create_request([spec_msg(), spec_msg()]), "name a layer twice"),
         ("num_classes 0", create_request([spec_msg()], num_classes=0), "num_classes"),
+        ("an image shape that is not [C, H, W]", create_request([spec_msg()], image_shape=(784,)), "image_shape"),
+        ("a dataset that is not one", create_request([spec_msg()], dataset='{"name": "x"}'), "not a preset"),
         ("an empty model name", create_request([spec_msg()], model=" "), "model name is empty"),
         ("a checkpoint of another layer", create_request([spec_msg()], resume_from=[foreign_checkpoint]),
          "not requested"),

@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # tests never reach other hosts
@@ -9,6 +10,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # Tests and benchmarks read the shared copy of MNIST beside the checkout (or $DFF_DATA_ROOT).
 DATA_ROOT = Path(os.environ.get("DFF_DATA_ROOT") or REPO.parent / "shared" / "data")
+os.environ["DFF_DATA_ROOT"] = str(DATA_ROOT)   # model configs read their data's shape from here
+# decoded image folders are cached per test session, not in the user's ~/.cache
+os.environ.setdefault("DFF_CACHE_DIR", tempfile.mkdtemp(prefix="dff-test-cache-"))
 
 
 def pytest_collection_modifyitems(items):

@@ -33,7 +33,7 @@ def test_good_config_resolves_widths_and_chapters(tmp_path):
     (lambda d: d["model"].append([7, "FFDense", [5]]), "model[2].from", "earlier layer"),
     (lambda d: d["model"].append([-1, "FFDense"]), "model[2]", "[from, module, args]"),
     (lambda d: d["train"].update(classifiers=["pon_last"]), "train.classifiers", "not a classifier"),
-    (lambda d: d.update(dataset={"name": "CIFAR"}), "dataset.name", "unknown dataset"),
+    (lambda d: d.update(dataset={"name": "CIFAR"}), "dataset.format", "not a preset"),
 ])
 def test_errors_name_file_key_and_problem(tmp_path, mutate, key, words):
     import copy

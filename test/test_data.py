@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from dff_ros.data import DatasetMissing, IdxDataset, IdxFile, load_dataset, read_idx
-from dff_ros.data.datasets import DatasetUnreadable, download
+from dff_ros.data import DatasetMissing, DatasetUnreadable, dataset_config, describe, load_dataset, read_idx
 from dff_ros.data.idx import parse_idx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +33,9 @@ def tiny_set(tmp_path):
               "te-img": rng.integers(0, 256, (2, 3, 4), dtype=np.uint8),
               "te-lab": rng.integers(0, 3, (2,), dtype=np.uint8)}
     blobs = {k: idx_bytes(v) for k, v in arrays.items()}
-    files = [IdxFile(k, hashlib.md5(b).hexdigest()) for k, b in blobs.items()]
-    spec = IdxDataset("Tiny", *files, image_shape=(3, 4), num_classes=3)
+    spec = {"name": "Tiny", "format": "idx", "files": dict(zip(("train_images", "train_labels", "test_images",
+                                                                 "test_labels"), blobs)),
+            "md5": {k: hashlib.md5(b).hexdigest() for k, b in blobs.items()}}
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for k, b in blobs.items():
@@ -102,10 +103,14 @@ def test_download_verifies_and_falls_back_to_next_mirror(tmp_path, tiny_set, htt
     shutil.copytree(good_dir, bad_dir)
     (bad_dir / "tr-lab.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05" + bytes(5)))
     root = tmp_path / "root"
-    download(spec, root, mirrors=(http_mirror(bad_dir), http_mirror(good_dir)))
-    for f, key in zip(spec.files, arrays):
-        assert np.array_equal(read_idx(root / "Tiny" / "raw" / f"{f.name}.gz", f.md5), arrays[key])
+    data = load_dataset({**spec, "urls": [http_mirror(bad_dir), http_mirror(good_dir)]}, root)
+    for name in arrays:
+        assert np.array_equal(read_idx(root / "Tiny" / "raw" / f"{name}.gz", spec["md5"][name]), arrays[name])
     assert not list((root / "Tiny" / "raw").glob("*.part"))
+    # shape and classes come from the files: 3x4 grey images, labels 0..2
+    assert data["info"].image_shape == (1, 3, 4) and data["info"].num_classes == 3
+    assert torch.equal(data["train_images"], torch.from_numpy(arrays["tr-img"].reshape(5, 12) / 255.0).float())
+    assert describe(spec, root) == data["info"]
 
 
 def test_offline_and_missing_says_where_to_put_which_files(tmp_path, tiny_set, http_mirror):
@@ -113,14 +118,44 @@ def test_offline_and_missing_says_where_to_put_which_files(tmp_path, tiny_set, h
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetMissing) as e:
-        download(spec, tmp_path / "root", mirrors=(http_mirror(empty), "http://127.0.0.1:9/"))
+        load_dataset({**spec, "urls": [http_mirror(empty), "http://127.0.0.1:9/"]}, tmp_path / "root")
     msg = str(e.value)
     assert str(tmp_path / "root" / "Tiny" / "raw") in msg
-    for f in spec.files:
-        assert f"{f.name}.gz" in msg
+    for name in spec["files"].values():
+        assert f"{name}.gz" in msg
     assert "DFF_DATA_ROOT" in msg and "127.0.0.1:9" in msg
+
+
+def test_a_download_without_a_checksum_is_refused(tmp_path, tiny_set, http_mirror):
+    spec, _, good_dir = tiny_set
+    with pytest.raises(DatasetMissing, match="tr-img: dataset.md5 has no checksum"):
+        load_dataset({**spec, "md5": {}, "urls": [http_mirror(good_dir)]}, tmp_path / "root")
 
 
 def test_missing_mnist_without_download_names_files(tmp_path):
     with pytest.raises(DatasetMissing, match="train-images-idx3-ubyte.gz"):
         load_dataset("MNIST", tmp_path, allow_download=False)
+
+
+@pytest.mark.parametrize("raw, key, problem", [
+    ({"name": "cam"}, "dataset.format", "not a preset"),
+    ({"name": "cam", "format": "jpeg"}, "dataset.format", "must be one of"),
+    ({"name": "MNIST", "colour": True}, "dataset.colour", "unknown key"),
+    ({"name": "MNIST", "md5": {"x": "123"}}, "dataset.md5", "32-digit"),
+    ({"name": "cam", "format": "image_folder", "files": {"train_images": "a"}}, "dataset.files", "only the idx"),
+    ({"name": "MNIST", "root": 3}, "dataset.root", "path string"),
+])
+def test_dataset_section_errors_name_the_key(raw, key, problem):
+    from dff_ros.config.schema import ConfigError, parse_model_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_model_config({"name": "m", "dataset": raw, "model": [[-1, "FFDense", [10]], [-1, "FFDense", [10]]]},
+                           "m.yaml")
+    assert e.value.key == key and problem in e.value.problem, str(e.value)
+
+
+def test_presets_are_defaults_a_mapping_overrides():
+    cfg = dataset_config({"name": "MNIST", "path": "elsewhere/raw"})
+    assert cfg.format == "idx" and cfg.folder == "elsewhere/raw" and cfg.md5 and cfg.urls
+    assert dataset_config("CIFAR10").format == "cifar10" and dataset_config("CIFAR10").folder == "CIFAR10"
+    assert dataset_config(cfg.to_dict()) == cfg

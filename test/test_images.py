@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from dff_ros.wire.images import ImageError, image_to_row, row_to_mono8
+from dff_ros.wire.images import ImageError, image_to_row, row_to_image
+
+G28 = (1, 28, 28)   # a grey 28x28 model
 
 
 def image(pixels: np.ndarray, encoding: str, *, step=None, bigendian=False, data=None):
@@ -20,25 +22,26 @@ def image(pixels: np.ndarray, encoding: str, *, step=None, bigendian=False, data
 
 def test_mono8_round_trip_and_padded_rows():
     row = torch.rand(28 * 28)
-    data, step = row_to_mono8(row, 28, 28)
+    encoding, data, step = row_to_image(row, G28)
+    assert encoding == "mono8"
     got = image_to_row(SimpleNamespace(height=28, width=28, encoding="mono8", is_bigendian=0, step=step,
-                                       data=data), 28, 28)
+                                       data=data), G28)
     assert got.shape == (784,) and got.dtype == torch.float32
     assert torch.allclose(got, row, atol=0.5 / 255 + 1e-6)
     pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
-    padded = image_to_row(image(pixels, "mono8", step=32), 28, 28)
+    padded = image_to_row(image(pixels, "mono8", step=32), G28)
     assert torch.equal(padded, torch.from_numpy(pixels.reshape(-1).astype(np.float32) / 255))
 
 
 @pytest.mark.parametrize("bigendian", [False, True])
 def test_mono16_and_float_and_colour(bigendian):
     grey = np.random.default_rng(0).random((28, 28)).astype(np.float32)
-    mono16 = image_to_row(image((grey * 65535).round().astype(np.uint16), "mono16", bigendian=bigendian), 28, 28)
+    mono16 = image_to_row(image((grey * 65535).round().astype(np.uint16), "mono16", bigendian=bigendian), G28)
     assert torch.allclose(mono16, torch.from_numpy(grey.reshape(-1)), atol=1e-4)
-    assert torch.allclose(image_to_row(image(grey, "32FC1"), 28, 28), torch.from_numpy(grey.reshape(-1)))
+    assert torch.allclose(image_to_row(image(grey, "32FC1"), G28), torch.from_numpy(grey.reshape(-1)))
     rgb = np.stack([grey * 255] * 3, axis=2).round().astype(np.uint8)   # grey in colour: luma = grey
     for enc in ("rgb8", "bgr8"):
-        assert torch.allclose(image_to_row(image(rgb, enc), 28, 28), torch.from_numpy(grey.reshape(-1)), atol=0.01)
+        assert torch.allclose(image_to_row(image(rgb, enc), G28), torch.from_numpy(grey.reshape(-1)), atol=0.01)
 
 
 @pytest.mark.parametrize("what, msg, words", [
@@ -50,7 +53,20 @@ def test_mono16_and_float_and_colour(bigendian):
 ])
 def test_images_the_model_cannot_take_are_named(what, msg, words):
     with pytest.raises(ImageError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        image_to_row(msg, 28, 28)
+        image_to_row(msg, G28)
+
+
+def test_colour_models_take_rgb_and_bgr_channel_major_and_refuse_grey():
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    want = torch.from_numpy(rgb.transpose(2, 0, 1).reshape(-1).astype(np.float32) / 255)
+    assert torch.equal(image_to_row(image(rgb, "rgb8"), (3, 5, 7)), want)
+    assert torch.equal(image_to_row(image(rgb[:, :, ::-1].copy(), "bgr8"), (3, 5, 7)), want)
+    rgba = np.concatenate([rgb, np.full((5, 7, 1), 9, np.uint8)], axis=2)
+    assert torch.equal(image_to_row(image(rgba, "rgba8"), (3, 5, 7)), want)
+    encoding, data, step = row_to_image(want, (3, 5, 7))
+    assert encoding == "rgb8" and step == 21 and data == rgb.tobytes()
+    with pytest.raises(ImageError, match="mono8 is grey, the model takes colour"):
+        image_to_row(image(rgb[:, :, 0].copy(), "mono8"), (3, 5, 7))
 
 
 def test_live_score_counts_accuracy_latency_and_refusals():

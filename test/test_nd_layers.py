@@ -60,7 +60,7 @@ def config(**train):
 
 def test_specs_carry_shapes():
     cfg = config()
-    assert [(s.in_shape, s.out_shape) for s in cfg.layers] == [((784,), (2, 28, 28)), ((2, 28, 28), (3, 28, 28)),
+    assert [(s.in_shape, s.out_shape) for s in cfg.layers] == [((1, 28, 28), (2, 28, 28)), ((2, 28, 28), (3, 28, 28)),
                                                                ((3, 28, 28), (50,))]
     assert cfg.layers[2].in_features == 3 * 28 * 28
     with pytest.raises(ConfigError, match=r"model\[1\].args: TestConv\[0\]: channels must be a positive"):
@@ -103,7 +103,12 @@ def test_a_pipeline_of_nd_layers_trains(mnist):
         hosts[1].train(bad)
 
 
-def test_pff_workers_train_nd_layers_like_the_sequential_run(mnist):
+CWC = {"model": [[-1, "FFConv", {"channels": 10, "norm": "batch"}], [-1, "FFConv", [20, 3, 2, "batch"]],
+                 [-1, "FFDense", [30]]], "train": {"algorithm": "cwc", "classifiers": ["cwc_all", "cwc_last"]}}
+
+
+@pytest.mark.parametrize("variant", ["overlay", "cwc"])
+def test_pff_workers_train_nd_layers_like_the_sequential_run(mnist, variant):
     from dff_ros.ff.trainer import ReferenceTrainer
     from dff_ros.parts.versions import ParameterStore
     from dff_ros.pff.plan import PFFPlan
@@ -111,7 +116,12 @@ def test_pff_workers_train_nd_layers_like_the_sequential_run(mnist):
     from dff_ros.parts.state import part_state
     from dff_ros.ff.classifiers import accuracy
 
-    cfg = config()
+    if variant == "cwc":   # conv layers with batch statistics, trained on class groups
+        cfg = parse_model_config({"name": "nd", "model": CWC["model"],
+                                  "train": {"epochs": 2, "splits": 2, "lr": 0.003, "train_subset": 600,
+                                            "test_subset": 200, **CWC["train"]}}, "test")
+    else:
+        cfg = config()
     reference = ReferenceTrainer(cfg, mnist, progress=False).fit()["accuracy"]
     plan = PFFPlan.for_model(cfg, "all_layers", 1)
     x, y = mnist["train_images"][:600], mnist["train_labels"][:600]
@@ -134,4 +144,5 @@ def test_nd_chunks_cross_the_codec_with_their_shapes():
     topics = dict.fromkeys(("train_input", "train_output", "infer_input", "infer_output"), "/t")
     msg = spec_to_msg(spec, topics, False)
     assert list(msg.in_shape) == [2, 28, 28] and msg.in_features == 2 * 28 * 28
-    assert spec_from_msg(msg, "test") == spec
+    for spec in config().layers:   # a dense layer after a conv one keeps its N-d in_shape on the server
+        assert spec_from_msg(spec_to_msg(spec, topics, False), "test") == spec

@@ -127,6 +127,7 @@ def test_federated_publishes_parameters_only(env, tmp_path, data_root):
 
 def create_share(client, server, cfg, node, layer_nodes, data_root, history):
     req = CreateLayers.Request(run_id="late", model=cfg.name, num_classes=cfg.num_classes,
+                               image_shape=list(cfg.data.image_shape),
                                train=to_parameters(cfg.to_dict()["train"]), transport="parameters",
                                pff_variant="single_layer", node_index=node, num_nodes=2, layer_nodes=layer_nodes,
                                dataset="MNIST", data_root=str(data_root), param_history=history)

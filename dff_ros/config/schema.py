@@ -4,7 +4,7 @@ The same schema drives the single-process reference trainer and the distributed 
 A config is YAML (see ``config/models/*.yaml``)::
 
     name: mnist_default
-    dataset: {name: MNIST, root: null}
+    dataset: {name: MNIST}       # or {name: cam, format: image_folder, path: cam.tar.gz} (dff_ros/data/config.py)
     model:                       # YOLOv5-like rows: [from, module, args]
       - [-1, FFDense, [1000]]
       - [-1, FFDense, [1000]]
@@ -22,13 +22,15 @@ from typing import Any, Mapping
 
 import yaml
 
+from dff_ros.data.config import DatasetConfig, DatasetConfigError, dataset_config
+from dff_ros.data.info import DataInfo
 from dff_ros.ff.layers import LAYER_TYPES
-from dff_ros.data.datasets import DATASETS
 
 NEGATIVE_STRATEGIES = ("adaptive", "random", "fixed")
 CLASSIFIERS_BY_ALGORITHM = {
     "ff": ("goodness", "softmax"),
     "pon": ("pon_last", "pon_all"),
+    "cwc": ("cwc_all", "cwc_last"),
 }
 SCHEDULES = ("stream", "chapters")
 GOODNESS = ("sum", "mean")
@@ -73,7 +75,7 @@ class LayerSpec:
 class TrainConfig:
     """The model YAML's ``train`` section: how the layers learn (epochs, chapters, objective,
     negatives, classifiers, schedule)."""
-    algorithm: str = "ff"            # ff: positive/negative goodness; pon: per-layer softmax (PFF 4.4)
+    algorithm: str = "ff"            # ff: positive/negative goodness; pon: per-layer softmax (PFF 4.4); cwc: class groups
     epochs: int = 20
     splits: int = 20                 # S; chapter length C = epochs / splits
     batch_size: int = 64
@@ -104,10 +106,17 @@ class TrainConfig:
     def chapter_epochs(self) -> int:
         return self.epochs // self.splits
 
+    @property
+    def layer_scores(self) -> bool:
+        """Each layer trains on its own class scores (pon, cwc), on the neutral-label pass."""
+        return self.algorithm in ("pon", "cwc")
+
 
 # What each train key means: docs/reference.md's table (test/test_config.py keeps it in step).
 TRAIN_HELP = {
-    "algorithm": "`ff`: positive/negative goodness; `pon`: per-layer softmax heads (PFF 4.4)",
+    "algorithm": "`ff`: positive/negative goodness; `pon`: per-layer softmax heads (PFF 4.4); `cwc`: channel-wise "
+                 "competitive, each layer's channels in one group per class, cross-entropy on the groups' goodness "
+                 "(CwC, AAAI 2024; no negatives, one pass)",
     "epochs": "E, passes over the training set",
     "splits": "S: chapters of C = E/S epochs (must divide `epochs`); negatives are chosen anew per chapter",
     "batch_size": "rows per update",
@@ -121,7 +130,8 @@ TRAIN_HELP = {
     "negatives": "`adaptive` \\| `random` \\| `fixed`",
     "negatives_lag": "adaptive: chapter j's negatives are scored after chapter j - lag; null: 1, or the node "
                      "count in PFF",
-    "classifiers": "ff: `goodness`, `softmax`; pon: `pon_last`, `pon_all`",
+    "classifiers": "ff: `goodness`, `softmax`; pon: `pon_last`, `pon_all`; cwc: `cwc_all` (every layer's groups), "
+                   "`cwc_last`",
     "schedule": "`chapters`: layer by layer (PFF); `stream`: each minibatch through all layers (DFF)",
     "seed": "seeds the layers, the minibatch order and the negatives",
     "threads": "torch threads of the single-process trainer (`dff-ros train`); servers take `server_threads`",
@@ -148,33 +158,38 @@ def train_reference_table() -> str:
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
-    """The model YAML's ``dataset``: which dataset, and where its files are."""
-    name: str = "MNIST"
-    root: str | None = None          # None: $DFF_DATA_ROOT, else ~/.cache/dff_ros/data
-
-
-@dataclass(frozen=True)
 class ModelConfig:
-    """A validated model YAML: its name, resolved layer specs, training settings and dataset."""
+    """A validated model YAML: its name, resolved layer specs, training settings, dataset and
+    what the data holds (image shape, classes: read from the data, or from the weights file)."""
     name: str
     layers: tuple[LayerSpec, ...]
     train: TrainConfig
     dataset: DatasetConfig
+    data: DataInfo
     source: str = "<dict>"
 
     @property
     def input_features(self) -> int:
-        return DATASETS[self.dataset.name].input_features
+        return self.data.features
 
     @property
     def num_classes(self) -> int:
-        return DATASETS[self.dataset.name].num_classes
+        return self.data.num_classes
+
+    def check_data(self, info: DataInfo, where: str) -> None:
+        """ConfigError unless the loaded data (``info``, from ``where``) is what the model was built for."""
+        if info != self.data:
+            raise ConfigError(self.source, "dataset",
+                              f"{where} holds images {list(info.image_shape)} of {info.num_classes} classes "
+                              f"({', '.join(info.classes[:12])}), but the model was built for images "
+                              f"{list(self.data.image_shape)} of {self.data.num_classes} classes "
+                              f"({', '.join(self.data.classes[:12])})")
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
-            "dataset": dataclasses.asdict(self.dataset),
+            "dataset": self.dataset.to_dict(),
+            "data": self.data.to_dict(),
             "model": [[-1 if l.source == l.index - 1 else l.source, l.module,
                        dict(l.kwargs) if l.kwargs else list(l.args)] for l in self.layers],
             "train": {k: (list(v) if isinstance(v, tuple) else v)
@@ -197,27 +212,40 @@ def read_yaml(source: str) -> Any:
         raise ConfigError(source, "<yaml>", f"{where}{getattr(e, 'problem', None) or e}") from None
 
 
-def load_model_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
-    """Read and validate a model YAML. ``overrides`` replace keys of ``train``."""
+def load_model_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, *,
+                      data_root: str | None = None, allow_download: bool = True) -> ModelConfig:
+    """Read and validate a model YAML. ``overrides`` replace keys of ``train``. The dataset is
+    described from its files (``data_root`` over the YAML's ``dataset.root``), downloaded if
+    missing and allowed: DatasetMissing says what to do when it cannot be."""
     source = os.fspath(path)
     raw = read_yaml(source)
     if overrides:
         if not isinstance(raw, dict):
             raise ConfigError(source, "<root>", "must be a mapping")
         raw = {**raw, "train": {**(raw.get("train") or {}), **overrides}}
-    return parse_model_config(raw, source)
+    return parse_model_config(raw, source, data_root=data_root, allow_download=allow_download)
 
 
-def parse_model_config(raw: Any, source: str = "<dict>") -> ModelConfig:
+def parse_model_config(raw: Any, source: str = "<dict>", *, data: DataInfo | None = None,
+                       data_root: str | None = None, allow_download: bool = True) -> ModelConfig:
+    """A model config from its mapping. What the data holds comes from ``data``, else the
+    mapping's ``data`` (a weights file's), else the dataset's files (see load_model_config)."""
     if not isinstance(raw, dict):
         raise ConfigError(source, "<root>", f"must be a mapping, got {type(raw).__name__}")
-    _reject_unknown(raw, {"name", "dataset", "model", "train"}, "", source)
+    _reject_unknown(raw, {"name", "dataset", "data", "model", "train"}, "", source)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(source, "name", "must be a non-empty string")
-    dataset = _validate_dataset(raw.get("dataset") or {}, source)
-    spec = DATASETS[dataset.name]
-    layers = validate_model_rows(raw.get("model"), spec.input_features, source)
+    try:
+        dataset = dataset_config(raw.get("dataset"))
+    except DatasetConfigError as e:
+        raise ConfigError(source, f"dataset.{e.key}".rstrip("."), e.problem) from None
+    if data is None and raw.get("data") is not None:
+        data = _validate_data(raw["data"], source)
+    if data is None:
+        from dff_ros.data.datasets import describe
+        data = describe(dataset, data_root, allow_download=allow_download)
+    layers = validate_model_rows(raw.get("model"), data.image_shape, source)
     train = validate_train(raw.get("train") or {}, source)
     if train.algorithm == "ff" and "goodness" in train.classifiers and len(layers) < 2:
         raise ConfigError(source, "train.classifiers",
@@ -225,7 +253,18 @@ def parse_model_config(raw: Any, source: str = "<dict>") -> ModelConfig:
     if train.algorithm == "ff" and "softmax" in train.classifiers and len(layers) < 2:
         raise ConfigError(source, "train.classifiers",
                           "the softmax head reads all layers but the first, so it needs at least 2 layers")
-    return ModelConfig(name=name, layers=layers, train=train, dataset=dataset, source=source)
+    for spec in layers:
+        if train.schedule == "stream" and LAYER_TYPES[spec.module].batch_statistics(*spec.args, **dict(spec.kwargs)):
+            raise ConfigError(source, "train.schedule",
+                              f"layer {spec.index} normalises by batch statistics (norm: batch), which are "
+                              f"recomputed over each chapter's inputs once trained: use the chapters schedule")
+    if train.algorithm == "cwc":
+        for spec in layers:
+            if spec.out_shape[0] % data.num_classes:
+                raise ConfigError(source, f"model[{spec.index}].args",
+                                  f"cwc splits each layer's {'channels' if len(spec.out_shape) > 1 else 'units'} into "
+                                  f"one group per class: {spec.out_shape[0]} do not split into {data.num_classes}")
+    return ModelConfig(name=name, layers=layers, train=train, dataset=dataset, data=data, source=source)
 
 
 def _reject_unknown(section: Mapping, known: set, prefix: str, source: str) -> None:
@@ -235,17 +274,13 @@ def _reject_unknown(section: Mapping, known: set, prefix: str, source: str) -> N
         raise ConfigError(source, key, f"unknown key (known: {', '.join(sorted(known))})")
 
 
-def _validate_dataset(raw: Any, source: str) -> DatasetConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError(source, "dataset", "must be a mapping like {name: MNIST, root: null}")
-    _reject_unknown(raw, {f.name for f in dataclasses.fields(DatasetConfig)}, "dataset.", source)
-    name = raw.get("name", "MNIST")
-    if name not in DATASETS:
-        raise ConfigError(source, "dataset.name", f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
-    root = raw.get("root")
-    if root is not None and not isinstance(root, str):
-        raise ConfigError(source, "dataset.root", "must be a path string or null")
-    return DatasetConfig(name=name, root=root)
+def _validate_data(raw: Any, source: str) -> DataInfo:
+    """A config's ``data`` (written with the weights): {image_shape: [C, H, W], classes: [...]}."""
+    shape, classes = (raw.get("image_shape"), raw.get("classes")) if isinstance(raw, dict) else (None, None)
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)
+            and isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        raise ConfigError(source, "data", "must be {image_shape: [C, H, W], classes: [names, at least 2]}")
+    return DataInfo(tuple(shape), tuple(classes))
 
 
 def validate_model_rows(rows: Any, input_shape: int | tuple[int, ...], source: str) -> tuple[LayerSpec, ...]:
@@ -279,6 +314,8 @@ def validate_model_rows(rows: Any, input_shape: int | tuple[int, ...], source: s
             raise ConfigError(source, f"{key}.args", f"must be a list or mapping, got {args!r}")
         in_shape = input_shape if resolved < 0 else layers[resolved].out_shape
         cls = LAYER_TYPES[module]
+        if resolved < 0 and not cls.shape_args:   # a flat layer reads the image as one row
+            in_shape = (math.prod(in_shape),)
         try:
             out_shape = cls.check_args(in_shape, *pos, **kw)
         except (TypeError, ValueError) as e:

@@ -24,17 +24,31 @@ def task_generator(seed: int, part: int, chapter: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + part) * 100_003 + chapter)
 
 
-def layer_step(learner, inputs: Activities) -> Step:
-    # FF layers train on the positive/negative passes only (their neutral pass is recomputed
-    # once per chapter by whoever needs it); PON layers train on the neutral pass. A layer that
-    # reads label overlays in factored form needs no gather of the materialised passes.
-    if isinstance(learner, PONLearner):
-        view = inputs
-    elif inputs.overlaid(learner.layer):
-        view = Activities(None, None, None, inputs.labels, inputs.overlays)
-    else:
-        view = Activities(inputs.pos, inputs.neg, None, inputs.labels)
-    return lambda idx: learner.train_step(view.select(idx))[1]
+class LayerStep:
+    """One minibatch update of a layer's learner (``step(idx)``), and ``settle()`` once the
+    chapter's updates are done (a BatchNorm's statistics recomputed over the chapter's inputs)."""
+
+    def __init__(self, learner, inputs: Activities):
+        # FF layers train on the positive/negative passes only (their neutral pass is recomputed
+        # once per chapter by whoever needs it); PON layers train on the neutral pass. A layer that
+        # reads label overlays in factored form needs no gather of the materialised passes.
+        if isinstance(learner, PONLearner):
+            view = inputs
+        elif inputs.overlaid(learner.layer):
+            view = Activities(None, None, None, inputs.labels, inputs.overlays)
+        else:
+            view = Activities(inputs.pos, inputs.neg, None, inputs.labels)
+        self.learner, self.view = learner, view
+
+    def __call__(self, idx: torch.Tensor) -> dict:
+        return self.learner.train_step(self.view.select(idx))[1]
+
+    def settle(self) -> None:
+        self.learner.settle(self.view)
+
+
+def layer_step(learner, inputs: Activities) -> LayerStep:
+    return LayerStep(learner, inputs)
 
 
 def head_step(head_learner, features: torch.Tensor, labels: torch.Tensor) -> Step:
@@ -61,4 +75,6 @@ def train_chapter(learner, step: Step, rows: int, chapter: Chapter, *, seed: int
             if on_batch is not None:
                 on_batch(epoch, loss, len(idx))
         mean = total / max(batches, 1)
+    if hasattr(step, "settle"):
+        step.settle()
     return mean

@@ -1,11 +1,11 @@
-"""Prediction: goodness (batched over all labels), softmax head, PON heads."""
+"""Prediction: goodness (batched over all labels), softmax head, PON heads, CwC class groups."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.objectives import goodness
+from dff_ros.ff.objectives import class_goodness, goodness
 from dff_ros.ff.overlay import overlay_all_labels, overlay_neutral
 
 
@@ -57,6 +57,9 @@ def class_scores(net, images: torch.Tensor, classifier: str, goodness_kind: str 
         elif classifier in ("pon_last", "pon_all"):
             logp = [F.log_softmax(h(length_normalize(a)), dim=1) for h, a in zip(net.pon_heads, acts)]
             out.append(logp[-1] if classifier == "pon_last" else torch.stack(logp).sum(0))
+        elif classifier in ("cwc_last", "cwc_all"):
+            logp = [F.log_softmax(class_goodness(a, net.num_classes), dim=1) for a in acts]
+            out.append(logp[-1] if classifier == "cwc_last" else torch.stack(logp).sum(0))
         else:
             raise ValueError(f"unknown classifier {classifier!r}")
     return torch.cat(out)

@@ -110,6 +110,11 @@ class FFLayer(nn.Module):
         return tuple(cls.output_shape(tuple(in_shape), *args, **kwargs))
 
     @classmethod
+    def batch_statistics(cls, *args, **kwargs) -> bool:
+        """Whether a layer of these args normalises by batch statistics (a BatchNorm)."""
+        return False
+
+    @classmethod
     def from_shape(cls, in_shape: tuple[int, ...], *args, **kwargs) -> "FFLayer":
         return cls(tuple(in_shape) if cls.shape_args else math.prod(in_shape), *args, **kwargs)
 
@@ -163,3 +168,58 @@ class FFDense(FFLayer):
         passes = [torch.full((n,), c, dtype=torch.long) for c in range(num_classes)]
         z = self.forward_overlaid(blank_labels(images, num_classes), passes, num_classes)   # [C*N, out]
         return z.view(num_classes, n, -1).transpose(0, 1).reshape(n * num_classes, -1)
+
+
+NORMS = ("length", "batch")
+
+
+@register_layer("FFConv")
+class FFConv(FFLayer):
+    """A convolution with 'same' padding (``kernel`` x ``kernel``), ReLU (full-gradient backward),
+    then ``pool`` x ``pool`` max-pooling (1: none). ``norm``: ``length`` length-normalises the
+    input (over all of a sample's values, as FFDense: the layer sees only its direction);
+    ``batch`` puts a BatchNorm after the convolution instead (batch statistics while its
+    learner trains it, running statistics otherwise: the learners switch the mode).
+
+    Reads ``(C, H, W)`` activations; as the first layer it reads the label-overlaid image rows
+    (one flat row per image, channel-major) as the data's ``(C, H, W)``."""
+    shape_args = True
+
+    def __init__(self, in_shape: tuple, channels: int, kernel: int = 3, pool: int = 2, norm: str = "length",
+                 bias: bool = True):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.out_shape = self.output_shape(self.in_shape, channels, kernel, pool, norm, bias)
+        self.out_features = math.prod(self.out_shape)
+        self.conv = nn.Conv2d(self.in_shape[0], channels, kernel, padding=kernel // 2, bias=bias)
+        self.norm = nn.BatchNorm2d(channels) if norm == "batch" else None
+        self.pool = pool
+
+    @classmethod
+    def output_shape(cls, in_shape, channels, kernel=3, pool=2, norm="length", bias=True) -> tuple[int, int, int]:
+        if len(in_shape) != 3:
+            raise ValueError(f"needs (C, H, W) activations, got {list(in_shape)}: put FFConv layers before "
+                             f"dense ones")
+        for name, v in (("channels", channels), ("kernel", kernel), ("pool", pool)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd ('same' padding), got {kernel}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias must be true or false, got {bias!r}")
+        _, h, w = in_shape
+        if h < pool or w < pool:
+            raise ValueError(f"a {h}x{w} input is smaller than pool {pool}")
+        return (channels, h // pool, w // pool)
+
+    @classmethod
+    def batch_statistics(cls, *args, **kwargs) -> bool:
+        return inspect.signature(cls).bind((1, 1, 1), *args, **kwargs).arguments.get("norm") == "batch"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(len(x), *self.in_shape)
+        z = self.conv(x if self.norm is not None else length_normalize(x))
+        z = _ReLUFullGrad.apply(z if self.norm is None else self.norm(z))
+        return F.max_pool2d(z, self.pool) if self.pool > 1 else z

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.objectives import ff_loss, goodness
+from dff_ros.ff.objectives import class_goodness, ff_loss, goodness
 from dff_ros.ff.overlay import blank_labels, overlay, overlay_neutral
 from dff_ros.ff.schedule import lr_factor
 
@@ -184,6 +184,7 @@ def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class _Learner:
     optimizer: torch.optim.Optimizer
+    passes: tuple[str, ...] = ()   # the passes of Activities it trains on
 
     def __init__(self, total_epochs: int, cooldown: bool):
         self.total_epochs, self.cooldown = total_epochs, cooldown
@@ -199,9 +200,40 @@ class _Learner:
         loss.backward()
         self.optimizer.step()
 
+    def settle(self, a: Activities, rows: int = 10_000, chunk: int = 500) -> None:
+        """After a chapter: recompute a BatchNorm's running statistics over (the first ``rows``
+        of) the chapter's inputs with the weights as trained ("precise BN"). The running
+        averages lag behind weights that moved with every update, and the next layer's inputs
+        and every test are computed with them. Deterministic; nothing to do without a BatchNorm."""
+        layer = getattr(self, "layer", None)
+        norms = [m for m in layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if layer else []
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None   # a plain average over the batches below
+        view = a.select(slice(0, rows))
+        with torch.no_grad():
+            for start in range(0, len(view), chunk):
+                part = view.select(slice(start, start + chunk))
+                self._training(layer, lambda: part.forward(layer, self.passes))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+    def _training(self, module: nn.Module, fn):
+        """``fn()`` with ``module`` in training mode (batch statistics for a BatchNorm), then back
+        in evaluation mode, where every other pass (next layer's inputs, testing) runs it."""
+        module.train()
+        try:
+            return fn()
+        finally:
+            module.eval()
+
 
 class FFLearner(_Learner):
     """An FF layer trained on goodness: high for positive data, low for negative."""
+    passes = ("pos", "neg")
 
     def __init__(self, layer: nn.Module, *, lr: float, threshold: float | None, goodness_kind: str,
                  optimizer: str, total_epochs: int, cooldown: bool, peer_normalization: float = 0.0):
@@ -215,7 +247,7 @@ class FFLearner(_Learner):
 
     def train_step(self, a: Activities) -> tuple[Activities, dict]:
         n = len(a)
-        h = a.forward(self.layer, ("pos", "neg"))  # one matmul for both passes
+        h = self._training(self.layer, lambda: a.forward(self.layer, ("pos", "neg")))  # one matmul, both passes
         g = goodness(h, self.goodness_kind)
         g_pos, g_neg = g[:n], g[n:]
         loss = ff_loss(g_pos, g_neg, self.threshold)
@@ -247,6 +279,7 @@ class FFLearner(_Learner):
 class PONLearner(_Learner):
     """Performance-Optimized Network layer (PFF 4.4): layer + its own softmax head, trained
     jointly by local backprop on the neutral-label pass; no negatives."""
+    passes = ("neutral",)
 
     def __init__(self, layer: nn.Module, head: nn.Linear, *, lr: float, head_lr: float,
                  optimizer: str, total_epochs: int, cooldown: bool):
@@ -256,12 +289,29 @@ class PONLearner(_Learner):
                                                     {"params": head.parameters(), "lr": head_lr}])
 
     def train_step(self, a: Activities) -> tuple[Activities, dict]:
-        h = a.forward(self.layer, ("neutral",))
-        logits = self.head(length_normalize(h))
+        h = self._training(self.layer, lambda: a.forward(self.layer, ("neutral",)))
+        logits = self.logits(h)
         loss = F.cross_entropy(logits, a.labels)
         self._step(loss)
         return Activities(None, None, h.detach(), a.labels), {"loss": loss.detach(),
                                                               "accuracy": _hits(logits, a.labels)}
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(length_normalize(h))
+
+
+class GroupsLearner(PONLearner):
+    """Channel-wise competitive layer (CwC): trained by cross-entropy on its class groups'
+    goodness (``class_goodness``), on the neutral-label pass; no negatives, no head parameters."""
+
+    def __init__(self, layer: nn.Module, num_classes: int, *, lr: float, optimizer: str, total_epochs: int,
+                 cooldown: bool):
+        _Learner.__init__(self, total_epochs, cooldown)
+        self.layer, self.head, self.num_classes = layer, None, num_classes
+        self.optimizer = make_optimizer(optimizer, [{"params": layer.parameters(), "lr": lr}])
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return class_goodness(h, self.num_classes)
 
 
 class SoftmaxLearner(_Learner):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.learners import FFLearner, PONLearner, Scratch, SoftmaxLearner, scratch_tensor
+from dff_ros.ff.learners import FFLearner, GroupsLearner, PONLearner, Scratch, SoftmaxLearner, scratch_tensor
 
 T = TypeVar("T")
 
@@ -21,7 +21,8 @@ def seeded(seed: int, part: int, make: Callable[[], T]) -> T:
 
 
 def build_layer(spec, seed: int) -> nn.Module:
-    return seeded(seed, spec.index, spec.build)
+    # evaluation mode unless a learner is training it (a BatchNorm then uses its running statistics)
+    return seeded(seed, spec.index, spec.build).eval()
 
 
 def build_head(widths: Sequence[int], num_classes: int, seed: int) -> nn.Linear:
@@ -40,6 +41,7 @@ class FFNetwork(nn.Module):
         self.layers = nn.ModuleList([build_layer(s, seed) for s in specs])
         widths = [s.out_features for s in specs]
         self.head = build_head(widths, num_classes, seed) if softmax_head else None
+        # PON: a softmax head per layer (cwc's class groups have no parameters)
         self.pon_heads = (nn.ModuleList([seeded(seed, 20_000 + i, lambda w=w: nn.Linear(w, num_classes))
                                          for i, w in enumerate(widths)])
                           if algorithm == "pon" else None)
@@ -79,6 +81,8 @@ class FFNetwork(nn.Module):
         """Per-layer learners and the softmax-head learner for a ``TrainConfig``."""
         if self.algorithm == "pon":
             layer_learners = [make_pon_learner(l, h, train) for l, h in zip(self.layers, self.pon_heads)]
+        elif self.algorithm == "cwc":
+            layer_learners = [GroupsLearner(l, self.num_classes, lr=train.lr, **_common(train)) for l in self.layers]
         else:
             layer_learners = [make_ff_learner(l, train) for l in self.layers]
         head = make_head_learner(self.head, train) if self.head is not None else None

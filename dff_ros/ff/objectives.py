@@ -1,4 +1,4 @@
-"""Goodness and the FF loss (Hinton 2022)."""
+"""Goodness, the FF loss (Hinton 2022) and class-group goodness (CwC, Papachristodoulou et al. 2024)."""
 from __future__ import annotations
 
 import torch
@@ -17,3 +17,14 @@ def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float) -> torch
     Pushes positive goodness above theta and negative goodness below it.
     """
     return (F.softplus(threshold - g_pos) + F.softplus(g_neg - threshold)).mean()
+
+
+def class_goodness(h: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[N, num_classes]: the mean squared activity of each class's group of channels (units of a
+    flat layer): the channels split into ``num_classes`` equal groups in order. These are the
+    scores a channel-wise competitive layer is trained on with cross-entropy and classifies
+    by, in one pass and without negative data."""
+    n, c = h.shape[0], h.shape[1]
+    if c % num_classes:
+        raise ValueError(f"{c} channels do not split into {num_classes} class groups")
+    return h.pow(2).reshape(n, num_classes, -1).mean(dim=2)

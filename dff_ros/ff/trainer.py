@@ -48,7 +48,7 @@ class ReferenceTrainer:
         self.num_classes = config.num_classes
         self.negatives = (NegativeLabels(t.negatives, self.train_y, self.num_classes, t.seed + 1,
                                          lag=t.negatives_lag or 1) if t.algorithm == "ff" else None)
-        self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
+        self.needs_neutral = self.head_learner is not None or t.layer_scores
         self.generator = torch.Generator().manual_seed(t.seed)
         self.scratch = Scratch()   # chapter-sized tensors, written over every chapter
         self.histories = {f"layer_{i}": EpochMeans() for i in range(len(self.learners))}

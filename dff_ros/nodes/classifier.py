@@ -20,7 +20,6 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from dff_ros.data.datasets import DATASETS
 from dff_ros.ff.classifiers import class_scores
 from dff_ros.ff.trainer import load_network
 from dff_ros.msg import Prediction
@@ -38,8 +37,7 @@ class Classifier:
         self.classifier = classifier or ("softmax" if "softmax" in known else known[0])
         if self.classifier not in known:
             raise ValueError(f"{weights} was trained for classifier(s) {', '.join(known)}, not {self.classifier!r}")
-        shape = DATASETS[self.config.dataset.name].image_shape
-        self.height, self.width = shape
+        self.shape = self.config.data.image_shape   # (C, H, W), recorded with the weights
 
     @torch.no_grad()
     def __call__(self, rows: torch.Tensor):
@@ -63,14 +61,14 @@ class ClassifierNode(Node):
         self.create_subscription(Image, "image", self._on_image, qos)
         self.create_service(Classify, "~/classify", self._on_classify)
         self.get_logger().info(f"classifying {model.config.name!r} ({model.classifier}) images "
-                               f"{model.height}x{model.width} from {self.resolve_topic_name('image')} -> "
+                               f"{'x'.join(map(str, model.shape))} (CxHxW) from {self.resolve_topic_name('image')} -> "
                                f"{self.resolve_topic_name('prediction')}")
 
     def predict(self, image: Image) -> Prediction:
         start = time.perf_counter()
         out = Prediction(header=image.header, classifier=self.model.classifier, label=-1)
         try:
-            row = image_to_row(image, self.model.height, self.model.width)
+            row = image_to_row(image, self.model.shape)
         except ImageError as e:
             self.rejected += 1
             out.error = str(e)

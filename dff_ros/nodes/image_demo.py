@@ -1,7 +1,8 @@
-"""Image demo: publishes MNIST test images as sensor_msgs/Image (mono8, 28x28) on ``image``,
-as a camera would, reads the classifier node's ``prediction`` and reports live accuracy and
+"""Image demo: publishes a dataset's test images as sensor_msgs/Image (mono8 or rgb8, of the
+data's size) on ``image``, as a camera would, reads the classifier node's ``prediction`` and reports live accuracy and
 latency (image stamp to prediction received, one clock: run both on one machine or sync
-clocks). Ends after ``--count`` images with a summary line (and ``--out`` JSON).
+clocks). Ends after ``--count`` images with a summary line (and ``--out`` JSON). Which dataset:
+the one the ``--weights`` file was trained on, else the preset ``--dataset`` (MNIST).
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from dff_ros.data import DatasetMissing, load_dataset
-from dff_ros.data.datasets import DATASETS
 from dff_ros.msg import Prediction
 from dff_ros.progress import Progress
-from dff_ros.wire.images import row_to_mono8
+from dff_ros.wire.images import row_to_image
 
 
 class LiveScore:
@@ -57,7 +57,7 @@ class LiveScore:
 
 class ImageDemo(Node):
     """Publishes test-set images as ``sensor_msgs/Image`` and checks the classifier's predictions."""
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int], rate: float):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int, int], rate: float):
         super().__init__("dff_image_demo")
         self.images, self.labels, self.shape, self.period = images, labels, shape, 1.0 / rate
         self.score = LiveScore()
@@ -84,11 +84,11 @@ class ImageDemo(Node):
         return False
 
     def publish(self, i: int, frame_id: str = "") -> None:
-        h, w = self.shape
-        msg = Image(height=h, width=w, encoding="mono8", is_bigendian=0)
-        msg.data, msg.step = row_to_mono8(self.images[i], h, w)
+        _, h, w = self.shape
+        msg = Image(height=h, width=w, is_bigendian=0)
+        msg.encoding, msg.data, msg.step = row_to_image(self.images[i], self.shape)
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = frame_id or f"mnist_test_{i}"
+        msg.header.frame_id = frame_id or f"test_{i}"
         self.score.note_sent(msg.header.frame_id, int(self.labels[i]), time.monotonic())
         self.pub.publish(msg)
 
@@ -122,21 +122,26 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dff_ros image_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=1000, help="test images to send (default 1000)")
     p.add_argument("--rate", type=float, default=50.0, help="images per second (default 50)")
-    p.add_argument("--dataset", default="MNIST")
+    p.add_argument("--weights", default="", help="network file: publish the test set it was trained on")
+    p.add_argument("--dataset", default="MNIST", help="a preset's name, when no --weights (default MNIST)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the classifier node")
     p.add_argument("--out", help="write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    dataset = args.dataset
     try:
-        data = load_dataset(args.dataset, args.data_root)
-    except DatasetMissing as e:
-        print(str(e), file=sys.stderr)
+        if args.weights:
+            from dff_ros.ff.trainer import load_network
+            dataset = load_network(args.weights)[1].dataset
+        data = load_dataset(dataset, args.data_root)
+    except (DatasetMissing, ValueError) as e:   # ValueError: not a network file, a bad dataset
+        print(f"[image_demo] {e}", file=sys.stderr)
         return 3
     count = min(args.count, len(data["test_labels"]))
     rclpy.init(args=argv)
     try:
-        node = ImageDemo(data["test_images"], data["test_labels"], DATASETS[args.dataset].image_shape, args.rate)
+        node = ImageDemo(data["test_images"], data["test_labels"], data["info"].image_shape, args.rate)
         if not node.wait_for_classifier(args.wait):
             print(f"[image_demo] no classifier on {node.resolve_topic_name('image')} within {args.wait:.0f} s: "
                   "start `ros2 run dff_ros classifier --weights FILE` (same ROS_DOMAIN_ID)", file=sys.stderr)

@@ -27,7 +27,7 @@ from dff_ros.config.pipeline import HELP as PIPELINE_HELP
 from dff_ros.config.pipeline import (check_model_layer_types, from_parameter_values, load_layer_types,
                                      load_pipeline_config, parameter_values)
 from dff_ros.config.schema import ConfigError, load_model_config
-from dff_ros.data.datasets import DatasetMissing, load_dataset
+from dff_ros.data import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, RunProgress, TrainingBatch
 from dff_ros.nodes.common import (DATA_QOS, STATUS_QOS, TASKS_QOS, declare_settings, discover_servers,
                                   make_executor, params_qos, spin_until_shutdown)
@@ -59,7 +59,7 @@ class MasterNode(Node):
         values = declare_settings(self, parameter_values(pipeline), PIPELINE_HELP)
         if values != parameter_values(pipeline):
             pipeline = from_parameter_values(values, f"{path} with ROS parameters")
-        model = load_model_config(pipeline.model, train_sets)
+        model = load_model_config(pipeline.model, train_sets, data_root=pipeline.data_root)
         check_model_layer_types(model, load_layer_types(pipeline.layer_types), pipeline.layer_types)
         pff = pipeline.transport == "parameters"
         (check_pff_supported if pff else check_supported)(model)
@@ -240,9 +240,10 @@ class MasterNode(Node):
         """Load the data, wait for the servers, run; the run's summary."""
         m, run = self.model, self.run
         try:
-            run.data = load_dataset(m.dataset.name, self.pipeline.data_root or m.dataset.root)
+            run.data = load_dataset(m.dataset, self.pipeline.data_root or m.dataset.root)
         except DatasetMissing as e:
             raise RunError(str(e)) from None
+        m.check_data(run.data["info"], m.dataset.name)
         self.get_logger().info(f"servers: {', '.join(self.wait_for_servers())}")
         return run.run()
 
@@ -294,6 +295,9 @@ def main(argv=None) -> int:
         except (ConfigError, ValueError) as e:
             print(f"[master] config error: {e}", file=sys.stderr)
             return 2
+        except DatasetMissing as e:   # the model's shape is read from the data
+            print(f"[master] {e}", file=sys.stderr)
+            return 3
         executor = make_executor()
         executor.add_node(node)
         spinner = threading.Thread(target=spin_until_shutdown, args=(executor, rclpy.get_default_context()),

@@ -26,7 +26,7 @@ from rclpy.node import Node
 
 from dff_ros import stopping, weights
 from dff_ros.config.schema import ConfigError
-from dff_ros.data.datasets import DatasetMissing, load_dataset
+from dff_ros.data import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
 from dff_ros.nodes.common import CLAIMS_QOS, DATA_QOS, STATUS_QOS, declare_settings, make_executor, params_qos
 from dff_ros.nodes.naming import claim_server_name
@@ -219,7 +219,8 @@ class ServerNode(Node):
         if req.evaluate_only:   # nothing to train: a robot with saved weights needs no training data
             x, y = torch.empty(0, *m.layers[0].in_shape), torch.empty(0, dtype=torch.long)
         else:
-            data = self._dataset(m.dataset.name, req.data_root)
+            data = self._dataset(m.dataset, req.data_root)
+            m.check_data(data["info"], f"{m.dataset.name} on {self.key}")
             x, y = data["train_images"], data["train_labels"]
         if train.train_subset:
             x, y = x[:train.train_subset], y[:train.train_subset]
@@ -231,12 +232,13 @@ class ServerNode(Node):
                       wait_seconds=self.wait_seconds, evaluate_only=req.evaluate_only,
                       start_chapter=req.start_chapter)
 
-    def _dataset(self, name: str, root: str) -> dict:
+    def _dataset(self, dataset, root: str) -> dict:
         # the server's own data root wins: the master's path may not exist on this robot
         root = self.data_root or root or None
-        if (name, root) not in self._datasets:
-            self._datasets[(name, root)] = load_dataset(name, root)
-        return self._datasets[(name, root)]
+        key = (dataset.to_json(), root)
+        if key not in self._datasets:
+            self._datasets[key] = load_dataset(dataset, root)
+        return self._datasets[key]
 
     def _drop_model(self, model: str) -> int:
         """Stop and forget everything of ``model`` (DFF layers, PFF job); caller holds the lock."""

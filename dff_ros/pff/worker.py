@@ -70,7 +70,7 @@ class PFFWorker:
                                          lag=plan.negatives_lag or 1) if t.algorithm == "ff" else None)
         if self.negatives is not None and t.negatives == "adaptive" and not plan.negatives_lag:
             raise ValueError("adaptive negatives need a plan with a negatives lag (PFFPlan.for_model)")
-        self.needs_neutral = self.head_learner is not None or t.algorithm == "pon"
+        self.needs_neutral = self.head_learner is not None or t.layer_scores
         self.held: dict[int, int] = {}          # part -> version this node's learner holds (0 = init)
         self.timeline: list[dict] = []          # one entry per trained task
         self.idle_seconds = self.busy_seconds = 0.0

@@ -202,9 +202,10 @@ class LayerHost:
         if self.first:
             if chunk.images is None or chunk.neg_labels is None:
                 raise ChunkError("the first layer needs images and neg_labels")
-            x = chunk.images
-            if tuple(x.shape) != (n, *self.spec.in_shape):
-                raise ChunkError(f"images {list(x.shape)}, expected {[n, *self.spec.in_shape]}")
+            x = chunk.images   # one flat row per image (an N-d first layer views it as its in_shape)
+            if tuple(x.shape) != (n, self.spec.in_features):
+                raise ChunkError(f"images {list(x.shape)}, expected {[n, self.spec.in_features]} (flat rows of "
+                                 f"{list(self.spec.in_shape)} images)")
             labels = [chunk.labels, chunk.neg_labels]
         else:
             a = chunk.acts
@@ -242,8 +243,9 @@ class LayerHost:
         if n == 0:
             raise ChunkError("empty chunk")
         if self.first:
-            if chunk.images is None or tuple(chunk.images.shape[1:]) != self.spec.in_shape:
-                raise ChunkError(f"the first layer needs images {['B', *self.spec.in_shape]}")
+            if chunk.images is None or tuple(chunk.images.shape[1:]) != (self.spec.in_features,):
+                raise ChunkError(f"the first layer needs images {['B', self.spec.in_features]} (flat rows of "
+                                 f"{list(self.spec.in_shape)} images)")
             x = images_to_float(chunk.images)
             candidates = label_candidates(self.layer, x, c)
             neutral = self.layer(overlay_neutral(x, c))

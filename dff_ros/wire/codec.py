@@ -3,13 +3,16 @@ and training settings (typed ROS parameters), and what a run asks of the servers
 them (``dff_ros.run.cluster``: host requests and reports, statuses, progress)."""
 from __future__ import annotations
 
+import json
+
 import torch
 
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rclpy.parameter import parameter_value_to_python
 
-from dff_ros.config.schema import DatasetConfig, LayerSpec, ModelConfig, validate_model_rows, validate_train
-from dff_ros.data.datasets import DATASETS
+from dff_ros.config.schema import LayerSpec, ModelConfig, validate_model_rows, validate_train
+from dff_ros.data.config import DatasetConfigError, dataset_config
+from dff_ros.data.info import DataInfo
 from dff_ros.ff.learners import Activities
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerSpec as LayerSpecMsg, TrainingBatch
 from dff_ros.parts.names import NEGATIVES
@@ -168,7 +171,8 @@ def host_request_to_msg(req, srv_request):
     empty one, so this module needs no service types)."""
     m, r = req.model, srv_request
     last = len(m.layers) - 1
-    r.run_id, r.model, r.num_classes, r.dataset = req.run_id, m.name, m.num_classes, m.dataset.name
+    r.run_id, r.model, r.num_classes, r.dataset = req.run_id, m.name, m.num_classes, m.dataset.to_json()
+    r.image_shape, r.classes = list(m.data.image_shape), list(m.data.classes)
     # a server trains with its own thread count (its `threads` setting), not the trainer's
     r.train = to_parameters({k: v for k, v in m.to_dict()["train"].items() if k != "threads"})
     if req.plan is None:
@@ -246,12 +250,18 @@ def host_request_from_msg(msg):
     indices = [s.index for s in specs]
     if len(set(indices)) != len(indices):
         raise ValueError(f"layer indices {[m.index for m in msg.layers]} name a layer twice")
-    dataset = DatasetConfig(msg.dataset or "MNIST", msg.data_root or None)
-    if dataset.name not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset.name!r} (known: {', '.join(DATASETS)})")
-    model = ModelConfig(msg.model, tuple(specs), train, dataset, where)
-    if model.num_classes != msg.num_classes:
-        raise ValueError(f"num_classes {msg.num_classes}, but {dataset.name} has {model.num_classes}")
+    try:
+        dataset = dataset_config(json.loads(msg.dataset) if msg.dataset.lstrip().startswith("{") else msg.dataset or "MNIST")
+    except (ValueError, DatasetConfigError) as e:   # json's errors are ValueErrors
+        raise ValueError(f"dataset {msg.dataset[:200]!r}: {e}") from None
+    dataset = dataset.with_root(msg.data_root or None)
+    classes = tuple(msg.classes) or tuple(str(i) for i in range(msg.num_classes))
+    shape = tuple(int(d) for d in msg.image_shape)
+    if len(classes) != msg.num_classes:
+        raise ValueError(f"num_classes {msg.num_classes}, but {len(classes)} class names")
+    if len(shape) != 3 or not all(d > 0 for d in shape):
+        raise ValueError(f"image_shape {list(shape)} must be [C, H, W] of positive sizes")
+    model = ModelConfig(msg.model, tuple(specs), train, dataset, DataInfo(shape, classes), where)
     if not pff:
         resume = []
         for m in msg.resume_from:
@@ -303,5 +313,6 @@ def spec_from_msg(m, where: str):
         said, made = ((f"out_features {out_shape[0]}", spec.out_features) if len(out_shape) == len(spec.out_shape) == 1
                       else (f"out_shape {list(out_shape)}", list(spec.out_shape)))
         raise ValueError(f"layer {m.index}: {said} does not match {m.module}{list(args)} on {list(in_shape)} ({made})")
+    # in_shape as sent: validated as a first row, a flat layer would read it flattened
     return LayerSpec(index=m.index, source=m.source, module=spec.module, args=spec.args, kwargs=spec.kwargs,
-                     in_shape=spec.in_shape, out_shape=spec.out_shape)
+                     in_shape=in_shape, out_shape=spec.out_shape)

@@ -1,4 +1,5 @@
-"""sensor_msgs/Image <-> the model's input: a float32 row of H*W grey values in [0, 1].
+"""sensor_msgs/Image <-> the model's input: a float32 row of C*H*W values in [0, 1] (channel-major,
+RGB order for colour models; what dff_ros.data hands the trainer).
 
 Works on any object with the Image fields (height, width, encoding, is_bigendian, step, data),
 so it is tested without ROS. Images the model cannot take raise ImageError saying why; nothing
@@ -24,14 +25,21 @@ class ImageError(ValueError):
     """An image the model cannot classify; the message says what is wrong."""
 
 
-def image_to_row(msg, height: int, width: int) -> torch.Tensor:
-    """[height*width] float32 in [0, 1]; colour images become grey (BT.601 luma)."""
+def image_to_row(msg, shape: tuple[int, int, int]) -> torch.Tensor:
+    """[C*H*W] float32 in [0, 1] for a model of images ``shape`` = (C, H, W): a grey model takes
+    colour images as grey (BT.601 luma); a colour model takes rgb8/bgr8/rgba8/bgra8 only."""
+    model_channels, height, width = shape
+    if model_channels not in (1, 3):
+        raise ImageError(f"the model takes {model_channels}-channel images; only 1 (grey) or 3 (RGB) come from "
+                         "sensor_msgs/Image")
     if msg.encoding not in ENCODINGS:
         raise ImageError(f"encoding {msg.encoding!r} is not supported (use one of {', '.join(ENCODINGS)})")
     if (msg.height, msg.width) != (height, width):
         raise ImageError(f"image is {msg.height}x{msg.width} (HxW), the model takes {height}x{width}: "
                          "resize or crop it before publishing")
     channels, dtype, scale = ENCODINGS[msg.encoding]
+    if model_channels == 3 and channels == 1:
+        raise ImageError(f"{msg.encoding} is grey, the model takes colour images (rgb8, bgr8, rgba8, bgra8)")
     item = np.dtype(dtype).itemsize
     row_bytes = width * channels * item
     if msg.step < row_bytes:
@@ -44,7 +52,10 @@ def image_to_row(msg, height: int, width: int) -> torch.Tensor:
     order = ">" if msg.is_bigendian else "<"
     pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order) if item > 1 else dtype)
     pixels = pixels.reshape(height, width, channels).astype(np.float32) / scale
-    if channels > 1:
+    if model_channels == 3:
+        rgb = pixels[:, :, :3] if msg.encoding.startswith("rgb") else pixels[:, :, 2::-1]
+        pixels = rgb.transpose(2, 0, 1)   # channel-major, as the data's rows
+    elif channels > 1:
         weights = np.asarray(LUMA[msg.encoding[:3]], dtype=np.float32)
         pixels = pixels[:, :, :3] @ weights
     out = torch.from_numpy(np.ascontiguousarray(pixels.reshape(-1)))
@@ -53,7 +64,11 @@ def image_to_row(msg, height: int, width: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def row_to_mono8(row: torch.Tensor, height: int, width: int) -> tuple[bytes, int]:
-    """A [H*W] row in [0, 1] as mono8 bytes and the step (what a camera driver would send)."""
-    pixels = (row.reshape(height, width) * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return pixels.numpy().tobytes(), width
+def row_to_image(row: torch.Tensor, shape: tuple[int, int, int]) -> tuple[str, bytes, int]:
+    """A [C*H*W] row in [0, 1] as (encoding, bytes, step): mono8 for one channel, rgb8 for three
+    (what a camera driver would send)."""
+    c, h, w = shape
+    pixels = (row.reshape(c, h, w) * 255.0).round().clamp(0, 255).to(torch.uint8)
+    if c == 1:
+        return "mono8", pixels.numpy().tobytes(), w
+    return "rgb8", pixels.permute(1, 2, 0).contiguous().numpy().tobytes(), 3 * w
