@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model config in one process (reference trainer)")
     t.add_argument("config", help="model YAML, e.g. config/models/mnist_default.yaml")
-    t.add_argument("--data-root", help="folder holding <DATASET>/raw/ (default: config, $DFF_DATA_ROOT, "
-                                       "~/.cache/dff_ros/data)")
+    t.add_argument("--data-root", help="folder the dataset's path is below, e.g. holding MNIST/raw/ (default: the "
+                                       "config's dataset.root, $DFF_DATA_ROOT, ~/.cache/dff_ros/data)")
     t.add_argument("--out", help="run folder for weights.pt and summary.json (default runs/<name>-<time>)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a train key, e.g. --set epochs=5 (repeatable)")
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate saved weights on the test set")
     e.add_argument("weights")
-    e.add_argument("--data-root")
+    e.add_argument("--data-root", help="folder the dataset's path is below (default as for train)")
     e.add_argument("--no-download", action="store_true")
     e.add_argument("--test-subset", type=int, metavar="N",
                    help="first N test samples (default: the model's train.test_subset, else all)")

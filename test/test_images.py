@@ -45,7 +45,7 @@ def test_mono16_and_float_and_colour(bigendian):
 
 
 @pytest.mark.parametrize("what, msg, words", [
-    ("wrong size", image(np.zeros((32, 32), np.uint8), "mono8"), "32x32 (HxW), the model takes 28x28"),
+    ("wrong size", image(np.zeros((32, 32), np.uint8), "mono8"), "32x32 (HxW), the model takes 28x28: resize or crop"),
     ("unknown encoding", image(np.zeros((28, 28), np.uint8), "yuv422"), "encoding 'yuv422' is not supported"),
     ("short data", image(np.zeros((28, 28), np.uint8), "mono8", data=b"\0" * 100), "100 data bytes"),
     ("step too short", image(np.zeros((28, 28), np.uint8), "mono8", step=10), "step 10 is shorter"),
@@ -67,6 +67,21 @@ def test_colour_models_take_rgb_and_bgr_channel_major_and_refuse_grey():
     assert encoding == "rgb8" and step == 21 and data == rgb.tobytes()
     with pytest.raises(ImageError, match="mono8 is grey, the model takes colour"):
         image_to_row(image(rgb[:, :, 0].copy(), "mono8"), (3, 5, 7))
+
+
+def test_other_sizes_are_resized_or_cropped_only_when_asked():
+    big = np.zeros((40, 80), np.uint8)
+    big[:, 20:60] = 255                              # a white centre square, black bands left and right
+    with pytest.raises(ImageError, match="fit:=resize or fit:=crop"):
+        image_to_row(image(big, "mono8"), (1, 20, 20))
+    cropped = image_to_row(image(big, "mono8"), (1, 20, 20), "crop")      # the centre 40x40: all white
+    assert cropped.shape == (400,) and torch.allclose(cropped, torch.ones(400))
+    resized = image_to_row(image(big, "mono8"), (1, 20, 20), "resize").view(20, 20)   # squeezed: bands stay
+    assert float(resized[:, 0].max()) < 0.05 and float(resized[:, 10].min()) > 0.95
+    rgb = np.random.default_rng(2).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    same = image_to_row(image(rgb, "rgb8"), (3, 12, 12), "resize")   # the model's size: untouched
+    assert torch.equal(same, image_to_row(image(rgb, "rgb8"), (3, 12, 12)))
+    assert image_to_row(image(rgb, "rgb8"), (3, 6, 6), "resize").shape == (3 * 36,)
 
 
 def test_live_score_counts_accuracy_latency_and_refusals():

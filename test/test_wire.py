@@ -59,3 +59,23 @@ def test_node_executor_choice(monkeypatch):
             make_executor()
     finally:
         rclpy.shutdown()
+
+
+def test_a_host_request_carries_the_dataset_and_what_it_holds(tmp_path):
+    """The model YAML's dataset section and the data's image shape and classes reach the server
+    as the master has them (a PFF node reads the same data; a DFF one builds on the shapes)."""
+    from generated_images import blobs
+
+    from dff_ros.config.schema import parse_model_config
+    from dff_ros.pff.plan import PFFPlan
+    from dff_ros.run.cluster import HostRequest
+    from dff_ros.srv import CreateLayers
+    from dff_ros.wire.codec import host_request_from_msg, host_request_to_msg
+
+    cfg = parse_model_config({"name": "cam", "dataset": blobs(tmp_path / "cam", (10, 12), 3, 4),
+                              "model": [[-1, "FFConv", [8]], [-1, "FFDense", [20]]],
+                              "train": {"epochs": 2, "splits": 2}}, "m.yaml")
+    for req in (HostRequest("r", cfg, (0, 1)), HostRequest("r", cfg, (0, 1), plan=PFFPlan.for_model(cfg, "all_layers", 2))):
+        back, _ = host_request_from_msg(host_request_to_msg(req, CreateLayers.Request()))
+        assert back.model.dataset == cfg.dataset and back.model.data == cfg.data
+        assert [s.in_shape for s in back.model.layers] == [(3, 10, 12), (8, 5, 6)]

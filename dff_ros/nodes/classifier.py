@@ -4,8 +4,8 @@ Subscribes ``image`` (sensor_msgs/Image; remap it to the camera topic), publishe
 ``prediction`` (dff_ros/Prediction) per image with the image's header, and serves
 ``~/classify`` (dff_ros/srv/Classify) for one-shot requests. The model is a network file,
 from ``dff-ros export`` (per-node weights gathered onto this machine) or ``dff-ros train``.
-Images of another size or encoding are answered with label -1 and the reason (and counted),
-never a crash.
+Images of another encoding, or of another size (unless ``fit`` is resize or crop), are
+answered with label -1 and the reason (and counted), never a crash.
 """
 from __future__ import annotations
 
@@ -24,13 +24,16 @@ from dff_ros.ff.classifiers import class_scores
 from dff_ros.ff.trainer import load_network
 from dff_ros.msg import Prediction
 from dff_ros.srv import Classify
-from dff_ros.wire.images import ImageError, image_to_row
+from dff_ros.wire.images import FITS, ImageError, image_to_row
 
 
 class Classifier:
     """The model and its classifier, apart from ROS: rows in, (labels, confidences, scores) out."""
 
-    def __init__(self, weights: str, classifier: str = ""):
+    def __init__(self, weights: str, classifier: str = "", fit: str = "refuse"):
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+        self.fit = fit
         self.net, self.config = load_network(weights)
         self.net.eval()
         known = self.config.train.classifiers
@@ -61,14 +64,15 @@ class ClassifierNode(Node):
         self.create_subscription(Image, "image", self._on_image, qos)
         self.create_service(Classify, "~/classify", self._on_classify)
         self.get_logger().info(f"classifying {model.config.name!r} ({model.classifier}) images "
-                               f"{'x'.join(map(str, model.shape))} (CxHxW) from {self.resolve_topic_name('image')} -> "
+                               f"{'x'.join(map(str, model.shape))} (CxHxW; other sizes: {model.fit}) from "
+                               f"{self.resolve_topic_name('image')} -> "
                                f"{self.resolve_topic_name('prediction')}")
 
     def predict(self, image: Image) -> Prediction:
         start = time.perf_counter()
         out = Prediction(header=image.header, classifier=self.model.classifier, label=-1)
         try:
-            row = image_to_row(image, self.model.shape)
+            row = image_to_row(image, self.model.shape, self.model.fit)
         except ImageError as e:
             self.rejected += 1
             out.error = str(e)
@@ -98,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", default="", help="goodness | softmax | pon_last | pon_all (default: softmax "
                                                     "when trained, else the first)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--fit", default="", help="images of another size: refuse (default) | resize | crop (the centre "
+                                             "at the model's aspect ratio, then scaled); also the ROS parameter fit")
     p.add_argument("--input-qos", choices=["best_effort", "reliable"], default="best_effort",
                    help="image subscription reliability (default best_effort, as camera drivers publish)")
     args = p.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
@@ -106,6 +112,7 @@ def main(argv=None) -> int:
         probe = rclpy.create_node("dff_classifier_params", start_parameter_services=False, enable_rosout=False)
         weights = args.weights or probe.declare_parameter("weights", "").value
         classifier = args.classifier or probe.declare_parameter("classifier", "").value
+        fit = args.fit or probe.declare_parameter("fit", "refuse").value
         probe.destroy_node()
         if not weights:
             print("[classifier] no model: pass --weights FILE (from `dff-ros export MODEL`) "
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
             return 2
         torch.set_num_threads(max(args.threads, 1))
         try:
-            model = Classifier(weights, classifier)
+            model = Classifier(weights, classifier, fit)
         except (OSError, ValueError, KeyError) as e:
             print(f"[classifier] cannot load {weights}: {e}", file=sys.stderr)
             return 2

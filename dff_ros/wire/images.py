@@ -2,8 +2,10 @@
 RGB order for colour models; what dff_ros.data hands the trainer).
 
 Works on any object with the Image fields (height, width, encoding, is_bigendian, step, data),
-so it is tested without ROS. Images the model cannot take raise ImageError saying why; nothing
-is resized or guessed (a wrongly cropped camera frame would be classified with confidence).
+so it is tested without ROS. Images the model cannot take raise ImageError saying why. An image
+of another size is refused unless the caller asks for ``fit="resize"`` (scaled, aspect ratio not
+kept) or ``fit="crop"`` (the centre cut to the model's aspect ratio, then scaled): a wrongly
+fitted camera frame would be classified with confidence, so nothing is fitted by default.
 """
 from __future__ import annotations
 
@@ -25,18 +27,27 @@ class ImageError(ValueError):
     """An image the model cannot classify; the message says what is wrong."""
 
 
-def image_to_row(msg, shape: tuple[int, int, int]) -> torch.Tensor:
+FITS = ("refuse", "resize", "crop")
+
+
+def image_to_row(msg, shape: tuple[int, int, int], fit: str = "refuse") -> torch.Tensor:
     """[C*H*W] float32 in [0, 1] for a model of images ``shape`` = (C, H, W): a grey model takes
-    colour images as grey (BT.601 luma); a colour model takes rgb8/bgr8/rgba8/bgra8 only."""
-    model_channels, height, width = shape
+    colour images as grey (BT.601 luma); a colour model takes rgb8/bgr8/rgba8/bgra8 only.
+    ``fit``: what to do with another size (see the module's doc)."""
+    model_channels, want_h, want_w = shape
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if model_channels not in (1, 3):
         raise ImageError(f"the model takes {model_channels}-channel images; only 1 (grey) or 3 (RGB) come from "
                          "sensor_msgs/Image")
     if msg.encoding not in ENCODINGS:
         raise ImageError(f"encoding {msg.encoding!r} is not supported (use one of {', '.join(ENCODINGS)})")
-    if (msg.height, msg.width) != (height, width):
-        raise ImageError(f"image is {msg.height}x{msg.width} (HxW), the model takes {height}x{width}: "
-                         "resize or crop it before publishing")
+    height, width = msg.height, msg.width
+    if (height, width) != (want_h, want_w) and fit == "refuse":
+        raise ImageError(f"image is {height}x{width} (HxW), the model takes {want_h}x{want_w}: resize or crop "
+                         "it before publishing, or start the classifier with fit:=resize or fit:=crop")
+    if height == 0 or width == 0:
+        raise ImageError(f"image is {height}x{width} (HxW): empty")
     channels, dtype, scale = ENCODINGS[msg.encoding]
     if model_channels == 3 and channels == 1:
         raise ImageError(f"{msg.encoding} is grey, the model takes colour images (rgb8, bgr8, rgba8, bgra8)")
@@ -58,10 +69,23 @@ def image_to_row(msg, shape: tuple[int, int, int]) -> torch.Tensor:
     elif channels > 1:
         weights = np.asarray(LUMA[msg.encoding[:3]], dtype=np.float32)
         pixels = pixels[:, :, :3] @ weights
-    out = torch.from_numpy(np.ascontiguousarray(pixels.reshape(-1)))
+    out = torch.from_numpy(np.ascontiguousarray(pixels))
     if not torch.isfinite(out).all():
         raise ImageError("image holds NaN or infinite values")
-    return out.clamp_(0.0, 1.0)
+    if (height, width) != (want_h, want_w):
+        out = _fitted(out.reshape(-1, height, width), want_h, want_w, fit)
+    return out.reshape(-1).clamp_(0.0, 1.0)
+
+
+def _fitted(image: torch.Tensor, h: int, w: int, fit: str) -> torch.Tensor:
+    """[C, H0, W0] -> [C, h, w]: scaled (antialiased bilinear), after a centre crop to h:w for "crop"."""
+    if fit == "crop":
+        _, h0, w0 = image.shape
+        ch, cw = min(h0, round(w0 * h / w)), min(w0, round(h0 * w / h))
+        top, left = (h0 - ch) // 2, (w0 - cw) // 2
+        image = image[:, top:top + ch, left:left + cw]
+    return torch.nn.functional.interpolate(image.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False,
+                                           antialias=True).squeeze(0)
 
 
 def row_to_image(row: torch.Tensor, shape: tuple[int, int, int]) -> tuple[str, bytes, int]:

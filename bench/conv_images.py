@@ -1,0 +1,88 @@
+"""Benchmark convolutional FF models on image sets with the single-process reference trainer.
+
+    python bench/conv_images.py [config/models/mnist_conv_cwc.yaml ...] [--eval-every K]
+
+Writes bench/results/conv_images.{json,md}, a learning-curve PNG per config
+(bench/results/conv_images-<model>.png: loss and training accuracy per layer and epoch, test
+accuracy after every K chapters) and refreshes the README table. Rows are keyed by config file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
+
+from dff_ros.config.schema import load_model_config  # noqa: E402
+from dff_ros.data import load_dataset  # noqa: E402
+from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
+
+DEFAULT_CONFIGS = ["config/models/mnist_conv_cwc.yaml", "config/models/cifar10_conv_cwc.yaml"]
+ANCHORS = {"MNIST": "CwC 99.42, DeeperForward 99.50-99.65 (target 99.5)",
+           "cifar10_jpeg": "CwC 78.11, DeeperForward 79.5-86.2, PFF 53.5, DFF 42.5 (target 80)"}
+
+
+def table(runs: list[dict]) -> str:
+    headers = ["config", "data", "layers (out shapes)", "parameters", "epochs (splits)", "train s", "samples/s",
+               "test accuracy %", "published", "machine"]
+    rows = []
+    for r in runs:
+        acc = ", ".join(f"{k} {100 * v:.2f}" for k, v in r["accuracy"].items())
+        rows.append([f"`{r['config_file']}`", r["data"], r["layers"], f"{r['parameters']:,}",
+                     f"{r['epochs']} ({r['splits']})", f"{r['train_seconds']:.0f}", f"{r['samples_per_second']:.0f}",
+                     acc, ANCHORS.get(r["dataset"], "–"), machine_cell(r["machine"])])
+    return markdown_table(headers, rows)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=1, metavar="K", help="test after every K chapters too")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train key for every config")
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args()
+    import yaml
+    from dff_ros.plots import curves_png
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    rows = []
+    for cfg_path in args.configs:
+        cfg = load_model_config(REPO / cfg_path, {**overrides, "threads": args.threads}, data_root=str(data_root()))
+        data = load_dataset(cfg.dataset, data_root(), allow_download=False)
+        cfg.check_data(data["info"], cfg.dataset.name)
+        t0 = time.perf_counter()
+        trainer = ReferenceTrainer(cfg, data, eval_every=args.eval_every)
+        result = trainer.fit()
+        t = cfg.train
+        name = f"conv_images-{cfg.name}.png"
+        curves_png(result, RESULTS / name, title=f"{cfg.name} on {cfg.dataset.name}: reference trainer, "
+                                                 f"{t.epochs} epochs, {result['train_seconds']:.0f} s")
+        rows.append({
+            "config_file": cfg_path, "model": cfg.name, "dataset": cfg.dataset.name,
+            "data": f"{cfg.dataset.name} {'x'.join(map(str, cfg.data.image_shape))}, {len(data['train_labels'])}/"
+                    f"{len(data['test_labels'])}",
+            "layers": " → ".join("x".join(map(str, s.out_shape)) for s in cfg.layers),
+            "parameters": sum(p.numel() for p in trainer.net.parameters()),
+            "epochs": t.epochs, "splits": t.splits, "threads": result["threads"],
+            "train_seconds": result["train_seconds"], "eval_seconds": result["eval_seconds"],
+            "wall_seconds": round(time.perf_counter() - t0, 1), "samples_per_second": result["samples_per_second"],
+            "accuracy": result["accuracy"], "config": result["config"], "history": result["history"],
+            "curve": result["curve"], "plot": f"bench/results/{name}", "machine": machine(),
+        })
+        print(json.dumps({k: rows[-1][k] for k in ("config_file", "train_seconds", "accuracy")}), flush=True)
+        runs = write_results("conv_images", rows, "config_file")   # each config's row as soon as it is done
+    md = table(runs)
+    (RESULTS / "conv_images.md").write_text("# Convolutional FF, reference trainer\n\n" + md)
+    if not args.no_readme:
+        update_readme("conv_images", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
