@@ -40,6 +40,17 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def trainer_row(cfg_path: str, cfg, result: dict, started: float) -> dict:
+    """The fields every reference-trainer benchmark row has (``started``: its perf_counter)."""
+    t = cfg.train
+    return {"config_file": cfg_path, "model": cfg.name, "epochs": t.epochs, "splits": t.splits,
+            "batch_size": t.batch_size, "schedule": t.schedule, "threads": result["threads"],
+            "train_seconds": result["train_seconds"], "eval_seconds": result["eval_seconds"],
+            "wall_seconds": round(time.perf_counter() - started, 1), "samples_per_second": result["samples_per_second"],
+            "accuracy": result["accuracy"], "config": result["config"], "history": result["history"],
+            "curve": result["curve"], "machine": machine()}
+
+
 def write_results(name: str, rows: list[dict], key: str) -> list[dict]:
     """Merge ``rows`` into bench/results/<name>.json (rows with the same ``key`` are replaced);
     return all runs now recorded."""

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
+from common import (REPO, RESULTS, data_root, machine_cell, markdown_table, trainer_row, update_readme,  # noqa: E402
+                    write_results)
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
@@ -63,16 +64,11 @@ def main() -> int:
         curves_png(result, RESULTS / name, title=f"{cfg.name} on {cfg.dataset.name}: reference trainer, "
                                                  f"{t.epochs} epochs, {result['train_seconds']:.0f} s")
         rows.append({
-            "config_file": cfg_path, "model": cfg.name, "dataset": cfg.dataset.name,
+            **trainer_row(cfg_path, cfg, result, t0), "dataset": cfg.dataset.name,
             "data": f"{cfg.dataset.name} {'x'.join(map(str, cfg.data.image_shape))}, {len(data['train_labels'])}/"
                     f"{len(data['test_labels'])}",
             "layers": " → ".join("x".join(map(str, s.out_shape)) for s in cfg.layers),
-            "parameters": sum(p.numel() for p in trainer.net.parameters()),
-            "epochs": t.epochs, "splits": t.splits, "threads": result["threads"],
-            "train_seconds": result["train_seconds"], "eval_seconds": result["eval_seconds"],
-            "wall_seconds": round(time.perf_counter() - t0, 1), "samples_per_second": result["samples_per_second"],
-            "accuracy": result["accuracy"], "config": result["config"], "history": result["history"],
-            "curve": result["curve"], "plot": f"bench/results/{name}", "machine": machine(),
+            "parameters": sum(p.numel() for p in trainer.net.parameters()), "plot": f"bench/results/{name}",
         })
         print(json.dumps({k: rows[-1][k] for k in ("config_file", "train_seconds", "accuracy")}), flush=True)
         runs = write_results("conv_images", rows, "config_file")   # each config's row as soon as it is done

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, data_root, machine, machine_cell, markdown_table, update_readme, write_results  # noqa: E402
+from common import (REPO, RESULTS, data_root, machine_cell, markdown_table, trainer_row, update_readme,  # noqa: E402
+                    write_results)
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
@@ -73,17 +74,8 @@ def main() -> int:
         cfg = load_model_config(REPO / cfg_path, {"threads": args.threads})
         t0 = time.perf_counter()
         result = ReferenceTrainer(cfg, data, eval_every=args.eval_every).fit()
-        t = cfg.train
-        rows.append({
-            "config_file": cfg_path, "model": cfg.name,
-            "layers": "-".join([str(cfg.input_features)] + [str(l.out_features) for l in cfg.layers]),
-            "epochs": t.epochs, "splits": t.splits, "batch_size": t.batch_size, "negatives": t.negatives,
-            "schedule": t.schedule, "threads": result["threads"], "train_seconds": result["train_seconds"],
-            "eval_seconds": result["eval_seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
-            "samples_per_second": result["samples_per_second"], "accuracy": result["accuracy"],
-            "config": result["config"], "history": result["history"], "curve": result["curve"],
-            "machine": machine(),
-        })
+        rows.append({**trainer_row(cfg_path, cfg, result, t0), "negatives": cfg.train.negatives,
+                     "layers": "-".join([str(cfg.input_features)] + [str(l.out_features) for l in cfg.layers])})
         print(json.dumps({k: rows[-1][k] for k in ("config_file", "train_seconds", "accuracy")}), flush=True)
     runs = write_results("reference_mnist", rows, "config_file")
     md = table(runs)
