@@ -146,3 +146,30 @@ def test_batch_norm_layers_need_the_chapters_schedule(tmp_path):
     with pytest.raises(ConfigError, match="train.schedule: layer 0 normalises by batch statistics"):
         parse_model_config(model(blobs(tmp_path / "set"), [[-1, "FFConv", [8, 3, 2, "batch"]], [-1, "FFDense", [8]]],
                                  schedule="stream"), "m.yaml")
+
+
+def test_augmentation_shifts_and_mirrors_whole_images():
+    from dff_ros.data.augment import augmented
+
+    img = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4) + 1   # 2 channels, 3x4, no zeros
+    rows = img.reshape(1, -1).repeat(400, 1)
+    g = torch.Generator().manual_seed(0)
+    out = augmented(rows, (2, 3, 4), 1, True, g).view(400, 2, 3, 4)
+    seen = set()
+    for o in out:
+        found = None
+        for flipped in (False, True):
+            src = img[0].flip(2) if flipped else img[0]
+            padded = torch.nn.functional.pad(src, (1, 1, 1, 1))
+            for dy in range(3):
+                for dx in range(3):
+                    if torch.equal(o, padded[:, dy:dy + 3, dx:dx + 4]):
+                        found = (flipped, dy, dx)
+        assert found is not None   # every row is one shift of the (mirrored) image, channels together
+        seen.add(found)
+    assert len(seen) == 18   # every shift, both ways round
+    same = augmented(rows, (2, 3, 4), 1, True, torch.Generator().manual_seed(0))
+    assert torch.equal(same.view(400, 2, 3, 4), out)   # the same draws for the same seed
+    assert torch.equal(augmented(rows, (2, 3, 4), 0, False, g), rows)
+    u8 = augmented(rows.to(torch.uint8), (2, 3, 4), 1, True, torch.Generator().manual_seed(0))
+    assert torch.equal(u8.float().view(400, 2, 3, 4), out)   # the master's uint8 rows draw the same copy

@@ -41,13 +41,14 @@ def run_in_process(cfg, data, count_layers=False):
     return driver.evaluate()["accuracy"], hosts, driver
 
 
-@pytest.mark.parametrize("schedule", ["stream", "chapters"])
-def test_pipeline_matches_reference(mnist, schedule):
-    cfg = config(schedule)
+@pytest.mark.parametrize("schedule, train", [("stream", {}), ("chapters", {}),
+                                             ("chapters", {"augment_crop": 2, "augment_flip": True})])
+def test_pipeline_matches_reference(mnist, schedule, train):
+    cfg = config(schedule, **train)   # augmented: the master draws the chapter's copy as the reference does
     reference = ReferenceTrainer(cfg, mnist, progress=False).fit()
     ref = reference["accuracy"]
     got, hosts, driver = run_in_process(cfg, mnist)
-    assert got["goodness"] > 0.75 and got["softmax"] > 0.8
+    assert got["goodness"] > (0.6 if train else 0.75) and got["softmax"] > (0.6 if train else 0.8)
     # Both schedules run the same updates in the same order as the reference, with the same bits
     # whatever the thread count (the driver trains the head with 1 thread, the reference with 2;
     # dff_ros/numerics.py), so the results are equal, not close.

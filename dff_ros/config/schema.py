@@ -99,6 +99,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     eval_batch_size: int = 1000
+    augment_crop: int = 0            # shift images by up to this many pixels (a crop of the padded image), per chapter
+    augment_flip: bool = False       # mirror half the images left-right, drawn anew per chapter
     train_subset: int = 0            # 0 = whole training set; >0 = first n samples (tests, smoke runs)
     test_subset: int = 0
 
@@ -136,6 +138,9 @@ TRAIN_HELP = {
     "seed": "seeds the layers, the minibatch order and the negatives",
     "threads": "torch threads of the single-process trainer (`dff-ros train`); servers take `server_threads`",
     "eval_batch_size": "rows per forward pass when testing",
+    "augment_crop": "0: off; P: each chapter trains on a copy of the images shifted by up to P pixels (a random "
+                    "crop of the image padded with P zero pixels), drawn anew per chapter",
+    "augment_flip": "each chapter mirrors a random half of the images left-right (not for digits)",
     "train_subset": "0: every training image; N: the first N (quick runs, tests)",
     "test_subset": "0: every test image; N: the first N",
 }
@@ -347,7 +352,7 @@ def validate_train(raw: Any, source: str) -> TrainConfig:
     for name in ("epochs", "splits", "batch_size", "threads", "eval_batch_size"):
         _check(is_int(values[name]) and values[name] > 0, source, k(name),
                f"must be a positive integer, got {values[name]!r}")
-    for name in ("seed", "train_subset", "test_subset"):
+    for name in ("seed", "train_subset", "test_subset", "augment_crop"):
         _check(is_int(values[name]) and values[name] >= 0, source, k(name),
                f"must be a non-negative integer, got {values[name]!r}")
     for name in ("lr", "head_lr"):
@@ -359,7 +364,8 @@ def validate_train(raw: Any, source: str) -> TrainConfig:
            source, k("negatives_lag"), f"must be a positive integer or null (auto), got {values['negatives_lag']!r}")
     _check(is_num(values["peer_normalization"]) and values["peer_normalization"] >= 0, source,
            k("peer_normalization"), f"must be a number >= 0, got {values['peer_normalization']!r}")
-    _check(isinstance(values["cooldown"], bool), source, k("cooldown"), "must be true or false")
+    for name in ("cooldown", "augment_flip"):
+        _check(isinstance(values[name], bool), source, k(name), "must be true or false")
     for name, choices in (("algorithm", tuple(CLASSIFIERS_BY_ALGORITHM)), ("optimizer", OPTIMIZERS),
                           ("goodness", GOODNESS), ("negatives", NEGATIVE_STRATEGIES),
                           ("schedule", SCHEDULES)):

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from dff_ros.weights import NETWORK_FORMAT as WEIGHTS_FORMAT, load_weights, save_atomic
+from dff_ros.data.augment import chapter_images
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import accuracy, goodness_scores
 from dff_ros.ff.history import EpochMeans, curves
@@ -110,11 +111,12 @@ class ReferenceTrainer:
 
     def _stream_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         t, sources = self.t, self.net.sources
+        images = chapter_images(self.train_x, self.config, chapter.index)
         for epoch in chapter.epochs:
             self._set_epoch(epoch)
             batches, loss = 0, 0.0
             for idx in torch.randperm(len(self.train_y), generator=self.generator).split(t.batch_size):
-                a = make_inputs(self.train_x[idx], self.train_y[idx], None if neg is None else neg[idx],
+                a = make_inputs(images[idx], self.train_y[idx], None if neg is None else neg[idx],
                                 self.num_classes, self.needs_neutral)
                 outs: list[Activities] = []
                 for i, (learner, src) in enumerate(zip(self.learners, sources)):
@@ -131,7 +133,8 @@ class ReferenceTrainer:
 
     def _layerwise_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         t = self.t
-        acts: dict[int, Activities] = {-1: make_inputs(self.train_x, self.train_y, neg, self.num_classes,
+        images = chapter_images(self.train_x, self.config, chapter.index)
+        acts: dict[int, Activities] = {-1: make_inputs(images, self.train_y, neg, self.num_classes,
                                                        self.needs_neutral, scratch=self.scratch)}
         last = len(self.learners) - 1
         for i, (learner, src) in enumerate(zip(self.learners, self.net.sources)):

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from dff_ros.data.augment import chapter_images
 from dff_ros.ff.chapter import head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import goodness_scores
 from dff_ros.ff.history import EpochMeans
@@ -137,7 +138,8 @@ class PFFWorker:
         top = max(mine)
         neg = self._negatives(chapter.index)
         self._use_cores(solo=self._alone())
-        acts: dict[int, Activities] = {-1: make_inputs(self.images, self.labels, neg, self.config.num_classes,
+        images = chapter_images(self.images, self.config, chapter.index)
+        acts: dict[int, Activities] = {-1: make_inputs(images, self.labels, neg, self.config.num_classes,
                                                        self.needs_neutral, scratch=self.scratch)}
         used: dict[int, int] = {}               # part -> version its outputs came from
         for i in range(min(top, last_layer) + 1):

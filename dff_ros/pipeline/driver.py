@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dff_ros.data.augment import chapter_images
 from dff_ros.ff.chapter import head_step, train_chapter
 from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.learners import Scratch
@@ -171,24 +172,26 @@ class PipelineDriver:
         return torch.randperm(n, generator=torch.Generator().set_state(self._epoch_rng[epoch - 1]))
 
     def _stream_chapter(self, chapter, neg: torch.Tensor) -> None:
+        images = chapter_images(self.train_x, self.config, chapter.index)
         for epoch in chapter.epochs:
             batches = self._epoch_order(epoch).split(self.t.batch_size)
             for seq, idx in enumerate(batches):
                 while self._in_flight >= self.window:
                     self._take_train_result()
                 self.send_train(TrainChunk(chapter.index, epoch, seq, len(batches), self.train_y[idx],
-                                           images=self.train_x[idx], neg_labels=neg[idx], attempt=self.attempt))
+                                           images=images[idx], neg_labels=neg[idx], attempt=self.attempt))
                 self._in_flight += 1
 
     def _send_chapter(self, chapter, neg: torch.Tensor) -> None:
         # every layer can hold one chapter while the next one arrives: a pipeline of L layers
         # keeps L chapters in flight, one per layer
         rows = torch.arange(len(self.train_y)).split(self.chunk_rows)
+        images = chapter_images(self.train_x, self.config, chapter.index)
         while self._in_flight >= self.window:
             self._take_train_result()
         for seq, idx in enumerate(rows):
             self.send_train(TrainChunk(chapter.index, chapter.epochs[0], seq, len(rows), self.train_y[idx],
-                                       images=self.train_x[idx], neg_labels=neg[idx], attempt=self.attempt))
+                                       images=images[idx], neg_labels=neg[idx], attempt=self.attempt))
         self._in_flight += 1
 
     def _advance(self, head_units: int, **info) -> None:
