@@ -42,20 +42,23 @@ def run_in_process(cfg, data, count_layers=False):
 
 
 @pytest.mark.parametrize("schedule, train", [("stream", {}), ("chapters", {}),
-                                             ("chapters", {"augment_crop": 2, "augment_flip": True})])
+                                             ("chapters", {"augment_crop": 2, "augment_flip": True}),
+                                             ("chapters", {"algorithm": "cwc", "classifiers": ["cwc_all", "cwc_last"]}),
+                                             ("stream", {"algorithm": "cwc", "classifiers": ["cwc_last"]})])
 def test_pipeline_matches_reference(mnist, schedule, train):
     cfg = config(schedule, **train)   # augmented: the master draws the chapter's copy as the reference does
     reference = ReferenceTrainer(cfg, mnist, progress=False).fit()
     ref = reference["accuracy"]
     got, hosts, driver = run_in_process(cfg, mnist)
-    assert got["goodness"] > (0.6 if train else 0.75) and got["softmax"] > (0.6 if train else 0.8)
+    assert min(got.values()) > (0.6 if train else 0.75), got
     # Both schedules run the same updates in the same order as the reference, with the same bits
     # whatever the thread count (the driver trains the head with 1 thread, the reference with 2;
     # dff_ros/numerics.py), so the results are equal, not close.
     assert got == ref
     # so the per-epoch curves the plots show are the reference's too
     history = reference["history"]
-    for name, means in [*((f"layer_{h.spec.index}", h.history) for h in hosts), ("head", driver.head_history)]:
+    heads = [("head", driver.head_history)] if driver.head is not None else []   # cwc: no head
+    for name, means in [*((f"layer_{h.spec.index}", h.history) for h in hosts), *heads]:
         loss, acc = means.as_lists(cfg.train.epochs)
         # the same sums; the reference's history keeps 5 decimals
         assert loss == pytest.approx(history["loss"][name], abs=1e-5), name

@@ -40,8 +40,8 @@ class ServerLost(RuntimeError):
 
 def check_supported(config) -> None:
     t = config.train
-    if t.algorithm != "ff":
-        raise ValueError(f"{config.source}: train.algorithm: the DFF pipeline runs 'ff' (got {t.algorithm!r})")
+    if t.algorithm not in ("ff", "cwc"):
+        raise ValueError(f"{config.source}: train.algorithm: the DFF pipeline runs 'ff' or 'cwc' (got {t.algorithm!r})")
     if t.negatives == "adaptive":
         raise ValueError(f"{config.source}: train.negatives: adaptive negatives need a scoring pass over the "
                          "training set between chapters, not yet in the DFF pipeline; use random or fixed")
@@ -99,7 +99,8 @@ class PipelineDriver:
         self.train_x, self.train_y = as_uint8(x), y
         self.test_x, self.test_y = as_uint8(tx), ty
         c = config.num_classes
-        self.negatives = NegativeLabels(t.negatives, self.train_y, c, t.seed + 1)
+        # cwc needs no negatives: the first layer gets images and labels only
+        self.negatives = NegativeLabels(t.negatives, self.train_y, c, t.seed + 1) if t.algorithm == "ff" else None
         self.chapters = chapters(t.epochs, t.splits)   # the plan; looked up per stream result
         self.generator = torch.Generator().manual_seed(t.seed)
         self._epoch_rng: list[torch.Tensor] = []   # stream: generator state before each epoch's draw
@@ -143,7 +144,7 @@ class PipelineDriver:
         while True:
             try:
                 for chapter in self.chapters[next_chapter:]:
-                    neg = self.negatives.for_chapter(chapter.index)
+                    neg = self.negatives.for_chapter(chapter.index) if self.negatives is not None else None
                     if t.schedule == "stream":
                         self._stream_chapter(chapter, neg)
                     else:
@@ -171,7 +172,7 @@ class PipelineDriver:
             torch.randperm(n, generator=self.generator)
         return torch.randperm(n, generator=torch.Generator().set_state(self._epoch_rng[epoch - 1]))
 
-    def _stream_chapter(self, chapter, neg: torch.Tensor) -> None:
+    def _stream_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         images = chapter_images(self.train_x, self.config, chapter.index)
         for epoch in chapter.epochs:
             batches = self._epoch_order(epoch).split(self.t.batch_size)
@@ -179,10 +180,11 @@ class PipelineDriver:
                 while self._in_flight >= self.window:
                     self._take_train_result()
                 self.send_train(TrainChunk(chapter.index, epoch, seq, len(batches), self.train_y[idx],
-                                           images=images[idx], neg_labels=neg[idx], attempt=self.attempt))
+                                           images=images[idx], neg_labels=None if neg is None else neg[idx],
+                                           attempt=self.attempt))
                 self._in_flight += 1
 
-    def _send_chapter(self, chapter, neg: torch.Tensor) -> None:
+    def _send_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         # every layer can hold one chapter while the next one arrives: a pipeline of L layers
         # keeps L chapters in flight, one per layer
         rows = torch.arange(len(self.train_y)).split(self.chunk_rows)
@@ -191,7 +193,8 @@ class PipelineDriver:
             self._take_train_result()
         for seq, idx in enumerate(rows):
             self.send_train(TrainChunk(chapter.index, chapter.epochs[0], seq, len(rows), self.train_y[idx],
-                                       images=images[idx], neg_labels=neg[idx], attempt=self.attempt))
+                                       images=images[idx], neg_labels=None if neg is None else neg[idx],
+                                       attempt=self.attempt))
         self._in_flight += 1
 
     def _advance(self, head_units: int, **info) -> None:
@@ -324,4 +327,9 @@ class PipelineDriver:
             feats = torch.cat([p.features for p in parts])
             pred = F.log_softmax(self.head(feats), dim=1).argmax(dim=1)
             acc["softmax"] = round(float((pred == labels).float().mean()), 5)
+        # cwc: the layers' class-group log-probabilities, summed (cwc_all) and the last layer's
+        for name, field in (("cwc_all", "goodness"), ("cwc_last", "features")):
+            if name in self.t.classifiers:
+                pred = torch.cat([getattr(p, field) for p in parts]).argmax(dim=1)
+                acc[name] = round(float((pred == labels).float().mean()), 5)
         return {"accuracy": acc, "eval_seconds": round(time.perf_counter() - start, 2)}

@@ -22,14 +22,15 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from dff_ros.ff.chapter import layer_step, train_chapter
 from dff_ros.ff.classifiers import label_candidates
 from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.learners import Activities, Scratch, make_inputs
+from dff_ros.ff.learners import Activities, GroupsLearner, Scratch, make_inputs
 from dff_ros.ff.network import build_layer, make_ff_learner
-from dff_ros.ff.objectives import goodness
+from dff_ros.ff.objectives import class_goodness, goodness
 from dff_ros.ff.overlay import overlay_neutral
 from dff_ros.ff.schedule import chapters
 from dff_ros.parts.state import load_part_state, part_state
@@ -54,14 +55,17 @@ class LayerHost:
                  on_checkpoint: Callable[[Parameters], None] | None = None):
         """``on_checkpoint``: called with ``checkpoint()`` as soon as a chapter is trained,
         before the chapter's outputs are computed (chapters schedule)."""
-        if train.algorithm != "ff":
-            raise ValueError(f"algorithm {train.algorithm!r} is not served by the DFF pipeline yet (use ff)")
+        if train.algorithm not in ("ff", "cwc"):
+            raise ValueError(f"algorithm {train.algorithm!r} is not served by the DFF pipeline yet (use ff or cwc)")
         self.spec, self.train_cfg, self.num_classes, self.last = spec, train, num_classes, last
         self.on_checkpoint = on_checkpoint
         self.first = spec.source < 0
-        self.neutral = "softmax" in train.classifiers  # the neutral pass feeds the softmax head
+        self.groups = train.algorithm == "cwc"   # trained and scored on its class groups, neutral pass only
+        self.neutral = "softmax" in train.classifiers or self.groups  # the neutral pass feeds a head, or is all
         self.layer = build_layer(spec, train.seed)
-        self.learner = make_ff_learner(self.layer, train)
+        self.learner = (GroupsLearner(self.layer, num_classes, lr=train.lr, optimizer=train.optimizer,
+                                      total_epochs=train.epochs, cooldown=train.cooldown)
+                        if self.groups else make_ff_learner(self.layer, train))
         self._chapters = {c.index: c for c in chapters(train.epochs, train.splits)}
         self._pending: dict[int, dict[int, TrainChunk]] = {}   # chapter -> seq -> chunk
         self.samples = 0
@@ -191,7 +195,7 @@ class LayerHost:
 
     def _features(self, so_far: torch.Tensor | None, neutral: torch.Tensor | None) -> torch.Tensor | None:
         """Softmax-head features: normalised neutral activities of every layer but the first."""
-        if neutral is None or self.spec.index == 0:
+        if neutral is None or self.spec.index == 0 or "softmax" not in self.train_cfg.classifiers:
             return so_far
         mine = length_normalize(neutral)
         mine = mine if mine.dim() == 2 else mine.flatten(1)   # N-d activations: flat per sample
@@ -200,16 +204,19 @@ class LayerHost:
     def _check_train(self, chunk: TrainChunk) -> None:
         n = len(chunk)
         if self.first:
-            if chunk.images is None or chunk.neg_labels is None:
+            if chunk.images is None or (chunk.neg_labels is None and not self.groups):
                 raise ChunkError("the first layer needs images and neg_labels")
             x = chunk.images   # one flat row per image (an N-d first layer views it as its in_shape)
             if tuple(x.shape) != (n, self.spec.in_features):
                 raise ChunkError(f"images {list(x.shape)}, expected {[n, self.spec.in_features]} (flat rows of "
                                  f"{list(self.spec.in_shape)} images)")
-            labels = [chunk.labels, chunk.neg_labels]
+            labels = [chunk.labels] + ([] if self.groups else [chunk.neg_labels])
         else:
             a = chunk.acts
-            if a is None or a.pos is None or a.neg is None:
+            if self.groups:
+                if a is None or a.neutral is None:
+                    raise ChunkError(f"layer {self.spec.index} needs neutral activities (cwc)")
+            elif a is None or a.pos is None or a.neg is None:
                 raise ChunkError(f"layer {self.spec.index} needs pos and neg activities")
             if self.neutral and a.neutral is None:
                 raise ChunkError(f"layer {self.spec.index} needs neutral activities (softmax head)")
@@ -247,9 +254,18 @@ class LayerHost:
                 raise ChunkError(f"the first layer needs images {['B', self.spec.in_features]} (flat rows of "
                                  f"{list(self.spec.in_shape)} images)")
             x = images_to_float(chunk.images)
+            if self.groups:
+                return self._scored(chunk, self.layer(overlay_neutral(x, c)), torch.zeros(n, c))
             candidates = label_candidates(self.layer, x, c)
             neutral = self.layer(overlay_neutral(x, c))
             good = torch.zeros(n, c)  # the goodness classifier skips the first layer
+        elif self.groups:
+            shape = self.spec.in_shape
+            if chunk.neutral is None or tuple(chunk.neutral.shape) != (n, *shape):
+                raise ChunkError(f"neutral must be {[n, *shape]}")
+            if chunk.goodness is None or tuple(chunk.goodness.shape) != (n, c):
+                raise ChunkError(f"goodness must be [{n}, {c}] (the class-group scores so far)")
+            return self._scored(chunk, self.layer(chunk.neutral), chunk.goodness)
         else:
             shape = self.spec.in_shape
             if chunk.candidates is None or tuple(chunk.candidates.shape) != (n * c, *shape):
@@ -266,6 +282,14 @@ class LayerHost:
             return InferChunk(chunk.seq, chunk.count, chunk.labels, goodness=good, features=features)
         return InferChunk(chunk.seq, chunk.count, chunk.labels, candidates=candidates, goodness=good,
                           neutral=neutral, features=features)
+
+    def _scored(self, chunk: InferChunk, neutral: torch.Tensor, so_far: torch.Tensor) -> InferChunk:
+        """cwc: this layer's class-group log-probabilities, added to those of the layers before it
+        (``goodness``: cwc_all) and as ``features`` (the last layer's: cwc_last)."""
+        mine = F.log_softmax(class_goodness(neutral, self.num_classes), dim=1)
+        if self.last:
+            return InferChunk(chunk.seq, chunk.count, chunk.labels, goodness=so_far + mine, features=mine)
+        return InferChunk(chunk.seq, chunk.count, chunk.labels, goodness=so_far + mine, neutral=neutral, features=mine)
 
     # ------------------------------------------------------------------ weights
     def state_dict(self) -> dict:

@@ -275,7 +275,7 @@ class DFFRun(Run):
         return {"run_id": self.run_id, "model": m.name, "mode": "dff", "schedule": m.train.schedule,
                 "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"], **fit,
                 "trained": p.train, "weights_restored": restored, "restored_from": restored_from,
-                "head_weights": str(self.head_path()),
+                "head_weights": str(self.head_path()) if driver.head is not None else None,
                 "layers": self.layer_rows(), "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
                 **(self.history(driver) if p.train else {}),
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
