@@ -173,3 +173,43 @@ def test_augmentation_shifts_and_mirrors_whole_images():
     assert torch.equal(augmented(rows, (2, 3, 4), 0, False, g), rows)
     u8 = augmented(rows.to(torch.uint8), (2, 3, 4), 1, True, torch.Generator().manual_seed(0))
     assert torch.equal(u8.float().view(400, 2, 3, 4), out)   # the master's uint8 rows draw the same copy
+
+
+def test_hybrid_negatives_mix_two_images_by_a_blurred_mask():
+    from dff_ros.ff.negatives import hybrid_images
+
+    n, shape = 50, (3, 16, 16)
+    images = torch.arange(1, n + 1, dtype=torch.float32).view(n, 1).repeat(1, 3 * 16 * 16)   # image k: all k
+    neg = hybrid_images(images, shape, seed=0, chapter=3).view(n, *shape)
+    for k in range(n):
+        values = set(neg[k].unique().tolist())
+        assert len(values) <= 2 and k + 1 in values or len(values) == 1   # its own pixels and one other image's
+        assert torch.equal(neg[k, 0], neg[k, 2])   # one mask for every channel
+    mixed = sum(len(neg[k].unique()) == 2 for k in range(n))
+    assert mixed >= 0.8 * n   # a 16x16 mask thresholded at 0.5 is almost never all one side
+    assert torch.equal(hybrid_images(images, shape, 0, 3), neg.view(n, -1))       # drawn from (seed, chapter)
+    assert not torch.equal(hybrid_images(images, shape, 0, 4), neg.view(n, -1))
+
+
+def test_unsupervised_ff_with_hybrid_negatives_learns_features_for_the_head(tmp_path):
+    dataset = blobs(tmp_path / "set", (10, 12), 3, 4)
+    cfg = parse_model_config(model(dataset, [[-1, "FFDense", [100]], [-1, "FFDense", [100]]], negatives="hybrid",
+                                   classifiers=["softmax"]), "m.yaml")
+    assert not cfg.train.overlay
+    result = ReferenceTrainer(cfg, load_dataset(cfg.dataset), progress=False).fit()
+    assert result["accuracy"]["softmax"] >= 0.8, result["accuracy"]
+    with pytest.raises(ConfigError, match="train.negatives: hybrid negatives train FF without labels"):
+        parse_model_config(model(dataset, [[-1, "FFDense", [10]], [-1, "FFDense", [10]]], negatives="hybrid"), "m")
+
+
+def test_a_centred_dense_layer_gives_its_overlays_the_plain_forward():
+    from dff_ros.ff.layers import FFDense
+    from dff_ros.ff.overlay import blank_labels, overlay, overlay_neutral
+
+    layer = FFDense(20, 7, center=True)
+    x, labels = torch.rand(5, 20) + 3.0, torch.tensor([0, 2, 1, 3, 0])
+    got = layer.forward_overlaid(blank_labels(x, 4), [labels, None], 4)
+    want = torch.cat([layer(overlay(x, labels, 4)), layer(overlay_neutral(x, 4))])
+    assert torch.allclose(got, want)
+    shifted = layer(x + 10.0)   # centring: a constant added to every pixel changes nothing
+    assert torch.allclose(shifted, layer(x), atol=1e-5)

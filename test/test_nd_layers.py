@@ -107,7 +107,7 @@ CWC = {"model": [[-1, "FFConv", {"channels": 10, "norm": "batch"}], [-1, "FFConv
                  [-1, "FFDense", [30]]], "train": {"algorithm": "cwc", "classifiers": ["cwc_all", "cwc_last"]}}
 
 
-@pytest.mark.parametrize("variant", ["overlay", "cwc", "augmented"])
+@pytest.mark.parametrize("variant", ["overlay", "cwc", "augmented", "hybrid"])
 def test_pff_workers_train_nd_layers_like_the_sequential_run(mnist, variant):
     from dff_ros.ff.trainer import ReferenceTrainer
     from dff_ros.parts.versions import ParameterStore
@@ -121,7 +121,8 @@ def test_pff_workers_train_nd_layers_like_the_sequential_run(mnist, variant):
                                   "train": {"epochs": 2, "splits": 2, "lr": 0.003, "train_subset": 600,
                                             "test_subset": 200, **CWC["train"]}}, "test")
     else:
-        cfg = config(**({"augment_crop": 3, "augment_flip": True} if variant == "augmented" else {}))
+        cfg = config(**{"overlay": {}, "augmented": {"augment_crop": 3, "augment_flip": True},
+                        "hybrid": {"negatives": "hybrid", "classifiers": ["softmax"]}}[variant])
     reference = ReferenceTrainer(cfg, mnist, progress=False).fit()["accuracy"]
     plan = PFFPlan.for_model(cfg, "all_layers", 1)
     x, y = mnist["train_images"][:600], mnist["train_labels"][:600]

@@ -26,7 +26,7 @@ from dff_ros.data.config import DatasetConfig, DatasetConfigError, dataset_confi
 from dff_ros.data.info import DataInfo
 from dff_ros.ff.layers import LAYER_TYPES
 
-NEGATIVE_STRATEGIES = ("adaptive", "random", "fixed")
+NEGATIVE_STRATEGIES = ("adaptive", "random", "fixed", "hybrid")
 CLASSIFIERS_BY_ALGORITHM = {
     "ff": ("goodness", "softmax"),
     "pon": ("pon_last", "pon_all"),
@@ -90,7 +90,7 @@ class TrainConfig:
     threshold: float | None = None
     goodness: str = "sum"            # sum | mean of squared activities
     peer_normalization: float = 0.03  # weight of the peer-normalisation loss (0 = off)
-    negatives: str = "random"        # adaptive | random | fixed
+    negatives: str = "random"        # adaptive | random | fixed (labels) | hybrid (images, unsupervised)
     # adaptive: score chapter j's negatives with the network after chapter j - lag; null: 1 in
     # one process, N (the node count) in PFF, so no node waits for another's network
     negatives_lag: int | None = None
@@ -107,6 +107,11 @@ class TrainConfig:
     @property
     def chapter_epochs(self) -> int:
         return self.epochs // self.splits
+
+    @property
+    def overlay(self) -> bool:
+        """Labels are overlaid on the images (all but unsupervised FF's hybrid negatives)."""
+        return self.negatives != "hybrid"
 
     @property
     def layer_scores(self) -> bool:
@@ -129,7 +134,9 @@ TRAIN_HELP = {
     "threshold": "theta; null: the layer's width for sum goodness (1 for mean)",
     "goodness": "`sum` \\| `mean` of squared activities",
     "peer_normalization": "weight of the peer-normalisation loss (0: off)",
-    "negatives": "`adaptive` \\| `random` \\| `fixed`",
+    "negatives": "`adaptive` \\| `random` \\| `fixed` (negative labels overlaid) \\| `hybrid` (unsupervised: no "
+                 "labels overlaid; negatives are two images mixed by a blurred random mask; only the softmax head "
+                 "classifies)",
     "negatives_lag": "adaptive: chapter j's negatives are scored after chapter j - lag; null: 1, or the node "
                      "count in PFF",
     "classifiers": "ff: `goodness`, `softmax`; pon: `pon_last`, `pon_all`; cwc: `cwc_all` (every layer's groups), "
@@ -252,6 +259,10 @@ def parse_model_config(raw: Any, source: str = "<dict>", *, data: DataInfo | Non
         data = describe(dataset, data_root, allow_download=allow_download)
     layers = validate_model_rows(raw.get("model"), data.image_shape, source)
     train = validate_train(raw.get("train") or {}, source)
+    if train.negatives == "hybrid" and (train.algorithm != "ff" or set(train.classifiers) != {"softmax"}):
+        raise ConfigError(source, "train.negatives", "hybrid negatives train FF without labels: use algorithm ff "
+                                                     "with classifiers [softmax] (the head is the only one that "
+                                                     "sees labels)")
     if train.algorithm == "ff" and "goodness" in train.classifiers and len(layers) < 2:
         raise ConfigError(source, "train.classifiers",
                           "the goodness classifier skips the first layer, so it needs at least 2 layers")

@@ -13,11 +13,22 @@ from typing import Callable
 
 import torch
 
+from dff_ros.data.augment import chapter_images
 from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.learners import Activities, PONLearner
+from dff_ros.ff.negatives import hybrid_images
 from dff_ros.ff.schedule import Chapter
 
 Step = Callable[[torch.Tensor], dict]   # minibatch row indices -> metrics ("loss", "accuracy")
+
+
+def chapter_data(images: torch.Tensor, config, chapter: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A chapter's training images (augmented as the config says) and its negative images
+    (hybrid negatives; None when the negatives are labels)."""
+    images = chapter_images(images, config, chapter)
+    if config.train.negatives != "hybrid":
+        return images, None
+    return images, hybrid_images(images, config.data.image_shape, config.train.seed, chapter)
 
 
 def task_generator(seed: int, part: int, chapter: int) -> torch.Generator:

@@ -40,7 +40,7 @@ def goodness_scores(net, images: torch.Tensor, goodness_kind: str = "sum",
 
 @torch.no_grad()
 def neutral_activities(net, images: torch.Tensor) -> list[torch.Tensor]:
-    return net.forward_all(overlay_neutral(images, net.num_classes))
+    return net.forward_all(overlay_neutral(images, net.num_classes) if net.overlay else images)
 
 
 @torch.no_grad()

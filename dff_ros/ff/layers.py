@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dff_ros.ff.overlay import blank_labels
+from dff_ros.ff.overlay import blank_labels, overlay, overlay_neutral
 
 LAYER_TYPES: dict[str, type["FFLayer"]] = {}
 
@@ -121,26 +121,31 @@ class FFLayer(nn.Module):
 
 @register_layer("FFDense")
 class FFDense(FFLayer):
-    """Length-normalise, Linear, ReLU (full-gradient backward)."""
+    """Length-normalise, Linear, ReLU (full-gradient backward). ``center``: subtract each row's
+    mean first (for natural images, whose rows share a large mean that would dominate their
+    direction)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, center: bool = False):
         super().__init__()
-        self.output_features(in_features, out_features, bias)
-        self.in_features, self.out_features = in_features, out_features
+        self.output_features(in_features, out_features, bias, center)
+        self.in_features, self.out_features, self.center = in_features, out_features, center
         self.linear = nn.Linear(in_features, out_features, bias=bias)
 
     @classmethod
-    def output_features(cls, in_features: int, out_features: int, bias: bool = True) -> int:
+    def output_features(cls, in_features: int, out_features: int, bias: bool = True, center: bool = False) -> int:
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(bias, bool):
-            raise ValueError(f"bias must be true or false, got {bias!r}")
+        for name, v in (("bias", bias), ("center", center)):
+            if not isinstance(v, bool):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
         return out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:   # an N-d layer's activations: one flat row per sample
             x = x.flatten(1)
+        if self.center:
+            x = x - x.mean(dim=1, keepdim=True)
         return _ReLUFullGrad.apply(self.linear(length_normalize(x)))
 
     def forward_overlaid(self, blank: torch.Tensor, passes, num_classes: int, eps: float = 1e-8) -> torch.Tensor:
@@ -152,6 +157,9 @@ class FFDense(FFLayer):
         pixels), so W.normalise(blank + m) = (W.blank + W_labels.m) * s, s = rsqrt(mean
         square), and W.blank is shared by every pass.
         """
+        if self.center:   # the factored form has no centering: overlay each pass and run forward
+            return self(torch.cat([overlay_neutral(blank, num_classes) if labels is None
+                                   else overlay(blank, labels, num_classes) for labels in passes]))
         n, d = blank.shape
         mix = torch.cat([torch.full((n, num_classes), 1.0 / num_classes, dtype=blank.dtype) if labels is None
                          else F.one_hot(labels, num_classes).to(blank.dtype) for labels in passes])

@@ -148,9 +148,14 @@ class Activities:
 
 
 def make_inputs(images: torch.Tensor, labels: torch.Tensor, neg_labels: torch.Tensor | None,
-                num_classes: int, neutral: bool, *, scratch: Scratch | None = None) -> Activities:
+                num_classes: int, neutral: bool, *, scratch: Scratch | None = None,
+                neg_images: torch.Tensor | None = None) -> Activities:
     """Label-overlaid first-layer inputs: positive, negative (FF) and neutral (heads, PON);
-    ``scratch``: written into its tensors under ("inputs", pass)."""
+    ``scratch``: written into its tensors under ("inputs", pass). ``neg_images`` (unsupervised
+    FF): no label overlay at all; the images are the positive and neutral pass, these the negative."""
+    if neg_images is not None:
+        return Activities(pos=images, neg=neg_images, neutral=images if neutral else None, labels=labels)
+
     def out(name):
         return scratch_tensor(scratch, ("inputs", name), images.shape, images.dtype)
 

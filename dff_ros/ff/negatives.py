@@ -1,7 +1,31 @@
-"""Negative labels: AdaptiveNEG, RandomNEG, FixedNEG (PFF section 5). Never the true label."""
+"""Negative labels: AdaptiveNEG, RandomNEG, FixedNEG (PFF section 5), never the true label; and
+negative images for unsupervised FF (hybrid images, Hinton 2022 section 3.1)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+HYBRID_BLURS = 10   # how often the random mask is blurred: larger regions from each image
+
+
+def hybrid_images(images: torch.Tensor, shape: tuple[int, int, int], seed: int, chapter: int) -> torch.Tensor:
+    """Negative images for unsupervised FF: each image A mixed with another one B of the set as
+    A * mask + B * (1 - mask), the mask a random image blurred repeatedly with [1/4, 1/2, 1/4] in
+    both directions and thresholded at 0.5 (the DFF paper's CIFAR-10 recipe). Long-range
+    correlations are wrong, short-range ones right. Drawn from (seed, chapter) only, so every
+    node of a distributed run draws the same ones."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 900_001 + chapter)
+    n = len(images)
+    c, h, w = shape
+    mask = torch.rand(n, 1, h, w, generator=g)
+    kernel = torch.tensor([0.25, 0.5, 0.25])
+    for _ in range(HYBRID_BLURS):
+        mask = F.conv2d(F.pad(mask, (1, 1, 0, 0), mode="replicate"), kernel.view(1, 1, 1, 3))
+        mask = F.conv2d(F.pad(mask, (0, 0, 1, 1), mode="replicate"), kernel.view(1, 1, 3, 1))
+    mask = (mask > 0.5).to(images.dtype)
+    partner = (torch.arange(n) + torch.randint(1, max(n, 2), (n,), generator=g)) % max(n, 1)   # never itself
+    a = images.reshape(n, c, h, w)
+    return (a * mask + a[partner] * (1 - mask)).reshape(n, -1)
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:

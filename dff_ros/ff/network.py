@@ -34,9 +34,10 @@ class FFNetwork(nn.Module):
     """``specs`` are resolved layer specs (``dff_ros.config.LayerSpec``): build(), source, out_features."""
 
     def __init__(self, specs: Sequence, num_classes: int, algorithm: str = "ff", softmax_head: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, overlay: bool = True):
         super().__init__()
-        self.num_classes, self.algorithm = num_classes, algorithm
+        # overlay false (unsupervised FF): the neutral pass is the plain image, no label pixels
+        self.num_classes, self.algorithm, self.overlay = num_classes, algorithm, overlay
         self.sources = [s.source for s in specs]
         self.layers = nn.ModuleList([build_layer(s, seed) for s in specs])
         widths = [s.out_features for s in specs]
@@ -50,7 +51,7 @@ class FFNetwork(nn.Module):
     def from_config(cls, config) -> "FFNetwork":
         t = config.train
         return cls(config.layers, config.num_classes, t.algorithm,
-                   softmax_head=t.algorithm == "ff" and "softmax" in t.classifiers, seed=t.seed)
+                   softmax_head=t.algorithm == "ff" and "softmax" in t.classifiers, seed=t.seed, overlay=t.overlay)
 
     def forward_all(self, x: torch.Tensor | None, first: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Activities of every layer for input ``x`` (or from a given first-layer output)."""

@@ -15,8 +15,7 @@ from typing import Callable
 import torch
 
 from dff_ros.weights import NETWORK_FORMAT as WEIGHTS_FORMAT, load_weights, save_atomic
-from dff_ros.data.augment import chapter_images
-from dff_ros.ff.chapter import head_step, layer_step, train_chapter
+from dff_ros.ff.chapter import chapter_data, head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import accuracy, goodness_scores
 from dff_ros.ff.history import EpochMeans, curves
 from dff_ros.ff.learners import Activities, Scratch, make_inputs
@@ -48,7 +47,7 @@ class ReferenceTrainer:
         self.learners, self.head_learner = self.net.make_learners(t)
         self.num_classes = config.num_classes
         self.negatives = (NegativeLabels(t.negatives, self.train_y, self.num_classes, t.seed + 1,
-                                         lag=t.negatives_lag or 1) if t.algorithm == "ff" else None)
+                                         lag=t.negatives_lag or 1) if t.algorithm == "ff" and t.overlay else None)
         self.needs_neutral = self.head_learner is not None or t.layer_scores
         self.generator = torch.Generator().manual_seed(t.seed)
         self.scratch = Scratch()   # chapter-sized tensors, written over every chapter
@@ -111,13 +110,14 @@ class ReferenceTrainer:
 
     def _stream_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         t, sources = self.t, self.net.sources
-        images = chapter_images(self.train_x, self.config, chapter.index)
+        images, neg_images = chapter_data(self.train_x, self.config, chapter.index)
         for epoch in chapter.epochs:
             self._set_epoch(epoch)
             batches, loss = 0, 0.0
             for idx in torch.randperm(len(self.train_y), generator=self.generator).split(t.batch_size):
                 a = make_inputs(images[idx], self.train_y[idx], None if neg is None else neg[idx],
-                                self.num_classes, self.needs_neutral)
+                                self.num_classes, self.needs_neutral,
+                                neg_images=None if neg_images is None else neg_images[idx])
                 outs: list[Activities] = []
                 for i, (learner, src) in enumerate(zip(self.learners, sources)):
                     out, metrics = learner.train_step(a if src < 0 else outs[src])
@@ -133,9 +133,9 @@ class ReferenceTrainer:
 
     def _layerwise_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         t = self.t
-        images = chapter_images(self.train_x, self.config, chapter.index)
+        images, neg_images = chapter_data(self.train_x, self.config, chapter.index)
         acts: dict[int, Activities] = {-1: make_inputs(images, self.train_y, neg, self.num_classes,
-                                                       self.needs_neutral, scratch=self.scratch)}
+                                                       self.needs_neutral, scratch=self.scratch, neg_images=neg_images)}
         last = len(self.learners) - 1
         for i, (learner, src) in enumerate(zip(self.learners, self.net.sources)):
             inputs = acts[src]

@@ -11,8 +11,7 @@ from typing import Callable
 
 import torch
 
-from dff_ros.data.augment import chapter_images
-from dff_ros.ff.chapter import head_step, layer_step, train_chapter
+from dff_ros.ff.chapter import chapter_data, head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import goodness_scores
 from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.learners import Activities, Scratch, make_inputs
@@ -68,7 +67,7 @@ class PFFWorker:
             raise ValueError(f"plan has {plan.parts} parts, the model {len(self.parts)}")
         self.images, self.labels = images, labels
         self.negatives = (NegativeLabels(t.negatives, labels, config.num_classes, t.seed + 1,
-                                         lag=plan.negatives_lag or 1) if t.algorithm == "ff" else None)
+                                         lag=plan.negatives_lag or 1) if t.algorithm == "ff" and t.overlay else None)
         if self.negatives is not None and t.negatives == "adaptive" and not plan.negatives_lag:
             raise ValueError("adaptive negatives need a plan with a negatives lag (PFFPlan.for_model)")
         self.needs_neutral = self.head_learner is not None or t.layer_scores
@@ -138,9 +137,9 @@ class PFFWorker:
         top = max(mine)
         neg = self._negatives(chapter.index)
         self._use_cores(solo=self._alone())
-        images = chapter_images(self.images, self.config, chapter.index)
+        images, neg_images = chapter_data(self.images, self.config, chapter.index)
         acts: dict[int, Activities] = {-1: make_inputs(images, self.labels, neg, self.config.num_classes,
-                                                       self.needs_neutral, scratch=self.scratch)}
+                                                       self.needs_neutral, scratch=self.scratch, neg_images=neg_images)}
         used: dict[int, int] = {}               # part -> version its outputs came from
         for i in range(min(top, last_layer) + 1):
             src = self.net.sources[i]

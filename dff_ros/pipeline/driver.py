@@ -42,6 +42,9 @@ def check_supported(config) -> None:
     t = config.train
     if t.algorithm not in ("ff", "cwc"):
         raise ValueError(f"{config.source}: train.algorithm: the DFF pipeline runs 'ff' or 'cwc' (got {t.algorithm!r})")
+    if t.negatives == "hybrid":
+        raise ValueError(f"{config.source}: train.negatives: hybrid negative images are not yet in the DFF "
+                         "pipeline (its first layer gets negative labels); use the trainer or PFF")
     if t.negatives == "adaptive":
         raise ValueError(f"{config.source}: train.negatives: adaptive negatives need a scoring pass over the "
                          "training set between chapters, not yet in the DFF pipeline; use random or fixed")
