@@ -39,6 +39,11 @@ def table(runs: list[dict]) -> str:
     return markdown_table(headers, rows)
 
 
+def plot_title(r: dict) -> str:
+    return (f"{r['model']} on {r['dataset']}: reference trainer, {r['epochs']} epochs, {r['train_seconds']:.0f} s "
+            f"({r['machine']['cores']}-core {r['machine']['cpu']})")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS)
@@ -46,23 +51,25 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=1, metavar="K", help="test after every K chapters too")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train key for every config")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--plots-only", action="store_true", help="redraw the PNGs and tables from the JSON")
     args = p.parse_args()
     import yaml
     from dff_ros.plots import curves_png
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    rows = []
-    for cfg_path in args.configs:
+    rows, runs = [], []
+    if args.plots_only:
+        runs = write_results("conv_images", [], "config_file")
+        for r in runs:
+            curves_png(r, REPO / r["plot"], title=plot_title(r))
+    for cfg_path in [] if args.plots_only else args.configs:
         cfg = load_model_config(REPO / cfg_path, {**overrides, "threads": args.threads}, data_root=str(data_root()))
         data = load_dataset(cfg.dataset, data_root(), allow_download=False)
         cfg.check_data(data["info"], cfg.dataset.name)
         t0 = time.perf_counter()
         trainer = ReferenceTrainer(cfg, data, eval_every=args.eval_every)
         result = trainer.fit()
-        t = cfg.train
         name = f"conv_images-{cfg.name}.png"
-        curves_png(result, RESULTS / name, title=f"{cfg.name} on {cfg.dataset.name}: reference trainer, "
-                                                 f"{t.epochs} epochs, {result['train_seconds']:.0f} s")
         rows.append({
             **trainer_row(cfg_path, cfg, result, t0), "dataset": cfg.dataset.name,
             "data": f"{cfg.dataset.name} {'x'.join(map(str, cfg.data.image_shape))}, {len(data['train_labels'])}/"
@@ -70,6 +77,7 @@ def main() -> int:
             "layers": " → ".join("x".join(map(str, s.out_shape)) for s in cfg.layers),
             "parameters": sum(p.numel() for p in trainer.net.parameters()), "plot": f"bench/results/{name}",
         })
+        curves_png(rows[-1], RESULTS / name, title=plot_title(rows[-1]))
         print(json.dumps({k: rows[-1][k] for k in ("config_file", "train_seconds", "accuracy")}), flush=True)
         runs = write_results("conv_images", rows, "config_file")   # each config's row as soon as it is done
     md = table(runs)

@@ -46,28 +46,49 @@ def timeline_png(tasks: list[dict], path, *, title: str, nodes: list[str], part_
 
 
 def curves_png(summary: dict, path, *, title: str) -> Path:
-    """A run's learning curves: per-epoch loss and training accuracy of every part, the final
-    test accuracy, and the bytes moved per epoch on each link (from the summary's ``history``)."""
+    """A run's learning curves: per-epoch loss and training accuracy of every part, the test
+    accuracy (at the end, and after chapters when the summary's ``curve`` has them), and the
+    bytes moved per epoch on each link (a distributed run's; from the summary's ``history``)."""
     plt = _pyplot()
     h = summary["history"]
     epochs = list(range(1, h["epochs"] + 1))
     colours = plt.get_cmap("tab10")
-    fig, (ax_loss, ax_acc, ax_bytes) = plt.subplots(1, 3, figsize=(15, 4.2))
+    moved = bool(h.get("bytes_per_chapter"))
+    fig, axes = plt.subplots(1, 3 if moved else 2, figsize=(15 if moved else 10.5, 4.2))
+    ax_loss, ax_acc = axes[:2]
     names = sorted(h["loss"], key=lambda n: (n == "head", n))
     for k, name in enumerate(names):
         style = {"color": colours(k % 10), "marker": "." if h["epochs"] <= 40 else None, "label": name}
         ax_loss.plot(epochs, [_nan(v) for v in h["loss"][name]], **style)
         ax_acc.plot(epochs, [_nan(v) for v in h["accuracy"][name]], **style)
+    curve = summary.get("curve") or []
     for k, (name, acc) in enumerate(sorted(summary.get("accuracy", {}).items())):
-        ax_acc.scatter([h["epochs"]], [acc], marker="*", s=140, zorder=3, color=colours((len(names) + k) % 10),
+        colour = colours((len(names) + k) % 10)
+        points = [(c["epoch"], c["accuracy"][name]) for c in curve if name in c.get("accuracy", {})]
+        if len(points) > 1:   # tested after chapters too
+            ax_acc.plot(*zip(*points), color=colour, linestyle="--", linewidth=1)
+        ax_acc.scatter([h["epochs"]], [acc], marker="*", s=140, zorder=3, color=colour,
                        edgecolor="black", label=f"test, {name}: {100 * acc:.2f} %")
     ax_loss.set(xlabel="epoch", ylabel="mean minibatch loss (log scale)", title="training loss per part",
                 yscale="log")   # FF losses start near 100, the head's below 1
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="training accuracy per part (FF layer: pos/neg\n"
-               "samples on the right side of the threshold; head: classified)", ylim=(0.0, 1.02))
+    own = (summary.get("config") or {}).get("train", {}).get("algorithm", "ff") != "ff"
+    layer_acc = "its own class scores" if own else "pos/neg samples\non the right side of the threshold"
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", ylim=(0.0, 1.02),
+               title=f"training accuracy per part (layer: {layer_acc};\nhead: classified; dashed: test)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if moved:
+        _bytes_panel(axes[2], h, colours)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _bytes_panel(ax_bytes, h: dict, colours) -> None:
     # bytes: a chapter's traffic spread over its epochs (a chapter's data crosses once)
     ends = h.get("chapter_epochs") or []
     starts = [0] + ends[:-1]
@@ -80,15 +101,8 @@ def curves_png(summary: dict, path, *, title: str) -> Path:
         bottom = [b + v for b, v in zip(bottom, per_epoch)]
     ax_bytes.set(xlabel="epoch", ylabel="MB per epoch", title="bytes moved per epoch, by link")
     ax_bytes.grid(alpha=0.3, axis="y")
-    if h.get("bytes_per_chapter"):
-        ax_bytes.set_ylim(top=max(bottom, default=0.0) * 1.45 or 1.0)   # room for the legend
-        ax_bytes.legend(fontsize=7, loc="upper right")
-    from matplotlib.ticker import MaxNLocator
-    for ax in (ax_loss, ax_acc, ax_bytes):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    ax_bytes.set_ylim(top=max(bottom, default=0.0) * 1.45 or 1.0)   # room for the legend
+    ax_bytes.legend(fontsize=7, loc="upper right")
 
 
 def _nan(v):
