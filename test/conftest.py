@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,8 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Tests and benchmarks read the shared copy of MNIST beside the checkout (or $DFF_DATA_ROOT).
 DATA_ROOT = Path(os.environ.get("DFF_DATA_ROOT") or REPO.parent / "shared" / "data")
 os.environ["DFF_DATA_ROOT"] = str(DATA_ROOT)   # model configs read their data's shape from here
-# decoded image folders are cached per test session, not in the user's ~/.cache
-os.environ.setdefault("DFF_CACHE_DIR", tempfile.mkdtemp(prefix="dff-test-cache-"))
+# decoded image folders are cached per test session (removed at its end), not in the user's ~/.cache
+if not os.environ.get("DFF_CACHE_DIR"):
+    os.environ["DFF_CACHE_DIR"] = tempfile.mkdtemp(prefix="dff-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DFF_CACHE_DIR"], True)
 
 
 def pytest_collection_modifyitems(items):

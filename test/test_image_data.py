@@ -214,3 +214,29 @@ def test_missing_cifar_says_what_to_put_where_and_the_cli_exits_3(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dff_ros.cli", "train", str(cfg), "--data-root", str(tmp_path),
                           "--no-download"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 3 and "cifar-10-batches-py" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_cifar10_downloads_its_archive_checked_by_md5(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    write_python(tmp_path / "src", cifar_batches(np.random.default_rng(5)), NAMES)
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = as_tar(tmp_path / "src", served / "cifar-10-python.tar.gz")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/cifar-10-python.tar.gz"
+    try:
+        bad = {"name": "dl", "format": "cifar10", "urls": [url], "md5": {"cifar-10-python.tar.gz": "0" * 32}}
+        with pytest.raises(DatasetMissing, match="md5 .*expected 0000"):
+            load_dataset(bad, tmp_path / "a")
+        assert not list((tmp_path / "a").rglob("*.tar.gz"))   # nothing kept of a bad download
+        good = {**bad, "md5": {"cifar-10-python.tar.gz": hashlib.md5(archive.read_bytes()).hexdigest()}}
+        data = load_dataset(good, tmp_path / "b")
+        assert len(data["train_labels"]) == 14 and data["info"].classes == tuple(NAMES)
+    finally:
+        srv.shutdown()
