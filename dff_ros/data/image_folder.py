@@ -35,17 +35,17 @@ def _is_tar(path: Path) -> bool:
     return path.is_file() and any(path.name.endswith(s) for s in (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2"))
 
 
-def _entries(names: list[str]) -> tuple[list[tuple[str, str, str]], str]:
+def _entries(names: list[str]) -> list[tuple[str, str, str]]:
     """(split, class, name) for each image name below train/ or test/ (at the top or one folder
-    down), and that prefix."""
+    down), sorted."""
     parts = [PurePosixPath(n).parts for n in names]
     for prefix_len in (0, 1):
         found = [(p[prefix_len], p[prefix_len + 1], n) for p, n in zip(parts, names)
                  if len(p) == prefix_len + 3 and p[prefix_len] in ("train", "test")
                  and PurePosixPath(n).suffix.lower() in SUFFIXES]
         if found:
-            return sorted(found), "/".join(parts[0][:prefix_len]) if prefix_len else ""
-    return [], ""
+            return sorted(found)
+    return []
 
 
 def _reader(source: Path):
@@ -192,7 +192,7 @@ def read_set(cfg, source: Path, allow_download: bool = True, show_progress: bool
             return raw
     names, read, tar = _reader(source)
     try:
-        entries, _ = _entries(names)
+        entries = _entries(names)
         if not any(e[0] == "train" for e in entries):
             raise DatasetUnreadable(f"{source}: no images under train/<class>/ (nor one folder down); an image "
                                     f"folder holds train/<class>/<image> and test/<class>/<image>")
