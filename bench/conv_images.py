@@ -53,6 +53,8 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=1, metavar="K", help="test after every K chapters too")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train key for every config")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--save", metavar="DIR", help="also write each trained network to DIR/<model>.pt "
+                   "(for bench/classifier_latency.py)")
     p.add_argument("--plots-only", action="store_true", help="redraw the PNGs and tables from the JSON")
     args = p.parse_args()
     import yaml
@@ -80,6 +82,8 @@ def main() -> int:
             "parameters": sum(p.numel() for p in trainer.net.parameters()), "plot": f"bench/results/{name}",
         })
         curves_png(rows[-1], RESULTS / name, title=plot_title(rows[-1]))
+        if args.save:
+            trainer.save(Path(args.save) / f"{cfg.name}.pt")
         print(json.dumps({k: rows[-1][k] for k in ("config_file", "train_seconds", "accuracy")}), flush=True)
         runs = write_results("conv_images", rows, "config_file")   # each config's row as soon as it is done
     md = table(runs)

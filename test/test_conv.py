@@ -109,7 +109,7 @@ def test_class_goodness_matches_a_naive_loop():
 def test_cwc_classifies_in_one_pass_without_negatives(tmp_path):
     dataset = blobs(tmp_path / "set", (10, 12), 3, 4)
     cfg = parse_model_config(model(dataset, [[-1, "FFConv", {"channels": 8, "norm": "batch"}],
-                                             [-1, "FFConv", {"channels": 8, "pool": 1, "norm": "batch"}],
+                                             [-1, "FFConv", {"channels": 8, "pool": 1, "norm": "batch", "depth": 2}],
                                              [-1, "FFDense", [20]]],
                                    algorithm="cwc", classifiers=["cwc_all", "cwc_last"]), "m.yaml")
     data = load_dataset(cfg.dataset)
@@ -124,6 +124,20 @@ def test_cwc_classifies_in_one_pass_without_negatives(tmp_path):
     with pytest.raises(ConfigError, match=r"model\[0\].args: cwc splits each layer's channels .* 6 do not split into 4"):
         parse_model_config(model(dataset, [[-1, "FFConv", [6]], [-1, "FFDense", [8]]], algorithm="cwc",
                                  classifiers=["cwc_all"]), "m.yaml")
+
+
+def test_a_block_trains_its_convolutions_together_and_nothing_before_it():
+    first, block = FFConv((3, 8, 8), 4), FFConv((4, 4, 4), 5, depth=3, norm="batch")
+    assert len(block.inner) == 2 and block.out_shape == (5, 2, 2)
+    assert sum(p.numel() for p in block.parameters()) == 3 * (5 * 2) + (4 * 9 * 5 + 5) + 2 * (5 * 9 * 5 + 5)
+    assert set(FFConv((3, 8, 8), 4, norm="batch").state_dict()) == {   # a single layer's file as before blocks
+        "conv.weight", "conv.bias", "norm.weight", "norm.bias", "norm.running_mean", "norm.running_var",
+        "norm.num_batches_tracked"}
+    block(first(torch.rand(6, 3 * 8 * 8)).detach()).pow(2).sum().backward()
+    assert all(p.grad is None for p in first.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())   # every convolution
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        FFConv.check_args((3, 8, 8), 4, depth=0)
 
 
 def test_batch_statistics_are_recomputed_once_a_chapter_is_trained():

@@ -141,6 +141,10 @@ def test_nd_chunks_cross_the_codec_with_their_shapes():
     back = train_from_msg(train_to_msg(TrainChunk(0, 1, 0, 1, torch.arange(5), acts=acts), run_id="r", model="m",
                                        layer=0))
     assert back.acts.pos.shape == (5, 3, 4, 4) and torch.equal(back.acts.neg, acts.neg)
+    images, neg = (torch.randint(0, 256, (5, 12), dtype=torch.uint8) for _ in range(2))   # hybrid negatives
+    back = train_from_msg(train_to_msg(TrainChunk(0, 1, 0, 1, torch.arange(5), images=images, neg_images=neg),
+                                       run_id="r", model="m", layer=-1))
+    assert torch.equal(back.images, images) and torch.equal(back.neg_images, neg) and back.neg_labels is None
     spec = config().layers[1]
     topics = dict.fromkeys(("train_input", "train_output", "infer_input", "infer_output"), "/t")
     msg = spec_to_msg(spec, topics, False)

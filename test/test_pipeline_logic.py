@@ -44,7 +44,10 @@ def run_in_process(cfg, data, count_layers=False):
 @pytest.mark.parametrize("schedule, train", [("stream", {}), ("chapters", {}),
                                              ("chapters", {"augment_crop": 2, "augment_flip": True}),
                                              ("chapters", {"algorithm": "cwc", "classifiers": ["cwc_all", "cwc_last"]}),
-                                             ("stream", {"algorithm": "cwc", "classifiers": ["cwc_last"]})])
+                                             ("stream", {"algorithm": "cwc", "classifiers": ["cwc_last"]}),
+                                             ("chapters", {"negatives": "hybrid", "classifiers": ["softmax"]}),
+                                             ("stream", {"negatives": "hybrid", "classifiers": ["softmax"],
+                                                         "augment_crop": 1})])
 def test_pipeline_matches_reference(mnist, schedule, train):
     cfg = config(schedule, **train)   # augmented: the master draws the chapter's copy as the reference does
     reference = ReferenceTrainer(cfg, mnist, progress=False).fit()

@@ -7,7 +7,7 @@ import yaml
 from generated_images import blobs
 from rosutil import ros_env, run_launcher, write_pipeline
 
-MODEL = [[-1, "FFConv", [8]], [-1, "FFConv", [8, 3, 1]], [-1, "FFDense", [40]]]
+MODEL = [[-1, "FFConv", [8]], [-1, "FFConv", {"channels": 8, "pool": 1, "depth": 2}], [-1, "FFDense", [40]]]   # a block
 
 
 CWC = {"algorithm": "cwc", "classifiers": ["cwc_all", "cwc_last"]}   # class groups: no negatives, one pass

@@ -189,26 +189,38 @@ class FFConv(FFLayer):
     ``batch`` puts a BatchNorm after the convolution instead (batch statistics while its
     learner trains it, running statistics otherwise: the learners switch the mode).
 
+    ``depth`` > 1 makes a block (SFF's): ``depth`` such convolutions, each with its norm and a
+    plain ReLU, trained together by backprop inside the block against the block's one local
+    objective on its (pooled) output; nothing crosses blocks. The last convolution keeps the
+    names ``conv``/``norm`` (a depth-1 layer's weights file is unchanged).
+
     Reads ``(C, H, W)`` activations; as the first layer it reads the label-overlaid image rows
     (one flat row per image, channel-major) as the data's ``(C, H, W)``."""
     shape_args = True
 
     def __init__(self, in_shape: tuple, channels: int, kernel: int = 3, pool: int = 2, norm: str = "length",
-                 bias: bool = True):
+                 bias: bool = True, depth: int = 1):
         super().__init__()
         self.in_shape = tuple(in_shape)
-        self.out_shape = self.output_shape(self.in_shape, channels, kernel, pool, norm, bias)
+        self.out_shape = self.output_shape(self.in_shape, channels, kernel, pool, norm, bias, depth)
         self.out_features = math.prod(self.out_shape)
-        self.conv = nn.Conv2d(self.in_shape[0], channels, kernel, padding=kernel // 2, bias=bias)
-        self.norm = nn.BatchNorm2d(channels) if norm == "batch" else None
-        self.pool = pool
+        widths = [self.in_shape[0]] + [channels] * depth
+        self.inner = nn.ModuleList(self._conv(widths[i], channels, kernel, norm, bias) for i in range(depth - 1))
+        self.conv, self.norm = self._conv(widths[-2], channels, kernel, norm, bias)
+        self.pool, self.normalize = pool, norm == "length"
+
+    @staticmethod
+    def _conv(c_in: int, c_out: int, kernel: int, norm: str, bias: bool) -> nn.ModuleList:
+        return nn.ModuleList([nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=bias),
+                              nn.BatchNorm2d(c_out) if norm == "batch" else nn.Identity()])
 
     @classmethod
-    def output_shape(cls, in_shape, channels, kernel=3, pool=2, norm="length", bias=True) -> tuple[int, int, int]:
+    def output_shape(cls, in_shape, channels, kernel=3, pool=2, norm="length", bias=True,
+                     depth=1) -> tuple[int, int, int]:
         if len(in_shape) != 3:
             raise ValueError(f"needs (C, H, W) activations, got {list(in_shape)}: put FFConv layers before "
                              f"dense ones")
-        for name, v in (("channels", channels), ("kernel", kernel), ("pool", pool)):
+        for name, v in (("channels", channels), ("kernel", kernel), ("pool", pool), ("depth", depth)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if kernel % 2 == 0:
@@ -228,6 +240,8 @@ class FFConv(FFLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.view(len(x), *self.in_shape)
-        z = self.conv(x if self.norm is not None else length_normalize(x))
-        z = _ReLUFullGrad.apply(z if self.norm is None else self.norm(z))
+        for conv, norm in self.inner:
+            x = F.relu(norm(conv(length_normalize(x) if self.normalize else x)))
+        z = self.norm(self.conv(length_normalize(x) if self.normalize else x))
+        z = _ReLUFullGrad.apply(z)
         return F.max_pool2d(z, self.pool) if self.pool > 1 else z

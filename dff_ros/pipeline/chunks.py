@@ -10,7 +10,8 @@ from dff_ros.ff.learners import Activities
 
 @dataclass
 class TrainChunk:
-    """Training rows. From the master: images (uint8) + labels + neg_labels. From layer k:
+    """Training rows. From the master: images (uint8) + labels + neg_labels, or neg_images
+    (uint8, unsupervised FF's hybrid negatives) instead of neg_labels. From layer k:
     its activities (pos/neg/neutral) and the softmax-head features of layers 1..k."""
 
     chapter: int
@@ -20,6 +21,7 @@ class TrainChunk:
     labels: torch.Tensor
     images: torch.Tensor | None = None
     neg_labels: torch.Tensor | None = None
+    neg_images: torch.Tensor | None = None
     acts: Activities | None = None
     features: torch.Tensor | None = None
     attempt: int = 0      # the master's resume count: chunks of an older attempt are stale

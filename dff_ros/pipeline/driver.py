@@ -14,8 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dff_ros.data.augment import chapter_images
-from dff_ros.ff.chapter import head_step, train_chapter
+from dff_ros.ff.chapter import chapter_data, head_step, train_chapter
 from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.learners import Scratch
 from dff_ros.ff.network import build_head, make_head_learner
@@ -42,9 +41,6 @@ def check_supported(config) -> None:
     t = config.train
     if t.algorithm not in ("ff", "cwc"):
         raise ValueError(f"{config.source}: train.algorithm: the DFF pipeline runs 'ff' or 'cwc' (got {t.algorithm!r})")
-    if t.negatives == "hybrid":
-        raise ValueError(f"{config.source}: train.negatives: hybrid negative images are not yet in the DFF "
-                         "pipeline (its first layer gets negative labels); use the trainer or PFF")
     if t.negatives == "adaptive":
         raise ValueError(f"{config.source}: train.negatives: adaptive negatives need a scoring pass over the "
                          "training set between chapters, not yet in the DFF pipeline; use random or fixed")
@@ -102,8 +98,10 @@ class PipelineDriver:
         self.train_x, self.train_y = as_uint8(x), y
         self.test_x, self.test_y = as_uint8(tx), ty
         c = config.num_classes
-        # cwc needs no negatives: the first layer gets images and labels only
-        self.negatives = NegativeLabels(t.negatives, self.train_y, c, t.seed + 1) if t.algorithm == "ff" else None
+        # cwc needs no negatives (the first layer gets images and labels only); hybrid negatives
+        # are images, made per chapter with the chapter's images (chapter_data)
+        self.negatives = (NegativeLabels(t.negatives, self.train_y, c, t.seed + 1)
+                          if t.algorithm == "ff" and t.overlay else None)
         self.chapters = chapters(t.epochs, t.splits)   # the plan; looked up per stream result
         self.generator = torch.Generator().manual_seed(t.seed)
         self._epoch_rng: list[torch.Tensor] = []   # stream: generator state before each epoch's draw
@@ -176,29 +174,31 @@ class PipelineDriver:
         return torch.randperm(n, generator=torch.Generator().set_state(self._epoch_rng[epoch - 1]))
 
     def _stream_chapter(self, chapter, neg: torch.Tensor | None) -> None:
-        images = chapter_images(self.train_x, self.config, chapter.index)
+        images, neg_images = chapter_data(self.train_x, self.config, chapter.index)
         for epoch in chapter.epochs:
             batches = self._epoch_order(epoch).split(self.t.batch_size)
             for seq, idx in enumerate(batches):
                 while self._in_flight >= self.window:
                     self._take_train_result()
-                self.send_train(TrainChunk(chapter.index, epoch, seq, len(batches), self.train_y[idx],
-                                           images=images[idx], neg_labels=None if neg is None else neg[idx],
-                                           attempt=self.attempt))
+                self.send_train(self._chunk(chapter.index, epoch, seq, len(batches), idx, images, neg, neg_images))
                 self._in_flight += 1
 
     def _send_chapter(self, chapter, neg: torch.Tensor | None) -> None:
         # every layer can hold one chapter while the next one arrives: a pipeline of L layers
         # keeps L chapters in flight, one per layer
         rows = torch.arange(len(self.train_y)).split(self.chunk_rows)
-        images = chapter_images(self.train_x, self.config, chapter.index)
+        images, neg_images = chapter_data(self.train_x, self.config, chapter.index)
         while self._in_flight >= self.window:
             self._take_train_result()
         for seq, idx in enumerate(rows):
-            self.send_train(TrainChunk(chapter.index, chapter.epochs[0], seq, len(rows), self.train_y[idx],
-                                       images=images[idx], neg_labels=None if neg is None else neg[idx],
-                                       attempt=self.attempt))
+            self.send_train(self._chunk(chapter.index, chapter.epochs[0], seq, len(rows), idx, images, neg, neg_images))
         self._in_flight += 1
+
+    def _chunk(self, chapter: int, epoch: int, seq: int, count: int, idx: torch.Tensor, images: torch.Tensor,
+               neg: torch.Tensor | None, neg_images: torch.Tensor | None) -> TrainChunk:
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return TrainChunk(chapter, epoch, seq, count, self.train_y[idx], images=images[idx], neg_labels=pick(neg),
+                          neg_images=pick(neg_images), attempt=self.attempt)
 
     def _advance(self, head_units: int, **info) -> None:
         self._head_units += head_units

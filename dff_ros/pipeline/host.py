@@ -62,6 +62,7 @@ class LayerHost:
         self.first = spec.source < 0
         self.groups = train.algorithm == "cwc"   # trained and scored on its class groups, neutral pass only
         self.neutral = "softmax" in train.classifiers or self.groups  # the neutral pass feeds a head, or is all
+        self.overlay = train.overlay   # labels overlaid on the images (all but hybrid negative images)
         self.layer = build_layer(spec, train.seed)
         self.learner = (GroupsLearner(self.layer, num_classes, lr=train.lr, optimizer=train.optimizer,
                                       total_epochs=train.epochs, cooldown=train.cooldown)
@@ -111,8 +112,9 @@ class LayerHost:
     def _inputs(self, chunk: TrainChunk) -> Activities:
         if not self.first:
             return chunk.acts
+        neg_images = None if self.overlay else images_to_float(chunk.neg_images)
         return make_inputs(images_to_float(chunk.images), chunk.labels, chunk.neg_labels, self.num_classes,
-                           self.neutral)
+                           self.neutral, neg_images=neg_images)
 
     def _train_stream(self, chunk: TrainChunk) -> TrainChunk:
         key = (chunk.chapter, chunk.epoch, chunk.seq)
@@ -204,13 +206,18 @@ class LayerHost:
     def _check_train(self, chunk: TrainChunk) -> None:
         n = len(chunk)
         if self.first:
-            if chunk.images is None or (chunk.neg_labels is None and not self.groups):
-                raise ChunkError("the first layer needs images and neg_labels")
-            x = chunk.images   # one flat row per image (an N-d first layer views it as its in_shape)
-            if tuple(x.shape) != (n, self.spec.in_features):
-                raise ChunkError(f"images {list(x.shape)}, expected {[n, self.spec.in_features]} (flat rows of "
-                                 f"{list(self.spec.in_shape)} images)")
-            labels = [chunk.labels] + ([] if self.groups else [chunk.neg_labels])
+            if chunk.images is None:
+                raise ChunkError("the first layer needs images")
+            if not self.overlay and chunk.neg_images is None:
+                raise ChunkError("the first layer needs neg_images (hybrid negatives)")
+            if self.overlay and chunk.neg_labels is None and not self.groups:
+                raise ChunkError("the first layer needs neg_labels")
+            for name, x in (("images", chunk.images), ("neg_images", None if self.overlay else chunk.neg_images)):
+                # one flat row per image (an N-d first layer views it as its in_shape)
+                if x is not None and tuple(x.shape) != (n, self.spec.in_features):
+                    raise ChunkError(f"{name} {list(x.shape)}, expected {[n, self.spec.in_features]} (flat rows of "
+                                     f"{list(self.spec.in_shape)} images)")
+            labels = [chunk.labels] + ([chunk.neg_labels] if self.overlay and not self.groups else [])
         else:
             a = chunk.acts
             if self.groups:
@@ -256,9 +263,10 @@ class LayerHost:
             x = images_to_float(chunk.images)
             if self.groups:
                 return self._scored(chunk, self.layer(overlay_neutral(x, c)), torch.zeros(n, c))
-            candidates = label_candidates(self.layer, x, c)
-            neutral = self.layer(overlay_neutral(x, c))
-            good = torch.zeros(n, c)  # the goodness classifier skips the first layer
+            # the goodness classifier skips the first layer; without overlays (hybrid) there is none
+            candidates = label_candidates(self.layer, x, c) if self.overlay else None
+            neutral = self.layer(overlay_neutral(x, c) if self.overlay else x)
+            good = torch.zeros(n, c)
         elif self.groups:
             shape = self.spec.in_shape
             if chunk.neutral is None or tuple(chunk.neutral.shape) != (n, *shape):
@@ -268,15 +276,17 @@ class LayerHost:
             return self._scored(chunk, self.layer(chunk.neutral), chunk.goodness)
         else:
             shape = self.spec.in_shape
-            if chunk.candidates is None or tuple(chunk.candidates.shape) != (n * c, *shape):
+            if self.overlay and (chunk.candidates is None or tuple(chunk.candidates.shape) != (n * c, *shape)):
                 raise ChunkError(f"candidates must be {[n * c, *shape]}")
             if chunk.neutral is None or tuple(chunk.neutral.shape) != (n, *shape):
                 raise ChunkError(f"neutral must be {[n, *shape]}")
             if chunk.goodness is None or tuple(chunk.goodness.shape) != (n, c):
                 raise ChunkError(f"goodness must be [{n}, {c}]")
-            candidates = self.layer(chunk.candidates)
             neutral = self.layer(chunk.neutral)
-            good = chunk.goodness + goodness(candidates, self.train_cfg.goodness).view(n, c)
+            candidates, good = None, chunk.goodness
+            if self.overlay:
+                candidates = self.layer(chunk.candidates)
+                good = good + goodness(candidates, self.train_cfg.goodness).view(n, c)
         features = self._features(chunk.features, neutral)
         if self.last:
             return InferChunk(chunk.seq, chunk.count, chunk.labels, goodness=good, features=features)

@@ -39,6 +39,7 @@ def train_to_msg(c: TrainChunk, *, run_id: str, model: str, layer: int, node=Non
     to_msg(c.images, m.images)
     to_msg(c.labels, m.labels)
     to_msg(c.neg_labels, m.neg_labels)
+    to_msg(c.neg_images, m.neg_images)
     if c.acts is not None:
         to_msg(c.acts.pos, m.pos)
         to_msg(c.acts.neg, m.neg)
@@ -55,7 +56,8 @@ def _decode(msg, fields: dict[str, torch.dtype | None]) -> dict:
 
 
 def train_from_msg(m: TrainingBatch) -> TrainChunk:
-    t = _decode(m, {"images": None, "labels": torch.int64, "neg_labels": torch.int64, "pos": torch.float32,
+    t = _decode(m, {"images": None, "labels": torch.int64, "neg_labels": torch.int64, "neg_images": None,
+                    "pos": torch.float32,
                     "neg": torch.float32, "neutral": torch.float32, "features": torch.float32})
     if t["labels"] is None:
         raise ChunkError("labels missing")
@@ -63,7 +65,7 @@ def train_from_msg(m: TrainingBatch) -> TrainChunk:
     if t["pos"] is not None or t["neg"] is not None or t["neutral"] is not None:
         acts = Activities(t["pos"], t["neg"], t["neutral"], t["labels"])
     return TrainChunk(m.chapter, m.epoch, m.seq, m.count, t["labels"], images=t["images"],
-                      neg_labels=t["neg_labels"], acts=acts, features=t["features"], attempt=m.attempt)
+                      neg_labels=t["neg_labels"], neg_images=t["neg_images"], acts=acts, features=t["features"], attempt=m.attempt)
 
 
 def infer_to_msg(c: InferChunk, *, run_id: str, model: str, layer: int, node=None) -> InferenceBatch:
