@@ -6,6 +6,7 @@ import re
 import time
 
 import pytest
+import yaml
 
 from rosutil import (Client, finished, kill_when, master, master_killed, ros_env, run_launcher, server_2_killed,
                      start_server, write_pipeline)
@@ -53,6 +54,24 @@ def test_dff_server_killed_mid_training_its_layer_moves_and_the_run_finishes(env
             assert abs(v - undisturbed["accuracy"][k]) <= 0.03, (summary["accuracy"], undisturbed["accuracy"])
         else:   # another schedule than the undisturbed run's: an absolute bar
             assert v >= 0.85, summary["accuracy"]
+
+
+def test_a_conv_block_killed_mid_training_moves_with_its_batch_statistics(env, tmp_path, data_root):
+    """Conv layers (a BatchNorm block, class groups) recover as dense ones do: the checkpoint
+    carries the block's weights, optimizer and running statistics."""
+    # conv chapters take longer than dense ones: half the rows still leave the kill time to land
+    pipeline = write_pipeline(tmp_path, data_root, pipeline={"servers": 3, **FAST}, **{**TRAIN, "train_subset": 6000},
+                              algorithm="cwc", classifiers=["cwc_last", "cwc_all"])
+    model = yaml.safe_load((tmp_path / "model.yaml").read_text())
+    model["model"] = [[-1, "FFConv", {"channels": 10, "norm": "batch"}],
+                      [-1, "FFConv", {"channels": 20, "depth": 2, "norm": "batch"}]]
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    summary, killed = server_2_killed(env, tmp_path, pipeline, lambda m: m.layer == 1 and m.chapters_done >= 1,
+                                      delay=0.5)
+    (rec,) = summary["recoveries"]
+    assert rec["layers"] == [1] and rec["to"] == {"1": "server_3"} and rec["resumed_from_chapter"] >= 1, rec
+    assert summary["layers"][1]["samples"] == 6000 * TRAIN["epochs"], summary["layers"]
+    assert min(summary["accuracy"].values()) >= 0.9, summary["accuracy"]
 
 
 def test_master_killed_mid_training_its_successor_takes_the_run_over(env, tmp_path, data_root, undisturbed):

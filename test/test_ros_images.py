@@ -22,7 +22,8 @@ def pipeline_for(tmp_path, train=None, **pipe):
     return pipeline
 
 
-@pytest.mark.parametrize("train", [None, CWC], ids=["ff", "cwc"])
+# (cwc through DFF: test_ros_faults' conv block, which also recovers from a killed server)
+@pytest.mark.parametrize("train", [None], ids=["ff"])
 def test_a_conv_model_on_colour_images_through_dff(tmp_path, train):
     summary, out = run_launcher(ros_env(), tmp_path, pipeline_for(tmp_path, train))
     # chance: 0.25 (a conv layer's label overlay is a few pixels: its goodness classifier is no better)
