@@ -35,6 +35,10 @@ def test_absent_and_malformed():
         from_msg(to_msg(torch.zeros(2)), expect_dtype=torch.int64, name="labels")
     with pytest.raises(TensorDecodeError, match="without a dtype"):
         from_msg(Tensor(shape=[1], data=bytes(1)))
+    # no bytes, but strides that overflow int64: torch would raise RuntimeError (a server died of it)
+    with pytest.raises(TensorDecodeError, match="too large for any tensor"):
+        from_msg(Tensor(dtype="float32", shape=[0, 2 ** 32 - 1, 2 ** 32 - 1], data=b""))
+    assert from_msg(Tensor(dtype="float32", shape=[0, 2 ** 20, 2 ** 20], data=b"")).shape == (0, 2 ** 20, 2 ** 20)
 
 
 def test_parameters_keep_types():

@@ -14,6 +14,7 @@ from dff_ros.msg import Tensor
 DTYPES = {name: getattr(torch, name) for name in
           ("float32", "float64", "float16", "bfloat16", "uint8", "int8", "int16", "int32", "int64", "bool")}
 MAX_DIMS = 8
+MAX_EXTENT = 2 ** 48   # product of the dimensions, zeros counted as 1: torch's strides must fit int64
 
 
 class TensorDecodeError(ValueError):
@@ -53,9 +54,11 @@ def from_msg(msg: Tensor, *, expect_dtype: torch.dtype | None = None, name: str 
     if len(shape) > MAX_DIMS:
         raise TensorDecodeError(f"{name}: {len(shape)} dimensions (at most {MAX_DIMS})")
     itemsize = torch.empty((), dtype=dtype).element_size()
-    numel = 1
+    numel, extent = 1, 1
     for s in shape:
-        numel *= s
+        numel, extent = numel * s, extent * max(s, 1)
+    if extent > MAX_EXTENT:   # e.g. [0, 2^32-1, 2^32-1]: no bytes, but strides that overflow
+        raise TensorDecodeError(f"{name}: shape {list(shape)} is too large for any tensor")
     if numel * itemsize != len(msg.data):
         raise TensorDecodeError(f"{name}: shape {list(shape)} of {msg.dtype} needs {numel * itemsize} bytes, "
                                 f"got {len(msg.data)}")
