@@ -34,6 +34,14 @@ def test_good_config_resolves_widths_and_chapters(tmp_path):
     (lambda d: d["model"].append([-1, "FFDense"]), "model[2]", "[from, module, args]"),
     (lambda d: d["train"].update(classifiers=["pon_last"]), "train.classifiers", "not a classifier"),
     (lambda d: d.update(dataset={"name": "CIFAR"}), "dataset.format", "not a preset"),
+    # not finite, or larger than anything real (they were accepted, and trained nothing or ran out of memory)
+    (lambda d: d["train"].update(threshold=float("nan")), "train.threshold", "finite number"),
+    (lambda d: d["train"].update(peer_normalization=float("inf")), "train.peer_normalization", "finite number"),
+    (lambda d: d["train"].update(lr=float("inf")), "train.lr", "finite"),
+    (lambda d: d["train"].update(threads=1_000_000), "train.threads", "up to 1,024"),
+    (lambda d: d["train"].update(batch_size=2 ** 62), "train.batch_size", "up to 2,147,483,647"),
+    (lambda d: d["train"].update(train_subset=2 ** 62), "train.train_subset", "up to 2,147,483,647"),
+    (lambda d: d["train"].update(negatives_lag=2 ** 62), "train.negatives_lag", "up to 2,147,483,647"),
 ])
 def test_errors_name_file_key_and_problem(tmp_path, mutate, key, words):
     import copy

@@ -27,6 +27,10 @@ from dff_ros.data.info import DataInfo
 from dff_ros.ff.layers import LAYER_TYPES
 
 NEGATIVE_STRATEGIES = ("adaptive", "random", "fixed", "hybrid")
+# Integer settings beyond these are mistakes (or attacks: a 2^62 batch size allocates until the
+# process dies), not configurations: counts of rows and epochs fit an int32, threads a large host.
+INT_LIMIT = 2 ** 31 - 1
+INT_LIMITS = {"threads": 1024, "augment_crop": 1024, "seed": 2 ** 63 - 1}
 CLASSIFIERS_BY_ALGORITHM = {
     "ff": ("goodness", "softmax"),
     "pon": ("pon_last", "pon_all"),
@@ -357,24 +361,29 @@ def validate_train(raw: Any, source: str) -> TrainConfig:
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
 
-    def is_num(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    def is_num(v):   # finite: nan or inf would train nothing and say nothing
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def at_most(name, v):
+        return v <= INT_LIMITS.get(name, INT_LIMIT)
 
     for name in ("epochs", "splits", "batch_size", "threads", "eval_batch_size"):
-        _check(is_int(values[name]) and values[name] > 0, source, k(name),
-               f"must be a positive integer, got {values[name]!r}")
+        _check(is_int(values[name]) and 0 < values[name] and at_most(name, values[name]), source, k(name),
+               f"must be a positive integer up to {INT_LIMITS.get(name, INT_LIMIT):,}, got {values[name]!r}")
     for name in ("seed", "train_subset", "test_subset", "augment_crop"):
-        _check(is_int(values[name]) and values[name] >= 0, source, k(name),
-               f"must be a non-negative integer, got {values[name]!r}")
+        _check(is_int(values[name]) and 0 <= values[name] and at_most(name, values[name]), source, k(name),
+               f"must be a non-negative integer up to {INT_LIMITS.get(name, INT_LIMIT):,}, got {values[name]!r}")
     for name in ("lr", "head_lr"):
         _check(is_num(values[name]) and values[name] > 0, source, k(name),
-               f"must be a positive number, got {values[name]!r}")
+               f"must be a positive (finite) number, got {values[name]!r}")
     _check(values["threshold"] is None or is_num(values["threshold"]), source, k("threshold"),
-           f"must be a number or null (= layer width for sum goodness), got {values['threshold']!r}")
-    _check(values["negatives_lag"] is None or (is_int(values["negatives_lag"]) and values["negatives_lag"] > 0),
-           source, k("negatives_lag"), f"must be a positive integer or null (auto), got {values['negatives_lag']!r}")
+           f"must be a finite number or null (= layer width for sum goodness), got {values['threshold']!r}")
+    _check(values["negatives_lag"] is None or (is_int(values["negatives_lag"]) and 0 < values["negatives_lag"]
+                                                and at_most("negatives_lag", values["negatives_lag"])),
+           source, k("negatives_lag"), f"must be a positive integer up to {INT_LIMIT:,} or null (auto), "
+           f"got {values['negatives_lag']!r}")
     _check(is_num(values["peer_normalization"]) and values["peer_normalization"] >= 0, source,
-           k("peer_normalization"), f"must be a number >= 0, got {values['peer_normalization']!r}")
+           k("peer_normalization"), f"must be a finite number >= 0, got {values['peer_normalization']!r}")
     for name in ("cooldown", "augment_flip"):
         _check(isinstance(values[name], bool), source, k(name), "must be true or false")
     for name, choices in (("algorithm", tuple(CLASSIFIERS_BY_ALGORITHM)), ("optimizer", OPTIMIZERS),
