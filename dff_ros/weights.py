@@ -145,8 +145,8 @@ def save_layer(path, *, model: str, index: int, spec_hash: str, state: dict, pro
                         **provenance, "state": state}, path)
 
 
-def save_head(path, state_dict: dict, provenance: dict) -> Path:
-    return save_atomic({"format": HEAD_FORMAT, "state_dict": state_dict, **provenance}, path)
+def save_head(path, state_dict: dict, provenance: dict, *, model: str) -> Path:
+    return save_atomic({"format": HEAD_FORMAT, "model": model, "state_dict": state_dict, **provenance}, path)
 
 
 def _provenance(blob: dict, path: Path) -> dict:
@@ -241,15 +241,32 @@ def saved_files(root, limit: int = 1000) -> list[tuple[str, int, float]]:
     return out
 
 
+def file_model(path: Path) -> str | None:
+    """The model a weights file says it belongs to (None: it does not say, or cannot be read)."""
+    try:
+        blob = load_weights(path)
+    except Exception:   # unreadable, truncated, pickled code: not ours to judge here
+        return None
+    name = blob.get("model") if isinstance(blob, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def remove_model_files(root, model: str) -> tuple[int, Path]:
-    """Delete ``model``'s weights files under ``root``; (how many, the folder they were in)."""
+    """Delete ``model``'s weights files under ``root``; (how many, the folder they were in).
+
+    Names that sanitise alike (``a/x``, ``a_x``) share a folder, so a file goes only when it
+    names ``model``; one that names no model (a head saved before heads did) only when no file
+    there names another model."""
     folder = model_dir(root, model)
     files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
-    for f in files:
+    owners = {f: file_model(f) for f in files}
+    shared = any(name not in (None, model) for name in owners.values())
+    gone = [f for f, name in owners.items() if name == model or (name is None and not shared)]
+    for f in gone:
         f.unlink(missing_ok=True)
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
-    return len(files), folder
+    return len(gone), folder
 
 
 def read_part_file(root, model: str, file: str, part: int) -> tuple[dict[str, torch.Tensor], str, float, Path]:

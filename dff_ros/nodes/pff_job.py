@@ -179,7 +179,7 @@ class PFFJob:
                 continue
             learner, path = self.worker.parts[part], self.part_path(part)
             if part == len(self.config.layers):
-                out.append(str(weights.save_head(path, learner.head.state_dict(), made)))
+                out.append(str(weights.save_head(path, learner.head.state_dict(), made, model=self.model)))
             else:
                 out.append(str(weights.save_layer(path, model=self.model, index=part, spec_hash=self.hashes[part],
                                                   state=weights.layer_state(learner, self.samples), provenance=made)))

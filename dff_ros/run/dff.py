@@ -258,7 +258,7 @@ class DFFRun(Run):
             fit = driver.fit()
             self.finished()
             if driver.head is not None:
-                weights.save_head(self.head_path(), driver.head.state_dict(), weights.made_by(self.run_id))
+                weights.save_head(self.head_path(), driver.head.state_dict(), weights.made_by(self.run_id), model=m.name)
         self.publish_progress(phase="testing")
         result = driver.evaluate()
         servers = sorted({v["server"] for v in placed.values()})
