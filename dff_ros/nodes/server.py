@@ -367,6 +367,8 @@ class ServerNode(Node):
             chunk = train_from_msg(msg) if training else infer_from_msg(msg)
         except ChunkError as e:
             return self._drop(h, "malformed", str(e))
+        except Exception as e:   # one no check foresaw: raised here, it would end the process
+            return self._drop(h, "malformed", f"{type(e).__name__}: {e}")
         if training:
             h.host.note_attempt(chunk.attempt)
         h.inbox.put((training, msg.run_id, chunk))

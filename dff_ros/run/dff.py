@@ -11,7 +11,6 @@ from dff_ros.config.pipeline import place_layers
 from dff_ros.ff.history import curves, rounded
 from dff_ros.ff.schedule import chapters
 from dff_ros.parts.versions import MalformedVersion, Parameters
-from dff_ros.pipeline.chunks import ChunkError
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost
 from dff_ros.run.base import Run
 from dff_ros.run.cluster import Delivery, HostRequest, ProgressReport, RunError, Status
@@ -117,9 +116,9 @@ class DFFRun(Run):
         self.bytes_received += d.nbytes
         try:
             self.results.put(d.decode())
-        except ChunkError as e:
+        except Exception as e:   # ChunkError, or one no check foresaw: it would end the spinner
             self.dropped += 1
-            self.log.warning(f"dropped a malformed result ({e})", throttle_duration_sec=5.0)
+            self.log.warning(f"dropped a malformed result ({type(e).__name__}: {e})", throttle_duration_sec=5.0)
 
     def on_checkpoint(self, d: Delivery) -> None:
         if d.model != self.model.name or d.run_id != self.run_id or not 0 <= d.source < len(self.model.layers):
