@@ -99,8 +99,8 @@ def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
     p = argparse.ArgumentParser(prog="dff_ros classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default="", help="network file (dff-ros export / dff-ros train)")
-    p.add_argument("--classifier", default="", help="goodness | softmax | pon_last | pon_all (default: softmax "
-                                                    "when trained, else the first)")
+    p.add_argument("--classifier", default="", help="goodness | softmax | pon_last | pon_all | cwc_all | cwc_last "
+                                                    "(default: softmax when trained, else the config's first)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--fit", default="", help="images of another size: refuse (default) | resize | crop (the centre "
                                              "at the model's aspect ratio, then scaled); also the ROS parameter fit")
