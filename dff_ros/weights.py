@@ -155,23 +155,47 @@ def _provenance(blob: dict, path: Path) -> dict:
     return out
 
 
+def read_file(path: Path) -> object:
+    """A saved file's contents for restoring; WeightsError naming the file and what to do when it
+    is not a regular file (a directory, a link, a pipe would block) or cannot be read."""
+    if path.is_symlink() or not path.is_file():
+        raise WeightsError(f"{path}: not a regular file (a link, directory, pipe or device is never restored); "
+                           "remove it")
+    try:
+        return load_weights(path)
+    except Exception as e:   # truncated, empty, not torch's format, pickled code
+        raise WeightsError(f"{path}: cannot be read ({type(e).__name__}: {str(e)[:200]}); remove it, or save "
+                           "the weights again") from None
+
+
+def _check_finite(path: Path, state) -> None:
+    """NaN or infinite weights would be restored as a trained layer that classifies nothing."""
+    if isinstance(state, dict):
+        for value in state.values():
+            _check_finite(path, value)
+    elif isinstance(state, torch.Tensor) and state.is_floating_point() and not bool(torch.isfinite(state).all()):
+        raise WeightsError(f"{path}: holds NaN or infinite weights; remove it, or train again")
+
+
 def read_layer(path, spec_hash: str) -> tuple[dict, dict]:
     """A layer file's ``(state, provenance)``; WeightsError if it is not this spec's layer."""
     path = Path(path)
-    blob = load_weights(path)
+    blob = read_file(path)
     if not isinstance(blob, dict) or blob.get("format") != LAYER_FORMAT or blob.get("spec_hash") != spec_hash:
         raise WeightsError(f"{path}: not weights of this layer spec")
     if not isinstance(blob.get("state"), dict) or not isinstance(blob["state"].get("layer"), dict):
         raise WeightsError(f"{path}: a layer file without a layer state")
+    _check_finite(path, blob["state"])
     return blob["state"], _provenance(blob, path)
 
 
 def read_head(path) -> tuple[dict, dict]:
     """A head file's ``(state_dict, provenance)``; WeightsError if it is not a head."""
     path = Path(path)
-    blob = load_weights(path)
+    blob = read_file(path)
     if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT or not isinstance(blob.get("state_dict"), dict):
         raise WeightsError(f"{path}: not a softmax head's weights")
+    _check_finite(path, blob["state_dict"])
     return blob["state_dict"], _provenance(blob, path)
 
 

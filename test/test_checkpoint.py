@@ -2,6 +2,7 @@
 anything but tensors."""
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -77,3 +78,27 @@ def test_removing_a_models_weights_leaves_a_model_whose_name_shares_its_folder(t
     assert [weights.file_model(folder / n) for n in ("garbage.pt", "head-old.pt")] == [None, None]
     # alone in the folder now: the files that name no model go with it
     assert weights.remove_model_files(tmp_path, "a_x")[0] == 3 and not folder.exists()
+
+
+def test_a_bad_or_planted_weights_file_is_refused_by_name_never_read_blindly(tmp_path):
+    from dff_ros import weights
+
+    good = tmp_path / "good.pt"
+    weights.save_layer(good, model="m", index=0, spec_hash="h", state={"layer": {"w": torch.ones(3)}}, provenance={})
+    assert weights.read_layer(good, "h")[0]["layer"]["w"].sum() == 3
+    data = good.read_bytes()
+    cases = {"truncated": lambda p: p.write_bytes(data[: len(data) // 2]), "empty": lambda p: p.write_bytes(b""),
+             "garbage": lambda p: p.write_bytes(os.urandom(500)), "a directory": lambda p: p.mkdir(),
+             "a link": lambda p: p.symlink_to(good), "a pipe": lambda p: os.mkfifo(p),
+             "pickled code": lambda p: p.write_bytes(pickle.dumps(os.system)),
+             "NaN weights": lambda p: weights.save_layer(p, model="m", index=0, spec_hash="h", provenance={},
+                                                          state={"layer": {"w": torch.tensor([1.0, float("nan")])}})}
+    for what, make in cases.items():
+        path = tmp_path / f"{what.replace(' ', '_')}.pt"
+        make(path)
+        with pytest.raises(weights.WeightsError, match=re.escape(str(path))) as e:   # no hang, no other error
+            weights.read_layer(path, "h")
+        assert "remove it" in str(e.value), (what, e.value)
+    with pytest.raises(weights.WeightsError, match="NaN or infinite"):
+        weights.save_head(tmp_path / "head.pt", {"w": torch.tensor([float("inf")])}, {}, model="m")
+        weights.read_head(tmp_path / "head.pt")
