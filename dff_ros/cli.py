@@ -9,17 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-
-def _parse_overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+from dff_ros.config.files import parse_set as _parse_overrides
 
 
 def _print_result(result: dict) -> None:

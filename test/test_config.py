@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -89,3 +91,22 @@ def test_the_reference_lists_every_train_key_as_the_code_has_it():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text()
     assert train_reference_table() in doc, "docs/reference.md: paste dff_ros.config.schema.train_reference_table()"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b]\n",
+     "aliases (*a) are not allowed"),      # an alias bomb: grows by 9x per line
+    ("x: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested deeper than 32 levels"),   # was a RecursionError
+    ("name: " + "x" * (1 << 20) + "\n", "larger than any config"),
+])
+def test_yaml_that_only_an_attack_would_write_is_refused_at_once(tmp_path, text, words):
+    import time
+
+    path = write(tmp_path, text)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=re.escape(words)) as e:
+        load_model_config(path)
+    assert str(path) in str(e.value) and time.perf_counter() - start < 5
+    from dff_ros.config.files import parse_set
+    with pytest.raises(SystemExit, match="aliases"):
+        parse_set(["epochs=[&a 1, *a]"])

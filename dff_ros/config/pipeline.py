@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from dff_ros.config.files import load_yaml
 from dff_ros.config.schema import ConfigError, read_yaml
 from dff_ros.ff.layers import LAYER_TYPES
 from dff_ros.parts.names import VARIANTS
@@ -163,7 +164,7 @@ def from_parameter_values(values: Mapping[str, Any], source: str) -> PipelineCon
     raw = dict(values)
     if isinstance(raw.get("placement"), str) and raw["placement"] != "round_robin":
         try:
-            raw["placement"] = yaml.safe_load(raw["placement"])
+            raw["placement"] = load_yaml(raw["placement"])
         except yaml.YAMLError as e:
             raise ConfigError(source, "placement", f"not YAML: {e}") from None
     return parse_pipeline_config(raw, source)

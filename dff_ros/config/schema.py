@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from dff_ros.config.files import MAX_CONFIG_BYTES, load_yaml
 from dff_ros.data.config import DatasetConfig, DatasetConfigError, dataset_config
 from dff_ros.data.info import DataInfo
 from dff_ros.ff.layers import LAYER_TYPES
@@ -216,12 +217,18 @@ class ModelConfig:
 # ---------------------------------------------------------------- loading + validation
 
 def read_yaml(source: str) -> Any:
-    """Parsed YAML of a file; missing files and syntax errors become ConfigErrors."""
+    """Parsed YAML of a file; missing files, syntax errors, aliases, deep nesting and files larger
+    than any config become ConfigErrors."""
     try:
         with open(source, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            text = f.read(MAX_CONFIG_BYTES + 1)   # (a pipe, e.g. <(...), has no size to ask)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(source, "<file>", f"larger than any config ({MAX_CONFIG_BYTES:,} characters at most)")
+        return load_yaml(text)
     except FileNotFoundError:
         raise ConfigError(source, "<file>", "file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise ConfigError(source, "<file>", f"not a YAML text file ({type(e).__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
