@@ -130,6 +130,52 @@ def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_onc
         assert abs(got[k] - ref[k]) <= 0.02, (k, got, ref)
 
 
+@pytest.mark.parametrize("schedule", ["chapters", "stream"])
+def test_results_that_are_not_this_runs_are_dropped_and_change_nothing(mnist, schedule):
+    """Forged results ahead of every real one (the issue's attacks on /output/train and
+    /output/infer: chapters that do not exist, labels out of range or not the rows sent, feature
+    widths the head cannot read, NaN features, a seq past the count, perfect goodness): each is
+    dropped and counted; the run trains and scores exactly as without them."""
+    cfg = config(schedule, epochs=2, splits=2, train_subset=1400, test_subset=400)
+    reference, _, _ = run_in_process(cfg, mnist)
+    results = queue.Queue()
+    hosts = [LayerHost(s, cfg.train, cfg.num_classes, last=s.index == 2) for s in cfg.layers]
+    forged = []
+
+    def forgeries(real):
+        n, f = len(real), real.features
+        nan = torch.full_like(f, float("nan"))
+        if isinstance(real, InferChunk):
+            truth = torch.nn.functional.one_hot(real.labels, 10).float() * 1e3
+            return [InferChunk(real.seq + 5, real.count, real.labels, goodness=truth, features=f),
+                    InferChunk(real.seq, real.count, real.labels, goodness=truth.clone().fill_(float("nan")), features=f),
+                    InferChunk(real.seq, real.count, torch.full((n,), 99), goodness=real.goodness, features=f),
+                    InferChunk(real.seq, real.count, real.labels, goodness=real.goodness, features=f[:, :7])]
+        return [TrainChunk(1000 + real.seq, real.epoch, real.seq, real.count, real.labels, features=f),
+                TrainChunk(real.chapter, real.epoch, real.seq, real.count, (real.labels + 1) % 10, features=f),
+                TrainChunk(real.chapter, real.epoch, real.seq, real.count, real.labels - 5, features=f),
+                TrainChunk(real.chapter, real.epoch, real.seq, real.count, real.labels, features=nan),
+                TrainChunk(real.chapter, real.epoch, real.seq, real.count, real.labels, features=f[:, :7]),
+                TrainChunk(real.chapter, real.epoch, real.seq, real.count + 3, real.labels, features=f)]
+
+    def push(i, chunk, infer):
+        outs = [hosts[i].infer(chunk)] if infer else hosts[i].train(chunk)
+        for out in outs:
+            if i + 1 < len(hosts):
+                push(i + 1, out, infer)
+                continue
+            for fake in forgeries(out):
+                forged.append(fake)
+                results.put(fake)
+            results.put(out)
+
+    driver = PipelineDriver(cfg, mnist, send_train=lambda c: push(0, c, False), send_infer=lambda c: push(0, c, True),
+                            results=results, chunk_rows=700, progress=False)
+    driver.fit()
+    assert driver.evaluate()["accuracy"] == reference
+    assert driver.rejected == len(forged) > 0
+
+
 def test_host_drops_stale_and_out_of_order_chapters(mnist):
     cfg = config("chapters", splits=3)
     trained = []

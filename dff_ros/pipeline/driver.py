@@ -50,6 +50,15 @@ def check_supported(config) -> None:
                              "models (every layer reads the one before it)")
 
 
+def _matrix(t: torch.Tensor | None, rows: int, width: int, name: str) -> str | None:
+    """Why ``t`` is not a finite float32 [rows, width] matrix (None: it is)."""
+    if t is None or t.dtype != torch.float32 or tuple(t.shape) != (rows, width):
+        return f"{name} {None if t is None else list(t.shape)}, expected [{rows}, {width}] float32"
+    if not bool(torch.isfinite(t).all()):
+        return f"{name} not finite"
+    return None
+
+
 def as_uint8(images: torch.Tensor) -> torch.Tensor:
     """Pixels go over the wire as bytes (4x less than float32); x/255 is restored exactly."""
     if images.dtype == torch.uint8:
@@ -113,6 +122,8 @@ class PipelineDriver:
         self._pending: dict[int, dict[int, TrainChunk]] = {}
         self.head_seconds = 0.0
         self.scratch = Scratch()     # the head's chapter features, written over every chapter
+        self.rejected = 0            # results that were not what this run sent (see _rejected)
+        self._order: tuple[int, list[torch.Tensor]] | None = None   # stream: (epoch, its batches)
 
     # ------------------------------------------------------------------ training
     def fit(self) -> dict:
@@ -225,9 +236,59 @@ class PipelineDriver:
                                       "(is every server still running? see /dff/status)") from None
             if isinstance(r, Exception):
                 raise r
-            if isinstance(r, kind):
+            if not isinstance(r, kind):
+                self.log(f"ignoring a {type(r).__name__} while waiting for a {kind.__name__}")
+                continue
+            why = self._rejected(r)
+            if why is None:
                 return r
-            self.log(f"ignoring a {type(r).__name__} while waiting for a {kind.__name__}")
+            self.rejected += 1
+            if self.rejected == 1 or self.rejected % 100 == 0:
+                self.log(f"dropped a result that is not this run's ({why}); {self.rejected} so far")
+
+    # ------------------------------------------------------------------ results
+    def _rejected(self, r) -> str | None:
+        """Why ``r`` cannot be the last layer's answer to a chunk this driver sent (None: it can):
+        a place in the plan that exists, the labels of the rows sent there, and features and
+        scores of the shape and finiteness the head and classifiers read. A result that fails
+        would index out of range, train the head on garbage or score the test wrongly."""
+        n = len(r.labels) if r.labels is not None else None
+        if isinstance(r, TrainChunk):
+            if not 0 <= r.chapter < len(self.chapters):
+                return f"chapter {r.chapter} of {len(self.chapters)}"
+            if self.t.schedule == "stream":
+                if r.epoch not in self.chapters[r.chapter].epochs:
+                    return f"epoch {r.epoch} is not in chapter {r.chapter}"
+                batches = self._batches(r.epoch)
+            else:
+                batches = torch.arange(len(self.train_y)).split(self.chunk_rows)
+            expected = self.train_y
+        else:
+            batches, expected = torch.arange(len(self.test_y)).split(self.t.eval_batch_size), self.test_y
+        if r.count != len(batches) or not 0 <= r.seq < r.count:
+            return f"chunk {r.seq} of {r.count}, expected {len(batches)} chunks"
+        rows = batches[r.seq]
+        if n != len(rows) or r.labels.dtype != torch.int64 or not torch.equal(r.labels, expected[rows]):
+            return f"chunk {r.seq}: not the labels of the rows sent"
+        if self.head is not None:
+            why = _matrix(r.features, n, self.head.in_features, "features")
+            if why:
+                return why
+        if isinstance(r, InferChunk):
+            c = self.config.num_classes
+            if "goodness" in self.t.classifiers or "cwc_all" in self.t.classifiers:
+                why = _matrix(r.goodness, n, c, "goodness")
+                if why:
+                    return why
+            if "cwc_last" in self.t.classifiers:
+                return _matrix(r.features, n, c, "features")
+        return None
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        """Stream: the minibatches of ``epoch`` (the rows they hold), for the epoch in progress."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, list(self._epoch_order(epoch).split(self.t.batch_size)))
+        return self._order[1]
 
     def _take_train_result(self) -> None:
         r = self._next_result(TrainChunk)

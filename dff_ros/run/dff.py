@@ -278,7 +278,7 @@ class DFFRun(Run):
                 "layers": self.layer_rows(), "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
                 **(self.history(driver) if p.train else {}),
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                           "dropped": self.dropped},
+                           "dropped": self.dropped, "rejected": driver.rejected},   # undecodable; not this run's
                 "train_samples": len(driver.train_y), "test_samples": len(driver.test_y),
                 "config": m.to_dict(), "pipeline": dict(vars(p))}
 
