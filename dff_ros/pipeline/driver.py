@@ -124,6 +124,7 @@ class PipelineDriver:
         self.scratch = Scratch()     # the head's chapter features, written over every chapter
         self.rejected = 0            # results that were not what this run sent (see _rejected)
         self._order: tuple[int, list[torch.Tensor]] | None = None   # stream: (epoch, its batches)
+        self._scoring = self.test_y   # the labels evaluate() sends (its results must carry them)
 
     # ------------------------------------------------------------------ training
     def fit(self) -> dict:
@@ -264,7 +265,7 @@ class PipelineDriver:
                 batches = torch.arange(len(self.train_y)).split(self.chunk_rows)
             expected = self.train_y
         else:
-            batches, expected = torch.arange(len(self.test_y)).split(self.t.eval_batch_size), self.test_y
+            batches, expected = torch.arange(len(self._scoring)).split(self.t.eval_batch_size), self._scoring
         if r.count != len(batches) or not 0 <= r.seq < r.count:
             return f"chunk {r.seq} of {r.count}, expected {len(batches)} chunks"
         rows = batches[r.seq]
@@ -369,6 +370,7 @@ class PipelineDriver:
     def evaluate(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict:
         images = self.test_x if images is None else as_uint8(images)
         labels = self.test_y if labels is None else labels
+        self._scoring = labels
         rows = torch.arange(len(labels)).split(self.t.eval_batch_size)
         got: dict[int, InferChunk] = {}
         sent = 0
