@@ -136,7 +136,7 @@ def cmd_status(args) -> int:
 
 def cmd_delete(args) -> int:
     with _admin(args) as admin:
-        results = admin.delete(args.model, weights=args.weights)
+        results = admin.delete(args.model, weights=args.weights, run_id=args.run)
     for r in results:
         print(f"{r['server']}: {r['message']}")
     if not results:
@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", help="free a model's layers on every server")
     d.add_argument("model")
     d.add_argument("--weights", action="store_true", help="also remove the model's saved weights on every server")
+    d.add_argument("--run", default="", metavar="RUN_ID",
+                   help="stop this live run of the model (a server refuses to delete a model in a live run "
+                        "otherwise; `dff-ros status` shows the run ids)")
     ros_options(d)
     d.set_defaults(func=cmd_delete)
     x = sub.add_parser("export", help="gather a model's per-node weights into one file (dff-ros eval loads it)")

@@ -63,9 +63,18 @@ def load_weights(path: str | os.PathLike) -> dict:
 
 
 def path_token(name: str) -> str:
-    """A name safe as one path component (no separators, no leading dot, bounded length)."""
-    token = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100]
-    return token or "_"
+    """A name as one path component (no separators, no leading dot, bounded length), different
+    for different names: a name of safe characters (``mnist_default``) is kept as it is; any other
+    is made safe and gets ``+`` and 16 hex digits of its SHA-256 (``pipe test`` ->
+    ``pipe_test+<hash>``). ``+`` is not a safe character, so no kept name is ever such a token,
+    and ``a/x`` and ``a_x`` never share a folder."""
+    if SAFE_NAME.fullmatch(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return (re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:80] or "_") + "+" + digest
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")   # kept as they are by path_token
 
 
 def default_weights_dir() -> Path:
@@ -278,9 +287,9 @@ def file_model(path: Path) -> str | None:
 def remove_model_files(root, model: str) -> tuple[int, Path]:
     """Delete ``model``'s weights files under ``root``; (how many, the folder they were in).
 
-    Names that sanitise alike (``a/x``, ``a_x``) share a folder, so a file goes only when it
-    names ``model``; one that names no model (a head saved before heads did) only when no file
-    there names another model."""
+    Each model has its own folder (``path_token``); still, a file goes only when it names
+    ``model``, or names no model (a head saved before heads did) while no file there names
+    another one: a file copied into the wrong folder is not someone else's to delete."""
     folder = model_dir(root, model)
     files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
     owners = {f: file_model(f) for f in files}

@@ -49,7 +49,22 @@ def request_cases() -> list[tuple[str, CreateLayers.Request, str]]:
         ("a checkpoint of another layer", create_request([spec_msg()], resume_from=[foreign_checkpoint]),
          "not requested"),
         ("an unknown transport", create_request([spec_msg()], transport="carrier pigeon"), "transport"),
+        # PFF sizes that once hung or killed a server: bounded before any work
+        ("2^32-1 PFF nodes", pff_request(num_nodes=2 ** 32 - 1), "1..1024 nodes"),
+        ("a 2^32-1 parameter history", pff_request(param_history=2 ** 32 - 1), "param_history"),
+        ("negatives scored 2^32-1 chapters ahead", pff_request(negatives_lag=2 ** 32 - 1), "negatives_lag"),
+        ("a layer on a node that is not there", pff_request(pff_variant="single_layer", layer_nodes=[5]),
+         "layer_nodes"),
+        ("a negative node", pff_request(pff_variant="single_layer", layer_nodes=[-7]), "layer_nodes"),
+        ("a start chapter past the end", pff_request(start_chapter=2 ** 32 - 1), "start_chapter"),
+        ("node_index outside the nodes", pff_request(node_index=2), "node_index"),
     ]
+
+
+def pff_request(**fields) -> CreateLayers.Request:
+    """A PFF share of a one-layer model on 2 nodes, with ``fields`` changed."""
+    return create_request([spec_msg()], transport="parameters", **{"pff_variant": "all_layers", "num_nodes": 2,
+                                                                  **fields})
 
 
 def chunk_cases(model: str, run_id: str) -> list[tuple[str, TrainingBatch, str]]:

@@ -8,6 +8,7 @@ import threading
 import time
 
 from dff_ros import weights
+from dff_ros.control import RunKeys
 from dff_ros.parts.state import nbytes_of, part_state
 from dff_ros.parts.versions import ParameterStore, Parameters
 from dff_ros.pff.worker import PFFWorker, WorkerStopped
@@ -44,6 +45,12 @@ class FakeServer:
         self.layers: dict[int, tuple[str, str, LayerHost]] = {}   # index -> (model, run_id, host)
         self.hashes: dict[int, str] = {}
         self.job: dict | None = None                             # PFF: this node's share
+        self.keys = RunKeys()                                    # what the real server checks
+
+    def check(self, what: str, model: str, *, key: int = 0, creating: str = "") -> None:
+        why = self.keys.refusal(what, model, key=key, creating=creating)
+        if why:
+            raise RunError(f"{self.name} refused: {why}")
 
 
 class FakeCluster:
@@ -118,7 +125,9 @@ class FakeCluster:
         reports = []
         for server, req in calls:
             s = self._server(server)
+            s.check("create_layers", req.model.name, key=req.run_key, creating=req.run_id)
             reports.append(self._host_pff(s, req) if req.pff else self._host_dff(s, req))
+            s.keys.hold(req.model.name, req.run_id, req.run_key)
             if answered is not None:
                 answered.append(time.perf_counter())
         return reports
@@ -150,11 +159,13 @@ class FakeCluster:
         return HostReport(f"hosting layer(s) {list(req.layers)} of {m.name!r}", tuple(restored), tuple(origins),
                           tuple(paths))
 
-    def drop(self, servers, model, *, timeout=None) -> None:
+    def drop(self, servers, model, *, key=0, timeout=None) -> None:
         if self.master_gone:
             return
         for name in servers:
             s = self._server(name)
+            s.check("delete_model", model, key=key)
+            s.keys.release(model)
             s.layers = {i: v for i, v in s.layers.items() if v[0] != model}
             if s.job is not None and s.job["model"] == model:
                 s.job["worker"].stop("deleted")
@@ -167,8 +178,9 @@ class FakeCluster:
             out += [Hosting(s.job["model"], s.job["run_id"], p) for p in s.job["trains"]]
         return out
 
-    def save(self, server: str, model: str) -> list[str]:
+    def save(self, server: str, model: str, *, key: int = 0) -> list[str]:
         s = self._server(server)
+        s.check("save_weights", model, key=key)
         out = []
         for i, (name, run_id, host) in sorted(s.layers.items()):
             if name != model:
@@ -277,10 +289,11 @@ class FakeCluster:
         except Exception as e:
             job["phase"], job["message"] = "error", f"{type(e).__name__}: {e}"
 
-    def fetch(self, model, wanted):
+    def fetch(self, model, wanted, *, key=0):
         out = []
         for server, part in wanted:
             s = self._server(server)
+            s.check("fetch_parameters", model, key=key)
             w = s.job["worker"]
             if w.held.get(part) != s.job["splits"]:
                 raise RunError(f"{server} could not give part {part}: not final here")

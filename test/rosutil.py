@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from dff_ros.weights import path_token
+
 REPO = Path(__file__).resolve().parents[1]
 # Each test gets a domain of its own, so nodes of one test never see another's; a ROS_DOMAIN_ID
 # set when the suite starts is honoured instead: every test then runs in that one domain.
@@ -209,9 +211,13 @@ def kill_when(client: Client, server: Proc, name: str, ready, timeout: float = 6
             client.close()
 
 
+MODEL = "pipe test"              # the model write_pipeline writes (a name with a space)
+FOLDER = path_token(MODEL)        # its folder under a weights dir, and its run state's name
+
+
 def write_pipeline(tmp_path, data_root, widths=(300, 300), pipeline=None, **train):
     """A small model + pipeline YAML in tmp_path (MNIST subset, 2 servers)."""
-    model = {"name": "pipe test", "model": [[-1, "FFDense", [w]] for w in widths],
+    model = {"name": MODEL, "model": [[-1, "FFDense", [w]] for w in widths],
              "train": {"epochs": 4, "splits": 2, "lr": 0.003, "train_subset": 4000, "test_subset": 1000,
                        "schedule": "chapters", **train}}
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))

@@ -58,25 +58,29 @@ def test_loading_refuses_pickled_code(tmp_path):
         load_weights(path)
 
 
-def test_removing_a_models_weights_leaves_a_model_whose_name_shares_its_folder(tmp_path):
+def test_two_models_never_share_a_folder_and_deleting_one_leaves_files_naming_another(tmp_path):
     from dff_ros import weights
 
-    assert weights.model_dir(tmp_path, "a/x") == weights.model_dir(tmp_path, "a_x")   # sanitised alike
+    assert weights.model_dir(tmp_path, "a/x") != weights.model_dir(tmp_path, "a_x")   # made safe alike once
     folder = weights.model_dir(tmp_path, "a_x")
 
     def layer(model, name):
         weights.save_layer(folder / name, model=model, index=0, spec_hash="h", state={"layer": {}}, provenance={})
 
     layer("a_x", "layer0-FFDense-aaa.pt")
-    layer("a/x", "layer0-FFDense-bbb.pt")
-    layer("a/x", "layer1-FFDense-bbb.pt")
+    layer("a/x", "layer0-FFDense-bbb.pt")        # another model's files, copied into this folder
     weights.save_head(folder / "head-bbb.pt", {}, {}, model="a/x")
     save_atomic({"format": weights.HEAD_FORMAT, "state_dict": {}}, folder / "head-old.pt")   # names no model
     (folder / "garbage.pt").write_bytes(b"not a checkpoint")
-    assert weights.remove_model_files(tmp_path, "a/x")[0] == 3   # its layers and head, not a_x's file
-    assert sorted(p.name for p in folder.iterdir()) == ["garbage.pt", "head-old.pt", "layer0-FFDense-aaa.pt"]
+    assert weights.remove_model_files(tmp_path, "a/x") == (0, weights.model_dir(tmp_path, "a/x"))   # not its folder
+    assert weights.remove_model_files(tmp_path, "a_x")[0] == 1   # its layer; not a/x's files, nor what names no model
+    assert sorted(p.name for p in folder.iterdir()) == ["garbage.pt", "head-bbb.pt", "head-old.pt",
+                                                        "layer0-FFDense-bbb.pt"]
     assert [weights.file_model(folder / n) for n in ("garbage.pt", "head-old.pt")] == [None, None]
-    # alone in the folder now: the files that name no model go with it
+    # alone in the folder: the files that name no model go with it
+    for n in ("head-bbb.pt", "layer0-FFDense-bbb.pt"):
+        (folder / n).unlink()
+    layer("a_x", "layer0-FFDense-aaa.pt")
     assert weights.remove_model_files(tmp_path, "a_x")[0] == 3 and not folder.exists()
 
 

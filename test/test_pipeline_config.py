@@ -68,7 +68,15 @@ def test_round_robin_and_explicit_placement():
 
 def test_names_are_sanitized():
     assert topic_token("9 lives/../x") == "m_9_lives____x"
-    assert path_token("../../etc/passwd") == "_.._etc_passwd"
+    assert path_token("mnist_default") == "mnist_default"      # safe names are kept
+    token = path_token("../../etc/passwd")
+    assert "/" not in token and not token.startswith(".") and token.startswith("_.._etc_passwd+")
+    # different names, different folders, even where they are made safe alike
+    names = ["a_x", "a/x", "a x", "a\\x", ".a_x", "a_x+" + path_token("a/x").split("+")[1], "é", "e", "x" * 100,
+             "x" * 101, "x" * 300, "x" * 301, "", "."]
+    tokens = [path_token(n) for n in names]
+    assert len(set(tokens)) == len(names), dict(zip(names, tokens))
+    assert all(len(t) <= 100 and "/" not in t and t not in (".", "..") and not t.startswith(".") for t in tokens)
     t = layer_topics("my model", 1, 1)
     assert t["train_input"] == "/dff/my_model/layer_0/train" and t["train_output"] == "/dff/my_model/output/train"
 

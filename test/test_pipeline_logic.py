@@ -1,11 +1,13 @@
 """The DFF pipeline's logic (hosted layers + master driver) wired in-process, checked against
 the single-process reference trainer. The ROS transport is tested in test_ros_*."""
+import dataclasses
 import queue
 
 import pytest
 import torch
 
 from dff_ros.config import parse_model_config
+from dff_ros.ff.learners import Activities
 from dff_ros.ff.trainer import ReferenceTrainer
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 from dff_ros.pipeline.driver import PipelineDriver, ServerLost, check_supported
@@ -220,6 +222,36 @@ def test_host_rejects_bad_chunks():
     with pytest.raises(ChunkError, match="candidates"):
         second.infer(InferChunk(0, 1, lab, candidates=torch.zeros(3, 200), goodness=torch.zeros(2, 10),
                                 neutral=torch.zeros(2, 200)))
+
+    # values that would poison the layer: one NaN row turns every weight NaN
+    acts = Activities(pos=torch.zeros(2, 200), neg=torch.zeros(2, 200), neutral=torch.zeros(2, 200), labels=lab)
+    before = {k: v.clone() for k, v in second.checkpoint().tensors.items()}
+    for name, bad in (("pos", float("nan")), ("neg", float("inf")), ("neutral", float("-inf"))):
+        poisoned = dataclasses.replace(acts, **{name: getattr(acts, name).clone().fill_(bad)})
+        with pytest.raises(ChunkError, match=f"{name} has NaN or infinite"):
+            second.train(TrainChunk(0, 1, 0, 1, lab, acts=poisoned))
+    with pytest.raises(ChunkError, match="features has NaN"):
+        second.train(TrainChunk(0, 1, 0, 1, lab, acts=acts, features=torch.full((2, 5), float("nan"))))
+    for name in ("neutral", "candidates", "goodness"):
+        good = {"candidates": torch.zeros(20, 200), "goodness": torch.zeros(2, 10), "neutral": torch.zeros(2, 200)}
+        good[name] = good[name].clone().fill_(float("nan"))
+        with pytest.raises(ChunkError, match=f"{name} has NaN"):
+            second.infer(InferChunk(0, 1, lab, **good))
+    assert all(torch.equal(v, second.checkpoint().tensors[k]) for k, v in before.items())   # nothing trained on it
+    cp = second.checkpoint()
+    name = next(k for k, v in cp.tensors.items() if v.is_floating_point())
+    cp.tensors[name] = torch.full_like(cp.tensors[name], float("nan"))
+    with pytest.raises(ValueError, match=f"NaN or infinite values in {name}"):   # a forged checkpoint
+        LayerHost(cfg.layers[1], cfg.train, 10, last=False).resume(cp)
+    # a chunk that does not fit never moves the layer's attempt (else every real chunk is stale)
+    with pytest.raises(ChunkError):
+        second.note_attempt(TrainChunk(0, 1, 5, 2, lab, acts=acts, attempt=2 ** 32 - 1))
+    assert second.attempt == 0
+    # chunks of one chapter that disagree on how many there are: the chapter could never complete
+    chapters = LayerHost(cfg.layers[1], config("chapters").train, 10, last=False)
+    chapters.train(TrainChunk(0, 1, 0, 3, lab, acts=acts))
+    with pytest.raises(ChunkError, match="says 5 chunks, the chapter's others 3"):
+        chapters.train(TrainChunk(0, 1, 1, 5, lab, acts=acts))
 
 
 def test_unsupported_configs_are_named():

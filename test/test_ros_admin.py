@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rosutil import REPO, Client, Proc, ros_env, start_server, write_pipeline
+from rosutil import FOLDER, REPO, Client, Proc, ros_env, start_server, write_pipeline
 
 from bad_inputs import TRAVERSAL_NAMES, create_request, spec_msg
 
@@ -60,20 +60,20 @@ def test_status_export_delete(trained, tmp_path, data_root):
     assert [s["server"] for s in status["servers"]] == ["server_1", "server_2"], status
     by_name = {s["server"]: s for s in status["servers"]}
     saved = {s: sorted(f["file"].split("-")[0] for f in by_name[s]["saved"]) for s in by_name}
-    assert saved == {"server_1": ["pipe_test/layer0"], "server_2": ["pipe_test/layer1"]}, saved
+    assert saved == {"server_1": [f"{FOLDER}/layer0"], "server_2": [f"{FOLDER}/layer1"]}, saved
     assert by_name["server_1"]["weights_dir"] == str(tmp_path / "w1")
     hosted = by_name["server_2"]["layers"]
     assert [(l["model"], l["run_id"], l["index"], l["phase"]) for l in hosted] == [("hosted", "r7", 0, "created")]
     rc, text = cli(env, "status", "--servers", "2", "--pipeline", str(pipeline))
     assert rc == 0 and "hosts  hosted run r7 layer 0 FFDense 784->50: created" in text, text
-    assert "saved  pipe_test/layer1-FFDense-" in text and "2 server(s)" in text, text
+    assert f"saved  {FOLDER}/layer1-FFDense-" in text and "2 server(s)" in text, text
 
     # export: layers from the servers, the head from the master's weights dir; eval scores it as the run did
     rc, out = cli(env, "export", "pipe test", "--model-config", str(tmp_path / "model.yaml"), "--servers", "2",
                   "--pipeline", str(pipeline), "-o", str(tmp_path / "pipe.pt"))
     assert rc == 0, out
-    assert "server_1:pipe_test/layer0" in out and "server_2:pipe_test/layer1" in out, out
-    assert str(tmp_path / "weights" / "pipe_test" / "head-") in out, out
+    assert f"server_1:{FOLDER}/layer0" in out and f"server_2:{FOLDER}/layer1" in out, out
+    assert str(tmp_path / "weights" / FOLDER / "head-") in out, out
     rc, out = cli(env, "eval", str(tmp_path / "pipe.pt"), "--data-root", str(data_root), "--no-download")
     assert rc == 0, out
     got = {k: float(v) / 100 for k, v in re.findall(r"test accuracy \[\s*(\w+)\]:\s+([\d.]+) %", out)}

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from rosutil import (Client, finished, kill_when, master, master_killed, ros_env, run_launcher, server_2_killed,
+from rosutil import (FOLDER, Client, finished, kill_when, master, master_killed, ros_env, run_launcher, server_2_killed,
                      start_server, write_pipeline)
 
 FAST = {"heartbeat_timeout_seconds": 3, "restore_weights": False}
@@ -76,7 +76,7 @@ def test_a_conv_block_killed_mid_training_moves_with_its_batch_statistics(env, t
 
 def test_master_killed_mid_training_its_successor_takes_the_run_over(env, tmp_path, data_root, undisturbed):
     pipeline = write_pipeline(tmp_path, data_root, pipeline=FAST, **TRAIN)
-    state = tmp_path / "runs" / "pipe_test.run-state.pt"   # written once the head has trained a chapter
+    state = tmp_path / "runs" / f"{FOLDER}.run-state.pt"   # written once the head has trained a chapter
     summary, first_id, second = master_killed(env, tmp_path, pipeline,
                                               lambda m: m.layer == 1 and m.chapters_done >= 2, state)
     out = second.output()
@@ -96,7 +96,7 @@ def test_pff_master_killed_its_successor_follows_the_run_to_the_end(env, tmp_pat
     from the transient-local history and fetches, tests and saves as if nothing happened."""
     pipeline = write_pipeline(tmp_path, data_root, pipeline={"transport": "parameters", "pff_variant": "all_layers",
                                                              **FAST}, **TRAIN)
-    state = tmp_path / "runs" / "pipe_test.run-state.pt"
+    state = tmp_path / "runs" / f"{FOLDER}.run-state.pt"
     summary, first_id, second = master_killed(env, tmp_path, pipeline,
                                               lambda m: m.phase == "training" and m.chapter >= 1, state)
     out = second.output()

@@ -74,7 +74,7 @@ def test_a_ros_parameter_overrides_the_yaml_and_a_bad_one_is_named(env, tmp_path
     out = subprocess.run([sys.executable, "-m", "dff_ros.nodes.master", "--pipeline", str(pipeline), "--no-progress",
                           "--ros-args", "-p", "servers:=0"], env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=120)
-    assert out.returncode == 2 and "servers" in out.stderr and "must be a positive integer" in out.stderr, out.stderr
+    assert out.returncode == 2 and "servers" in out.stderr and "must be an integer 1..1,024, got 0" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"/**": {"ros__parameters": {"wait_servers_seconds": 2.0}}}))

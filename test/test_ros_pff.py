@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rosutil import Client, check_run_plots, ros_env, run_launcher, start_server, write_pipeline
+from rosutil import FOLDER, Client, check_run_plots, ros_env, run_launcher, start_server, write_pipeline
 
 from dff_ros.config import load_model_config
 from dff_ros.msg import LayerParameters, LayerStatus
@@ -51,7 +51,7 @@ def test_all_layers_on_two_servers_reproduces_the_sequential_run(env, tmp_path, 
     assert weights <= summary["master_bytes_received"] < 1.1 * weights, summary["master_bytes_received"]
     assert all(n["dropped"] == 0 and n["idle_seconds"] is not None for n in summary["per_node"])
     check_run_plots(summary, out, ["layer_0", "layer_1", "head"])
-    saved = sorted(p.name.split("-")[0] for p in (tmp_path / "weights" / "pipe_test").glob("*.pt"))
+    saved = sorted(p.name.split("-")[0] for p in (tmp_path / "weights" / FOLDER).glob("*.pt"))
     assert saved == ["head", "layer0", "layer1"]                 # by server_2, which trained chapter 4
 
     # train: false: the nodes publish the final versions they saved; the master tests them again

@@ -11,9 +11,12 @@ from typing import Any, Mapping
 import yaml
 
 from dff_ros.config.files import load_yaml
-from dff_ros.config.schema import ConfigError, read_yaml
+from dff_ros.config.schema import INT_LIMIT, ConfigError, read_yaml
 from dff_ros.ff.layers import LAYER_TYPES
 from dff_ros.parts.names import VARIANTS
+from dff_ros.pff.plan import MAX_NODES
+
+MAX_SECONDS = 7 * 24 * 3600.0   # the longest wait or timeout a pipeline may set (a week)
 
 TRANSPORTS = ("activations", "parameters")
 MESSAGE_TYPES = ("dff_ros/msg/TrainingBatch", "dff_ros/msg/InferenceBatch")
@@ -218,17 +221,18 @@ def parse_pipeline_config(raw: Mapping, source: str, base: Path | None = None) -
         raise ConfigError(source, "transport", f"must be one of {', '.join(TRANSPORTS)}, got {values['transport']!r}")
     if values["pff_variant"] not in VARIANTS:
         raise ConfigError(source, "pff_variant", f"must be one of {', '.join(VARIANTS)}, got {values['pff_variant']!r}")
-    for k in ("servers", "chunk_rows", "window", "server_threads", "param_history"):
+    for k, most in (("servers", MAX_NODES), ("chunk_rows", INT_LIMIT), ("window", INT_LIMIT),
+                    ("server_threads", 1024), ("param_history", 1024)):
         v = values[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ConfigError(source, k, f"must be a positive integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= most:
+            raise ConfigError(source, k, f"must be an integer 1..{most:,}, got {v!r}")
     v = values["server_solo_threads"]
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ConfigError(source, "server_solo_threads", f"must be an integer >= 0 (0: auto), got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1024:
+        raise ConfigError(source, "server_solo_threads", f"must be an integer 0..1024 (0: auto), got {v!r}")
     for k in ("wait_servers_seconds", "service_timeout_seconds", "stall_seconds", "heartbeat_timeout_seconds"):
         v = values[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(source, k, f"must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_SECONDS:
+            raise ConfigError(source, k, f"must be a number of seconds in (0, {MAX_SECONDS:g}], got {v!r}")
         values[k] = float(v)
     for k in ("train", "keep_layers", "recover"):
         if not isinstance(values[k], bool):

@@ -116,10 +116,13 @@ class Admin:
         return out
 
     # ------------------------------------------------------------------ delete
-    def delete(self, model: str, weights: bool = False) -> list[dict]:
+    def delete(self, model: str, weights: bool = False, run_id: str = "") -> list[dict]:
+        """``run_id``: the live run to stop (a server refuses to delete a model whose run is live
+        unless the call names it)."""
         out = []
         for server in self.servers():
-            res = self.call(DeleteModel, f"/{server}/delete_model", DeleteModel.Request(model=model, weights=weights))
+            res = self.call(DeleteModel, f"/{server}/delete_model",
+                            DeleteModel.Request(model=model, weights=weights, run_id=run_id))
             out.append({"server": server, "success": res.success, "deleted": res.deleted, "message": res.message})
         return out
 

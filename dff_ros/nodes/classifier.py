@@ -23,6 +23,7 @@ from sensor_msgs.msg import Image
 from dff_ros.ff.classifiers import class_scores
 from dff_ros.ff.trainer import load_network
 from dff_ros.msg import Prediction
+from dff_ros.nodes.common import answering
 from dff_ros.srv import Classify
 from dff_ros.wire.images import FITS, ImageError, image_to_row
 
@@ -62,7 +63,7 @@ class ClassifierNode(Node):
         qos = qos_profile_sensor_data if input_qos == "best_effort" else QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Image, "image", self._on_image, qos)
-        self.create_service(Classify, "~/classify", self._on_classify)
+        self.create_service(Classify, "~/classify", answering(self, "classify", self._on_classify))
         self.get_logger().info(f"classifying {model.config.name!r} ({model.classifier}) images "
                                f"{'x'.join(map(str, model.shape))} (CxHxW; other sizes: {model.fit}) from "
                                f"{self.resolve_topic_name('image')} -> "

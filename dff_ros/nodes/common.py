@@ -91,3 +91,25 @@ TASKS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10000, reliability
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+
+
+def answering(node, name: str, callback):
+    """``callback`` as service ``name``'s callback that answers whatever happens: an exception no
+    check foresaw (a bug, an error torch raises) becomes a refusal with the error in ``message``,
+    counted in ``node.service_errors`` and logged once per service, never a dead node."""
+
+    def answer(req, res):
+        try:
+            return callback(req, res)
+        except Exception as e:
+            why = f"{name} failed: {type(e).__name__}: {e}"[:2000]
+            errors = node.__dict__.setdefault("service_errors", {})
+            errors[name] = errors.get(name, 0) + 1
+            if errors[name] == 1:
+                node.get_logger().error(f"{why} (answered as a refusal; more such errors are only counted)")
+            if hasattr(res, "success"):
+                res.success = False
+            if hasattr(res, "message"):
+                res.message = why
+            return res
+    return answer

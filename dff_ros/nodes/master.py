@@ -145,8 +145,9 @@ class MasterNode(Node):
             reports.append(host_report_from_msg(res))
         return reports
 
-    def drop(self, servers, model: str, *, timeout=None) -> None:
-        self.call_all(DeleteModel, [(f"/{s}/delete_model", DeleteModel.Request(model=model)) for s in servers],
+    def drop(self, servers, model: str, *, key: int = 0, timeout=None) -> None:
+        self.call_all(DeleteModel, [(f"/{s}/delete_model", DeleteModel.Request(model=model, run_key=key))
+                                    for s in servers],
                       # resent only when stopping: a late copy must not delete layers hosted after it
                       timeout=timeout, resend_every=0.4 if STOPPING.is_set() else None)
 
@@ -154,14 +155,14 @@ class MasterNode(Node):
         listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request(), resend_every=5.0)
         return [Hosting(i.model, i.run_id, i.index, i.weights_restored) for i in listing.layers]
 
-    def save(self, server: str, model: str) -> list[str]:
-        res = self.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=model))
+    def save(self, server: str, model: str, *, key: int = 0) -> list[str]:
+        res = self.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=model, run_key=key))
         if not res.success:
             raise RunError(f"{server} could not save weights: {res.message}")
         return list(res.paths)
 
-    def fetch(self, model: str, wanted) -> list[tuple[Delivery, int]]:
-        calls = [(f"/{server}/fetch_parameters", FetchParameters.Request(model=model, part=part))
+    def fetch(self, model: str, wanted, *, key: int = 0) -> list[tuple[Delivery, int]]:
+        calls = [(f"/{server}/fetch_parameters", FetchParameters.Request(model=model, part=part, run_key=key))
                  for server, part in wanted]
         out = []
         for (server, part), res in zip(wanted, self.call_all(FetchParameters, calls)):

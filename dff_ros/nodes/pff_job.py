@@ -15,7 +15,7 @@ from dff_ros.msg import LayerInfo, LayerParameters, LayerStatus
 from dff_ros.nodes.common import TASKS_QOS, params_qos
 from dff_ros.topics import params_topic, tasks_topic
 from dff_ros.parts.names import NEGATIVES, part_names
-from dff_ros.parts.state import part_state
+from dff_ros.parts.state import nonfinite, part_state
 from dff_ros.parts.versions import MalformedVersion, ParameterStore, Parameters, ParametersTimeout
 from dff_ros.pff.plan import PFFPlan
 from dff_ros.pff.worker import PFFWorker, WorkerStopped
@@ -149,8 +149,13 @@ class PFFJob:
         if why is None:
             try:
                 params = params_from_msg(msg)
+                bad = nonfinite(params.tensors)
+                if bad:   # a version that would turn every node's copy NaN
+                    why = f"NaN or infinite values in {', '.join(bad[:3])}"
             except MalformedVersion as e:
                 why = str(e)
+            except Exception as e:   # one no check foresaw: raised here, it would end the spinner
+                why = f"{type(e).__name__}: {e}"
         if why is not None:
             self.dropped += 1
             self.node.get_logger().warning(f"PFF {self.model}: dropped a parameters message ({why}); "

@@ -25,10 +25,12 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from dff_ros import stopping, weights
+from dff_ros.control import RunKeys
 from dff_ros.config.schema import ConfigError
 from dff_ros.data import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
-from dff_ros.nodes.common import CLAIMS_QOS, DATA_QOS, STATUS_QOS, declare_settings, make_executor, params_qos
+from dff_ros.nodes.common import (CLAIMS_QOS, DATA_QOS, STATUS_QOS, answering, declare_settings, make_executor,
+                                  params_qos)
 from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
 from dff_ros.pff.plan import shard_indices
@@ -55,6 +57,8 @@ SETTINGS = {
                         "machine's cores (0: threads)"),
     "data_root": ("", "PFF: where this node reads its training data (wins over the master's data_root; "
                       "default: the master's, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)"),
+    "release_seconds": (600, "a model's run is protected from other masters' and operators' calls until it "
+                             "is deleted or unheard from this long (dff_ros/control.py)"),
 }
 
 
@@ -62,10 +66,11 @@ def checked_settings(values: dict) -> dict:
     """The settings with their types checked; ValueError names the bad one."""
     for key, (default, _) in SETTINGS.items():
         v = values.get(key, default)
-        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= (1 if key == "threads" else 0)
+        ok = (isinstance(v, int) and not isinstance(v, bool) and (1 if key == "threads" else 0) <= v <= INT_LIMIT
               if isinstance(default, int) else isinstance(v, str))
         if not ok:
-            want = "an integer >= 1" if key == "threads" else "an integer >= 0" if isinstance(default, int) else "a string"
+            low = 1 if key == "threads" else 0
+            want = f"an integer {low}..{INT_LIMIT}" if isinstance(default, int) else "a string"
             raise ValueError(f"server setting {key}: must be {want}, got {v!r}")
     return dict(values)
 
@@ -86,6 +91,7 @@ class ServerNode(Node):
         self.weights_dir = Path(self.settings["weights_dir"] or weights.default_weights_dir()).expanduser()
         self.solo_threads = self.settings["solo_threads"]   # PFF: threads while the other nodes have no work
         self.data_root, self.wait_seconds = self.settings["data_root"], wait_seconds
+        self.keys = RunKeys(self.settings["release_seconds"])   # who may change each model's run here
         torch.set_num_threads(self.threads)
         self.lock = threading.RLock()
         self.retired: list[threading.Thread] = []   # workers of stopped layers and shares, maybe still finishing
@@ -99,12 +105,17 @@ class ServerNode(Node):
                                             pid=os.getpid(), held=True))
         self.conflict = False
         self.create_subscription(ServerClaim, CLAIMS_TOPIC, self._on_claim, CLAIMS_QOS)
-        self.create_service(CreateLayers, "~/create_layers", self.on_create)
-        self.create_service(DeleteModel, "~/delete_model", self.on_delete)
-        self.create_service(ListLayers, "~/list_layers", self.on_list)
-        self.create_service(SaveWeights, "~/save_weights", self.on_save)
-        self.create_service(FetchParameters, "~/fetch_parameters", self.on_fetch)
-        self.create_timer(1.0, self._heartbeat)
+        for srv, name, callback in ((CreateLayers, "create_layers", self.on_create),
+                                    (DeleteModel, "delete_model", self.on_delete),
+                                    (ListLayers, "list_layers", self.on_list),
+                                    (SaveWeights, "save_weights", self.on_save),
+                                    (FetchParameters, "fetch_parameters", self.on_fetch)):
+            self.create_service(srv, "~/" + name, answering(self, name, callback))
+        # heartbeats on their own thread: a flood of messages on the executor must not silence
+        # them (the master would declare this server lost)
+        self.beating = threading.Event()
+        self.beater = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+        self.beater.start()
         solo = (f" (PFF runs: {self.solo_threads} while the other nodes have no work)"
                 if self.solo_threads > self.threads else "")
         self.get_logger().info(f"ready: weights in {self.weights_dir}, {self.threads} torch thread(s){solo}")
@@ -123,6 +134,7 @@ class ServerNode(Node):
     def stop_all(self, timeout: float = CLEANUP_SECONDS) -> None:
         """Stop every hosted layer and PFF share (the server is shutting down) and wait up to
         ``timeout`` for their workers, so nothing publishes once ROS is shut down."""
+        self.beating.set()
         with self.lock:
             hosted, jobs = list(self.layers.values()), list(self.jobs.values())
             self.layers.clear()
@@ -139,6 +151,21 @@ class ServerNode(Node):
         if hosted or jobs:
             self.get_logger().info(f"stopped {len(hosted)} layer(s) and {len(jobs)} PFF share(s)")
 
+    def destroy_node(self) -> None:
+        self.beating.set()   # no heartbeat from a node being destroyed
+        if self.beater.is_alive() and self.beater is not threading.current_thread():
+            self.beater.join(2.0)
+        super().destroy_node()
+
+    def _beat(self) -> None:
+        while not self.beating.wait(1.0):
+            try:
+                self._heartbeat()
+            except Exception as e:   # ROS shutting down under it, or a status that cannot be built
+                if STOPPING.is_set() or self.beating.is_set():
+                    return
+                self.get_logger().error(f"heartbeat: {type(e).__name__}: {e}", throttle_duration_sec=10.0)
+
     def _heartbeat(self) -> None:
         """Every hosted layer's and running PFF share's status, once a second: the master's
         sign that this server is alive."""
@@ -146,21 +173,33 @@ class ServerNode(Node):
             running = list(self.jobs.values())   # finished shares too: their nodes are alive
             hosted = list(self.layers.values())
         for job in running:
+            if job.thread is not None and job.thread.is_alive():   # a share at work: its run is live
+                self.keys.heard(job.model)
             self.publish_status(job.status())
         for h in hosted:
+            if h.phase == "training":
+                self.keys.heard(h.model)
             self._status(h)
 
     def _on_claim(self, msg) -> None:
         # another *running* server holds the same name with a lower token: it keeps the name.
         # A newcomer's tentative claim never dislodges a running server; the newcomer sees this
-        # server in the graph and moves on.
+        # server in the graph and moves on. A claim alone proves nothing (anyone can publish
+        # one): the graph must show a second node of this name.
         if (msg.held and msg.name == self.get_name() and msg.token != self.token and msg.token < self.token
-                and not self.layers and not self.jobs):
+                and not self.layers and not self.jobs and self._namesakes() > 1):
             self.conflict = True
+
+    def _namesakes(self) -> int:
+        me = (self.get_name(), self.get_namespace())
+        return sum(1 for n in self.get_node_names_and_namespaces() if n == me)
 
     # ------------------------------------------------------------------ services
     def on_create(self, req: CreateLayers.Request, res: CreateLayers.Response):
         pff = req.transport == "parameters"
+        refused = self.keys.refusal("create_layers", req.model, key=req.run_key, creating=req.run_id)
+        if refused:
+            return self._refuse(res, refused)
         try:
             request, wiring = host_request_from_msg(req)   # validated once, here
             built = self._build_pff(request) if pff else self._build(request, wiring)
@@ -171,6 +210,7 @@ class ServerNode(Node):
         with self.lock:
             if pff or not req.add_layers:
                 self._drop_model(req.model)
+            self.keys.hold(req.model, req.run_id, req.run_key)
             if pff:
                 self.jobs[req.model] = built
                 built.start()
@@ -255,8 +295,12 @@ class ServerNode(Node):
         if req.weights and not req.model:
             res.success, res.message = False, "removing saved weights needs a model name"
             return res
+        refused = self.keys.refusal("delete_model", req.model, run_id=req.run_id, key=req.run_key)
+        if refused:
+            return self._refuse(res, refused)
         with self.lock:
             gone = self._drop_model(req.model)
+            self.keys.release(req.model)
         res.success, res.deleted = True, gone
         res.message = f"deleted {gone} layer(s) of {req.model!r}"
         if req.weights:
@@ -287,6 +331,9 @@ class ServerNode(Node):
     def on_fetch(self, req, res):
         if req.file:
             return self._fetch_saved(req, res)
+        refused = self.keys.refusal("fetch_parameters", req.model, key=req.run_key)
+        if refused:
+            return self._refuse(res, refused)
         with self.lock:
             job = self.jobs.get(req.model)
         try:
@@ -304,11 +351,21 @@ class ServerNode(Node):
         with self.lock:
             chosen = [h for h in self.layers.values() if not req.model or h.model == req.model]
             jobs = [j for j in self.jobs.values() if not req.model or j.model == req.model]
+        for model in sorted({h.model for h in chosen} | {j.model for j in jobs}):
+            refused = self.keys.refusal("save_weights", model, run_id=req.run_id, key=req.run_key)
+            if refused:
+                return self._refuse(res, refused)
         try:
             res.paths = [h.save() for h in chosen] + [p for j in jobs for p in j.save()]
             res.success, res.message = True, f"saved {len(res.paths)} layer(s)"
-        except OSError as e:
+        except (OSError, RuntimeError) as e:   # torch.save reports a full disk as a RuntimeError
             res.success, res.message = False, f"saving failed: {e}"
+            self.get_logger().error(res.message)
+        return res
+
+    def _refuse(self, res, why: str):
+        res.success, res.message = False, why
+        self.get_logger().warning(why)
         return res
 
     def _fetch_saved(self, req, res):
@@ -370,7 +427,11 @@ class ServerNode(Node):
         except Exception as e:   # one no check foresaw: raised here, it would end the process
             return self._drop(h, "malformed", f"{type(e).__name__}: {e}")
         if training:
-            h.host.note_attempt(chunk.attempt)
+            try:
+                h.host.note_attempt(chunk)
+            except ChunkError as e:
+                return self._drop(h, "malformed", str(e))
+        self.keys.heard(h.model)
         h.inbox.put((training, msg.run_id, chunk))
 
     def _drop(self, h: HostedLayer, kind: str, why: str) -> None:
@@ -425,6 +486,7 @@ class ServerNode(Node):
 
 
 MAX_LISTED_FILES = 1000   # saved weights listed by list_layers
+INT_LIMIT = 2 ** 31 - 1   # ROS integer parameters are int64; no setting needs more
 
 
 def parse_args(argv):

@@ -32,9 +32,17 @@ def part_state(learner, *, optimizer: bool) -> dict[str, torch.Tensor]:
     return out
 
 
+def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the float tensors holding NaN or inf (a part state that would poison a layer)."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def load_part_state(learner, tensors: dict[str, torch.Tensor]) -> None:
     """Load what ``part_state`` produced. Tensors are copied: received ones may be views of a
-    message buffer."""
+    message buffer. ValueError: tensors that do not fit, or hold NaN or inf."""
+    bad = nonfinite(tensors)
+    if bad:
+        raise ValueError(f"NaN or infinite values in {', '.join(bad[:5])}")
     for name, module in learner_modules(learner).items():
         prefix = name + "."
         sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

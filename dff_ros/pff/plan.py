@@ -25,6 +25,9 @@ import torch
 from dff_ros.parts.names import NEGATIVES, VARIANTS
 
 
+MAX_NODES = 1024   # nodes (and layers) of one run; a plan is built per node and per chapter
+
+
 @dataclass(frozen=True)
 class PFFPlan:
     """Which node trains which part in which chapter of a PFF run, and where adaptive negatives are
@@ -39,8 +42,8 @@ class PFFPlan:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown PFF variant {self.variant!r} (one of {', '.join(VARIANTS)})")
-        if self.nodes < 1 or self.num_layers < 1:
-            raise ValueError(f"need at least one node and one layer (nodes {self.nodes}, layers {self.num_layers})")
+        if not (1 <= self.nodes <= MAX_NODES and 1 <= self.num_layers <= MAX_NODES):
+            raise ValueError(f"need 1..{MAX_NODES} nodes and layers (nodes {self.nodes}, layers {self.num_layers})")
         if self.variant == "single_layer":
             if len(self.layer_nodes) != self.num_layers:
                 raise ValueError(f"single_layer needs a node for each of the {self.num_layers} layers, "

@@ -44,6 +44,13 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255.0) if images.dtype == torch.uint8 else images.to(torch.float32)
 
 
+def check_finite(name: str, t: torch.Tensor | None) -> None:
+    """A float tensor from the wire with NaN or inf in it would poison the layer (one NaN row
+    turns every weight NaN): ChunkError."""
+    if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ChunkError(f"{name} has NaN or infinite values")
+
+
 class LayerStopped(RuntimeError):
     """The host was stopped mid-chapter (its server shuts down, or the model was deleted)."""
 
@@ -87,17 +94,19 @@ class LayerHost:
         self.stopped = True
 
     # ------------------------------------------------------------------ training
-    def note_attempt(self, attempt: int) -> None:
+    def note_attempt(self, chunk: TrainChunk) -> None:
         """Called as chunks arrive, before they queue: chunks of older attempts still queued
-        are then skipped instead of trained."""
-        self.attempt = max(self.attempt, attempt)
+        are then skipped instead of trained. Only a chunk that fits the layer counts (its values
+        are checked later, by ``train``): a malformed one must not make every real chunk stale."""
+        self._check_train(chunk, values=False)
+        self.attempt = max(self.attempt, chunk.attempt)
 
     def train(self, chunk: TrainChunk) -> list[TrainChunk]:
         """Process one incoming chunk; return the chunks to publish downstream (maybe none)."""
         self._check_train(chunk)
         if self.stopped:
             raise LayerStopped(f"layer {self.spec.index} stopped")
-        self.note_attempt(chunk.attempt)
+        self.attempt = max(self.attempt, chunk.attempt)
         if chunk.attempt < self.attempt:
             self.stale += 1
             return []
@@ -144,6 +153,10 @@ class LayerHost:
         got = self._pending.setdefault(chunk.chapter, {})
         if chunk.seq in got:
             raise ChunkError(f"chapter {chunk.chapter}: chunk {chunk.seq} arrived twice")
+        counts = {p.count for p in got.values()}
+        if counts and chunk.count not in counts:   # then seqs 0..count-1 could never be complete
+            raise ChunkError(f"chapter {chunk.chapter}: chunk {chunk.seq} says {chunk.count} chunks, the chapter's "
+                             f"others {counts.pop()}")
         got[chunk.seq] = chunk
         if len(got) < chunk.count:
             return []
@@ -203,8 +216,10 @@ class LayerHost:
         mine = mine if mine.dim() == 2 else mine.flatten(1)   # N-d activations: flat per sample
         return mine if so_far is None else torch.cat([so_far, mine], dim=1)
 
-    def _check_train(self, chunk: TrainChunk) -> None:
+    def _check_train(self, chunk: TrainChunk, *, values: bool = True) -> None:
+        """ChunkError if ``chunk`` does not fit this layer (``values``: also no NaN or inf)."""
         n = len(chunk)
+        finite = check_finite if values else (lambda name, t: None)
         if self.first:
             if chunk.images is None:
                 raise ChunkError("the first layer needs images")
@@ -230,7 +245,9 @@ class LayerHost:
             for name, t in (("pos", a.pos), ("neg", a.neg), ("neutral", a.neutral)):
                 if t is not None and tuple(t.shape) != (n, *self.spec.in_shape):
                     raise ChunkError(f"{name} {list(t.shape)}, expected {[n, *self.spec.in_shape]}")
+                finite(name, t)
             labels = [chunk.labels]
+        finite("features", chunk.features)
         for lab in labels:
             if lab.dim() != 1 or lab.shape[0] != n or lab.dtype != torch.int64 or \
                     (n and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes)):
@@ -273,6 +290,8 @@ class LayerHost:
                 raise ChunkError(f"neutral must be {[n, *shape]}")
             if chunk.goodness is None or tuple(chunk.goodness.shape) != (n, c):
                 raise ChunkError(f"goodness must be [{n}, {c}] (the class-group scores so far)")
+            for name in ("neutral", "goodness", "features"):
+                check_finite(name, getattr(chunk, name))
             return self._scored(chunk, self.layer(chunk.neutral), chunk.goodness)
         else:
             shape = self.spec.in_shape
@@ -282,6 +301,8 @@ class LayerHost:
                 raise ChunkError(f"neutral must be {[n, *shape]}")
             if chunk.goodness is None or tuple(chunk.goodness.shape) != (n, c):
                 raise ChunkError(f"goodness must be [{n}, {c}]")
+            for name in ("neutral", "candidates", "goodness", "features"):
+                check_finite(name, getattr(chunk, name))
             neutral = self.layer(chunk.neutral)
             candidates, good = None, chunk.goodness
             if self.overlay:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from dff_ros import weights
+from dff_ros.control import new_run_key
 from dff_ros.pipeline.driver import ServerLost
 from dff_ros.run.cluster import Cluster, Hosting, ProgressReport, RunError, Status
 from dff_ros.stopping import CLEANUP_SECONDS, STOPPING
@@ -42,6 +43,7 @@ class Run:
     def __init__(self, cluster: Cluster, pipeline, model, *, run_id: str, log, data: dict | None = None,
                  show_progress: bool = True):
         self.cluster, self.pipeline, self.model, self.run_id, self.log = cluster, pipeline, model, run_id, log
+        self.run_key = new_run_key()   # what lets only this master change the run on the servers
         self.data = data
         self.show_progress = show_progress
         self.heartbeats = Heartbeats(pipeline.heartbeat_timeout_seconds)
@@ -95,7 +97,7 @@ class Run:
         if not servers:
             return
         try:
-            self.cluster.drop(servers, self.model.name, timeout=CLEANUP_SECONDS if STOPPING.is_set() else None)
+            self.cluster.drop(servers, self.model.name, key=self.run_key, timeout=CLEANUP_SECONDS if STOPPING.is_set() else None)
         except RunError as e:
             if STOPPING.is_set():   # a terminal's Ctrl-C reaches the servers too: they are stopping
                 self.log.info(f"not every server answered delete_model ({e}); those are stopping themselves")
@@ -111,14 +113,15 @@ class Run:
                 for s in servers}
 
     def save_all(self, servers) -> dict[str, list[str]]:
-        return {s: self.cluster.save(s, self.model.name) for s in servers}
+        return {s: self.cluster.save(s, self.model.name, key=self.run_key) for s in servers}
 
     # ------------------------------------------------------------------ master restart
     def run_state_path(self) -> Path:
         return weights.run_state_path(self.pipeline.summary_dir, self.model.name)
 
     def write_run_state(self, state: dict) -> None:
-        weights.save_run_state(self.run_state_path(), run_id=self.run_id, config=self.model.to_dict(), state=state)
+        weights.save_run_state(self.run_state_path(), run_id=self.run_id, config=self.model.to_dict(),
+                               state={**state, "run_key": self.run_key})
 
     def read_run_state(self, transport: str) -> dict | None:
         """The state a killed master of this model left for a run of ``transport``, if it is

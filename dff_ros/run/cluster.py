@@ -35,6 +35,7 @@ class HostRequest:
     start_chapter: int = 0                 # PFF: a replacement starts here
     data_root: str = ""
     param_history: int = 0                 # PFF: versions kept per part for late joiners (the pipeline's)
+    run_key: int = 0                       # the run's key (dff_ros/control.py)
 
     @property
     def pff(self) -> bool:
@@ -130,16 +131,16 @@ class Cluster(Protocol):
         """Send every request at once (servers build in parallel); ``answered``: each answer's
         perf_counter time. A refusal raises RunError naming the server."""
 
-    def drop(self, servers: list[str], model: str, *, timeout: float | None = None) -> None:
-        """Have ``servers`` stop and forget ``model``'s layers (delete_model)."""
+    def drop(self, servers: list[str], model: str, *, key: int = 0, timeout: float | None = None) -> None:
+        """Have ``servers`` stop and forget ``model``'s layers (delete_model; ``key``: the run's)."""
 
     def hosting(self, server: str) -> list[Hosting]:
         """What ``server`` hosts now (list_layers), asked again until it answers."""
 
-    def save(self, server: str, model: str) -> list[str]:
+    def save(self, server: str, model: str, *, key: int = 0) -> list[str]:
         """Have ``server`` save ``model``'s layers; the files it wrote."""
 
-    def fetch(self, model: str, wanted: list[tuple[str, int]]) -> list[tuple[Delivery, int]]:
+    def fetch(self, model: str, wanted: list[tuple[str, int]], *, key: int = 0) -> list[tuple[Delivery, int]]:
         """PFF: the final version of each (server, part), asked all at once, and the bytes each
         answer took on the network."""
 

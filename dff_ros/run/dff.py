@@ -10,6 +10,7 @@ from dff_ros import weights
 from dff_ros.config.pipeline import place_layers
 from dff_ros.ff.history import curves, rounded
 from dff_ros.ff.schedule import chapters
+from dff_ros.parts.state import nonfinite
 from dff_ros.parts.versions import MalformedVersion, Parameters
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost
 from dff_ros.run.base import Run
@@ -49,7 +50,7 @@ class DFFRun(Run):
              resume: list[Parameters] | None = None) -> dict[int, dict]:
         """Have ``server`` host these layers (``resume``: their checkpoints, added to a running run)."""
         req = HostRequest(self.run_id, self.model, tuple(indices), restore=restore, add=resume is not None,
-                          resume=tuple(resume or ()))
+                          resume=tuple(resume or ()), run_key=self.run_key)
         (report,) = self.cluster.host([(server, req)])
         if len(report.restored) != len(indices):
             raise RunError(f"{server} confirmed {len(report.restored)} of {len(indices)} layers")
@@ -127,6 +128,12 @@ class DFFRun(Run):
             p = d.decode()
         except MalformedVersion as e:
             self.log.warning(f"dropped a malformed checkpoint ({e})", throttle_duration_sec=5.0)
+            return
+        bad = nonfinite(p.tensors)
+        if bad:   # a replacement resuming from it would train on NaN weights: keep the one before
+            self.dropped += 1
+            self.log.warning(f"dropped a checkpoint of layer {p.part} with NaN or infinite {', '.join(bad[:3])}",
+                             throttle_duration_sec=5.0)
             return
         old = self.checkpoints.get(p.part)
         if old is None or p.version >= old.version:
@@ -223,6 +230,7 @@ class DFFRun(Run):
         state = self.saved_run(servers) if self.pipeline.train else None
         if state is not None:
             self.run_id, self.placed = state["run_id"], state["placed"]
+            self.run_key = int(state.get("run_key", 0))   # 0: a state from before keys
         else:
             self.placed = self.distribute(servers)
         try:

@@ -66,7 +66,7 @@ class PFFRun(Run):
         calls = [(server, HostRequest(self.run_id, self.model, tuple(range(self.L)), plan=plan, node_index=index,
                                       evaluate_only=evaluate_only, start_chapter=start_chapter,
                                       data_root=self.pipeline.data_root or self.model.dataset.root or "",
-                                      param_history=self.pipeline.param_history))
+                                      param_history=self.pipeline.param_history, run_key=self.run_key))
                  for index, server in enumerate(nodes) if only is None or index == only]
         restored = {}
         for (server, _), report in zip(calls, self.cluster.host(calls, answered=answered)):
@@ -113,7 +113,7 @@ class PFFRun(Run):
     def fetch(self, wanted: list[tuple[str, int]]) -> list[Parameters]:
         """Final versions of (server, part) pairs, by service: only the master receives them."""
         out = []
-        for (server, part), (delivery, size) in zip(wanted, self.cluster.fetch(self.model.name, wanted)):
+        for (server, part), (delivery, size) in zip(wanted, self.cluster.fetch(self.model.name, wanted, key=self.run_key)):
             self.fetched_bytes += size
             params = self._decode(delivery, f"{server}'s answer")
             if params is None or params.part != part or params.version != self.model.train.splits:
@@ -217,7 +217,7 @@ class PFFRun(Run):
         except ValueError as e:
             self.log.warning(f"PFF run {run_id}: {e}; starting a new run")
             return None
-        self.run_id = run_id
+        self.run_id, self.run_key = run_id, int(state.get("run_key", 0))   # 0: a state from before keys
         self.recoveries.extend(state.get("recoveries", []))
         self.resumed = {"run_id": run_id, "chapters_done": int(state["chapters_done"]), "nodes": nodes}
         self.log.info(f"taking over PFF run {run_id} (interrupted after {state['chapters_done']} chapter(s)); "

@@ -174,6 +174,7 @@ def host_request_to_msg(req, srv_request):
     m, r = req.model, srv_request
     last = len(m.layers) - 1
     r.run_id, r.model, r.num_classes, r.dataset = req.run_id, m.name, m.num_classes, m.dataset.to_json()
+    r.run_key = req.run_key
     r.image_shape, r.classes = list(m.data.image_shape), list(m.data.classes)
     # a server trains with its own thread count (its `threads` setting), not the trainer's
     r.train = to_parameters({k: v for k, v in m.to_dict()["train"].items() if k != "threads"})
@@ -226,6 +227,9 @@ def progress_to_msg(report, msg):
     msg.accuracy_names = list(report.accuracy)
     msg.accuracy_values = [float(v) for v in report.accuracy.values()]
     return msg
+
+
+MAX_PARAM_HISTORY = 1024   # versions per part a PFF node keeps for late joiners (the pipeline's bound)
 
 
 def host_request_from_msg(msg):
@@ -282,11 +286,14 @@ def host_request_from_msg(msg):
                     raise ValueError(f"layer {m.index}: {key} must be an absolute topic name, got {name!r}")
             wiring[m.index] = {**topics, "last": bool(m.last)}
         return HostRequest(msg.run_id, model, tuple(indices), restore=bool(msg.restore_weights),
-                           add=bool(msg.add_layers), resume=tuple(resume)), wiring
+                           add=bool(msg.add_layers), resume=tuple(resume), run_key=int(msg.run_key)), wiring
     if indices != list(range(len(specs))):
         raise ValueError(f"PFF nodes need every layer of the model (0..{len(specs) - 1}), got {indices}")
     check_pff_supported(model)
     head = train.algorithm == "ff" and "softmax" in train.classifiers
+    if msg.param_history > MAX_PARAM_HISTORY or msg.negatives_lag > train.splits:
+        raise ValueError(f"param_history {msg.param_history} (at most {MAX_PARAM_HISTORY}) or negatives_lag "
+                         f"{msg.negatives_lag} (at most train.splits, {train.splits}) out of range")
     plan = PFFPlan(msg.pff_variant, int(msg.num_nodes), len(specs), head, tuple(int(n) for n in msg.layer_nodes),
                    int(msg.negatives_lag))   # the master's plan, as it made it
     if not 0 <= msg.node_index < plan.nodes:
@@ -296,7 +303,7 @@ def host_request_from_msg(msg):
                          "or given with evaluate_only")
     return HostRequest(msg.run_id, model, tuple(indices), plan=plan, node_index=int(msg.node_index),
                        evaluate_only=bool(msg.evaluate_only), start_chapter=int(msg.start_chapter),
-                       data_root=msg.data_root, param_history=int(msg.param_history)), {}
+                       data_root=msg.data_root, param_history=int(msg.param_history), run_key=int(msg.run_key)), {}
 
 
 def spec_from_msg(m, where: str):
