@@ -215,3 +215,27 @@ def test_a_new_master_takes_over_a_pff_run_the_nodes_went_on_with(mnist, tmp_pat
     assert "taking over PFF run first" in log.text("info")
     assert summary["accuracy"] == ReferenceTrainer(m, mnist, progress=False).fit()["accuracy"]
     assert len(summary["timeline"]) == (len(m.layers) + 1) * m.train.splits   # every task once
+
+
+def test_a_dff_master_keeps_no_checkpoint_with_nan_in_it(tmp_path, cluster):
+    """A replacement resumes from the master's newest checkpoint of its layer: a forged one full
+    of NaN must not become it (the real one before it stays)."""
+    import torch
+
+    from dff_ros.parts.versions import Parameters
+    from dff_ros.run.cluster import Delivery
+
+    run, log = start(DFFRun, cluster(), pipeline(tmp_path), model(), None)
+
+    def checkpoint(version, value, run_id="r1", part=1):
+        p = Parameters(part, version, {"layer.weight": torch.full((2, 2), value)}, {})
+        return Delivery(run_id, "runs", part, 16, lambda: p)
+
+    run.on_checkpoint(checkpoint(1, 0.5))
+    run.on_checkpoint(checkpoint(2, float("nan")))
+    run.on_checkpoint(checkpoint(3, float("inf")))
+    run.on_checkpoint(checkpoint(4, 0.25, run_id="someone-else"))
+    assert run.checkpoints[1].version == 1 and run.dropped == 2
+    assert "dropped a checkpoint of layer 1 with NaN or infinite layer.weight" in log.text("warning")
+    run.on_checkpoint(checkpoint(2, 0.75))
+    assert run.checkpoints[1].version == 2
