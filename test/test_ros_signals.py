@@ -77,8 +77,12 @@ def test_master_interrupted_mid_training_drops_its_run_and_the_next_run_trains_f
         run = master(env, tmp_path, pipeline)
         run.wait_for("training pipe test", 120)
         time.sleep(3)   # chapters are flowing
-        for name in ("server_1", "server_2"):
-            assert client.call(SaveWeights, f"/{name}/save_weights", SaveWeights.Request(model="pipe test")).success
+        for name in ("server_1", "server_2"):   # an operator's save: refused unless it names the live run
+            refused = client.call(SaveWeights, f"/{name}/save_weights", SaveWeights.Request(model="pipe test"))
+            assert not refused.success and "only that run's master may change it" in refused.message, refused.message
+            run_id = client.call(ListLayers, f"/{name}/list_layers", ListLayers.Request()).layers[0].run_id
+            assert client.call(SaveWeights, f"/{name}/save_weights",
+                               SaveWeights.Request(model="pipe test", run_id=run_id)).success
         rc, seconds = stopped_within(run.p, signal.SIGINT)
         assert rc == 130 and seconds < STOP_SECONDS, (rc, seconds, run.output())
         assert "interrupted by SIGINT: run" in run.output() and "dropped run" in run.output(), run.output()
