@@ -63,7 +63,7 @@ class RunKeys:
         ``run_id``: the run an operator names; ``creating``: the run id of a create_layers
         request (its own run may add layers; another run needs the live one's key)."""
         h = self.live(model)
-        if h is None or (h.key and key == h.key) or not h.key:
+        if h is None or not h.key or key == h.key:   # nothing live, an unkeyed run, or its master
             return ""
         if creating and creating == h.run_id and not key:
             return (f"{what}: model {model!r} is in run {h.run_id!r} here; only its master (with the run's "

@@ -33,7 +33,7 @@ from dff_ros.ff.network import build_layer, make_ff_learner
 from dff_ros.ff.objectives import class_goodness, goodness
 from dff_ros.ff.overlay import overlay_neutral
 from dff_ros.ff.schedule import chapters
-from dff_ros.parts.state import load_part_state, part_state
+from dff_ros.parts.state import load_part_state, nonfinite, part_state
 from dff_ros.parts.versions import Parameters
 from dff_ros import weights
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
@@ -47,7 +47,7 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
 def check_finite(name: str, t: torch.Tensor | None) -> None:
     """A float tensor from the wire with NaN or inf in it would poison the layer (one NaN row
     turns every weight NaN): ChunkError."""
-    if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if t is not None and nonfinite({name: t}):
         raise ChunkError(f"{name} has NaN or infinite values")
 
 
