@@ -2,7 +2,8 @@
 bytes moved, for the same model config and seed.
 
     source scripts/env.sh && python bench/pipeline_mnist.py [--pipeline config/mnist_pipeline.yaml]
-        [--servers 2] [--train-set key=value ...] [--skip-reference]
+        [--model config/models/mnist_adaptive.yaml] [--servers 2] [--train-set key=value ...]
+        [--skip-reference]
 
 Runs the reference trainer (threads = servers x server_threads, the same cores), then the
 launcher (master + N servers as processes, own ROS domain), and writes
@@ -30,15 +31,19 @@ from dff_ros.config.files import parse_set  # noqa: E402
 
 
 def table(runs):
-    headers = ["model", "schedule", "servers", "epochs", "reference % (goodness / softmax)", "pipeline %",
-               "Δ points", "reference s", "pipeline s", "ratio", "MB moved", "machine"]
+    headers = ["model", "negatives", "schedule", "servers", "epochs", "reference % (goodness / softmax)",
+               "pipeline %", "Δ points", "reference s", "pipeline s", "ratio", "master scoring s", "MB moved", "machine"]
     pct = lambda a: " / ".join(f"{100 * a[k]:.2f}" for k in ("goodness", "softmax") if k in a)  # noqa: E731
     rows = []
     for r in runs:
         ref, got = r["reference"]["accuracy"], r["pipeline"]["accuracy"]
-        rows.append([r["model"], r["schedule"], r["servers"], r["epochs"], pct(ref), pct(got),
+        negatives = r.get("negatives", "random")
+        if r.get("negatives_lag"):
+            negatives += f" (lag {r['negatives_lag']})"
+        rows.append([r["model"], negatives, r["schedule"], r["servers"], r["epochs"], pct(ref), pct(got),
                      f"{max(abs(ref[k] - got[k]) for k in got) * 100:.2f}", f"{r['reference']['train_seconds']:.0f}",
-                     f"{r['pipeline']['train_seconds']:.0f}", f"{r['time_ratio']:.2f}", f"{r['mb_moved']:.0f}",
+                     f"{r['pipeline']['train_seconds']:.0f}", f"{r['time_ratio']:.2f}",
+                     f"{r['pipeline'].get('scoring_seconds', 0):.0f}", f"{r['mb_moved']:.0f}",
                      machine_cell(r["machine"])])
     return markdown_table(headers, rows)
 
@@ -46,12 +51,14 @@ def table(runs):
 def main() -> int:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--pipeline", default=str(REPO / "config" / "mnist_pipeline.yaml"))
+    a.add_argument("--model", default="", help="model YAML (default: the pipeline's)")
     a.add_argument("--servers", type=int, default=2)
     a.add_argument("--train-set", action="append", default=[])
     a.add_argument("--skip-reference", action="store_true", help="reuse the reference numbers already recorded")
     a.add_argument("--no-readme", action="store_true")
     args = a.parse_args()
-    pipe = load_pipeline_config(args.pipeline, {"servers": args.servers})
+    model = {"model": str(Path(args.model).resolve())} if args.model else {}
+    pipe = load_pipeline_config(args.pipeline, {"servers": args.servers, **model})
     cores = args.servers * pipe.server_threads
     cfg = load_model_config(pipe.model, {**parse_set(args.train_set), "threads": cores})
     key = f"{cfg.name}/{cfg.train.schedule}/{args.servers}"
@@ -68,7 +75,8 @@ def main() -> int:
                "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
         cmd = [sys.executable, "-m", "dff_ros.launcher", "--pipeline", args.pipeline, "--servers",
                str(args.servers), "--set", f"data_root={data_root()}", "--set", f"weights_dir={tmp}/w",
-               "--set", f"summary_dir={tmp}/runs", "--set", "restore_weights=false"]
+               "--set", f"summary_dir={tmp}/runs", "--set", "restore_weights=false",
+               *(["--set", f"model={Path(args.model).resolve()}"] if args.model else [])]
         for item in args.train_set:
             cmd += ["--train-set", item]
         print("pipeline:", " ".join(cmd[2:]), flush=True)
@@ -80,7 +88,9 @@ def main() -> int:
     moved = summary["master"]["bytes_sent"] + sum(l["bytes_out"] or 0 for l in summary["layers"])
     row = {"key": key, "model": cfg.name, "schedule": cfg.train.schedule, "servers": args.servers,
            "epochs": cfg.train.epochs, "server_threads": pipe.server_threads, "reference": ref,
-           "pipeline": {k: summary[k] for k in ("accuracy", "train_seconds", "eval_seconds", "layers", "master")},
+           "negatives": cfg.train.negatives, "negatives_lag": cfg.train.negatives_lag,
+           "pipeline": {k: summary.get(k) for k in ("accuracy", "train_seconds", "eval_seconds", "scoring_seconds",
+                                                    "layers", "master")},
            "time_ratio": round(summary["train_seconds"] / ref["train_seconds"], 3), "mb_moved": moved / 1e6,
            "machine": machine()}
     runs = write_results("pipeline_mnist", [row], key="key")

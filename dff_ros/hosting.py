@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dff_ros import weights
 from dff_ros.pipeline.host import LayerHost
+from dff_ros.pipeline.scoring import checkpoint_depth
 from dff_ros.run.cluster import HostRequest, Status
 
 
@@ -20,10 +21,12 @@ class HostedLayer:
     def __init__(self, request: HostRequest, spec, topics: dict, *, last: bool, weights_dir: Path):
         m = request.model
         self.model, self.run_id, self.spec, self.topics = m.name, request.run_id, spec, topics
+        self.config = m
         self.host = LayerHost(spec, m.train, m.num_classes, last=last)
         self.hash = weights.layer_key(m, spec)
         self.path = weights.model_dir(weights_dir, m.name) / weights.layer_file(spec, self.hash)
         self.epochs, self.splits, self.schedule = m.train.epochs, m.train.splits, m.train.schedule
+        self.checkpoint_depth = checkpoint_depth(m)   # checkpoints its topic keeps
         self.restored = False
         self.restored_from = ""   # what was restored: file, run, chapters, when saved
         self.provenance: dict = {}   # the restored file's run_id, chapters, saved_at

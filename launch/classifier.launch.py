@@ -3,8 +3,12 @@
     dff-ros export mnist_default -o ~/mnist.pt             # once: gather the per-node weights
     ros2 launch dff_ros classifier.launch.py weights:=$HOME/mnist.pt image:=/camera/image_mono
     ros2 launch dff_ros classifier.launch.py weights:=$HOME/mnist.pt demo:=true   # MNIST test images
+    ros2 launch dff_ros classifier.launch.py model:=mnist_default image:=/camera/image_mono  # layers
+                                                    # kept on the servers (keep_layers: true)
 
-Arguments: weights (network file from `dff-ros export` or `dff-ros train`), image (the topic to
+Arguments: weights (network file from `dff-ros export` or `dff-ros train`), or model (a model
+whose layers stay on the servers: each image goes through them; head: its softmax head file,
+default the one under the weights dir), run (which run of it, when several), image (the topic to
 classify, remapped onto the node's `image`), prediction (where dff_ros/Prediction goes),
 classifier (goodness | softmax | ...; default softmax when trained), input_qos (best_effort |
 reliable), fit (images of another size: refuse | resize | crop), demo (true: also start
@@ -18,6 +22,9 @@ from launch_ros.actions import Node
 
 ARGS = {
     "weights": ("", "network file (dff-ros export MODEL / dff-ros train)"),
+    "model": ("", "or: a model whose layers stay on the servers (keep_layers: true)"),
+    "run": ("", "model: the run, when the servers host several"),
+    "head": ("", "model with the softmax classifier: the head file (default: under the weights dir)"),
     "image": ("image", "sensor_msgs/Image topic to classify"),
     "prediction": ("prediction", "dff_ros/Prediction output topic"),
     "classifier": ("", "goodness | softmax | pon_last | pon_all (default: softmax when trained)"),
@@ -32,10 +39,16 @@ ARGS = {
 
 def _nodes(context):
     value = {k: LaunchConfiguration(k).perform(context) for k in ARGS}
-    if not value["weights"]:
-        raise RuntimeError("weights:=FILE is needed (make one with `dff-ros export MODEL -o FILE`)")
+    if bool(value["weights"]) == bool(value["model"]):
+        raise RuntimeError("weights:=FILE (make one with `dff-ros export MODEL -o FILE`) or model:=NAME (its "
+                           "layers on the servers) is needed, not both")
+    if value["demo"].lower() in ("true", "1", "yes") and not value["weights"]:
+        raise RuntimeError("demo:=true needs weights:=FILE (the demo reads the dataset it names)")
     remap = [("image", value["image"]), ("prediction", value["prediction"])]
-    args = ["--weights", value["weights"], "--input-qos", value["input_qos"], "--fit", value["fit"]]
+    source = (["--weights", value["weights"]] if value["weights"] else
+              ["--model", value["model"], *(["--run", value["run"]] if value["run"] else []),
+               *(["--head", value["head"]] if value["head"] else [])])
+    args = [*source, "--input-qos", value["input_qos"], "--fit", value["fit"]]
     if value["classifier"]:
         args += ["--classifier", value["classifier"]]
     actions = [Node(package="dff_ros", executable="classifier", output="screen", arguments=args, remappings=remap)]

@@ -13,6 +13,7 @@ from dff_ros.parts.state import nbytes_of, part_state
 from dff_ros.parts.versions import ParameterStore, Parameters
 from dff_ros.pff.worker import PFFWorker, WorkerStopped
 from dff_ros.pipeline.host import LayerHost
+from dff_ros.pipeline.scoring import checkpoint_depth
 from dff_ros.run.cluster import Delivery, HostReport, Hosting, RunError, Status
 
 
@@ -62,6 +63,7 @@ class FakeCluster:
         self.on_chunk = on_chunk or (lambda server, layer, chunk: None)
         self.listeners: list = []            # runs: on_status
         self.on_checkpoint = None
+        self.checkpoints: dict[tuple[str, int], list[Delivery]] = {}   # (model, layer) -> the topic's history
         self.on_result = None
         self.on_task = None
         self.progress: list = []
@@ -142,7 +144,7 @@ class FakeCluster:
         for i in req.layers:
             spec = m.layers[i]
             host = LayerHost(spec, m.train, m.num_classes, last=i == len(m.layers) - 1)
-            host.on_checkpoint = lambda p, run_id=req.run_id: self._checkpoint(run_id, m.name, p)
+            host.on_checkpoint = lambda p, run_id=req.run_id: self._checkpoint(run_id, m, p)
             s.hashes[i] = weights.spec_hash(m.name, spec, train)
             path = weights.model_dir(s.weights_dir, m.name) / weights.layer_file(spec, s.hashes[i])
             origin = ""
@@ -193,9 +195,12 @@ class FakeCluster:
         return out
 
     # ------------------------------------------------------------------ DFF data path
-    def _checkpoint(self, run_id: str, model: str, p: Parameters) -> None:
+    def _checkpoint(self, run_id: str, model, p: Parameters) -> None:
+        d = Delivery(run_id, model.name, p.part, nbytes_of(p.tensors), lambda: p)
+        kept = self.checkpoints.setdefault((model.name, p.part), [])   # transient local, KEEP_LAST depth
+        kept[:] = (kept + [d])[-checkpoint_depth(model):]
         if self.on_checkpoint is not None:
-            self.on_checkpoint(Delivery(run_id, model, p.part, nbytes_of(p.tensors), lambda: p))
+            self.on_checkpoint(d)
 
     def _where(self, index: int):
         for s in self.servers_.values():
@@ -237,7 +242,11 @@ class FakeCluster:
             assert i in self.servers_[server].layers, f"layer {i} is not on {server}"
 
     def follow_checkpoints(self, model, on_checkpoint) -> None:
+        """A late subscriber gets what the topic keeps (a master taking a run over)."""
         self.on_checkpoint = on_checkpoint
+        for (name, _), kept in list(self.checkpoints.items()):
+            for d in kept if name == model.name else ():
+                on_checkpoint(d)
 
     # ------------------------------------------------------------------ PFF
     def _host_pff(self, s: FakeServer, req) -> HostReport:

@@ -12,6 +12,7 @@ from dff_ros.ff.trainer import ReferenceTrainer
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 from dff_ros.pipeline.driver import PipelineDriver, ServerLost, check_supported
 from dff_ros.pipeline.host import LayerHost
+from dff_ros.pipeline.scoring import NetworkSnapshots, scored_versions
 
 
 def config(schedule, **train):
@@ -26,6 +27,9 @@ def run_in_process(cfg, data, count_layers=False):
     ``count_layers``: the progress counts the hosts' trained rows too (as the master does)."""
     hosts = [LayerHost(s, cfg.train, cfg.num_classes, last=s.index == len(cfg.layers) - 1) for s in cfg.layers]
     results = queue.Queue()
+    snapshots = NetworkSnapshots(len(hosts), scored_versions(cfg)) if scored_versions(cfg) else None
+    for h in hosts:   # what the master hears on the checkpoints topic
+        h.on_checkpoint = snapshots and (lambda p: snapshots.add(p.part, p.version, p.tensors))
 
     def push(i, chunk, infer):
         outs = [hosts[i].infer(chunk)] if infer else hosts[i].train(chunk)
@@ -37,7 +41,7 @@ def run_in_process(cfg, data, count_layers=False):
 
     driver = PipelineDriver(cfg, data, send_train=lambda c: push(0, c, False),
                             send_infer=lambda c: push(0, c, True), results=results, chunk_rows=700,
-                            progress=False,
+                            progress=False, snapshots=snapshots,
                             layer_samples=(lambda: sum(h.samples for h in hosts)) if count_layers else None)
     driver.fit()
     return driver.evaluate()["accuracy"], hosts, driver
@@ -45,8 +49,15 @@ def run_in_process(cfg, data, count_layers=False):
 
 @pytest.mark.parametrize("schedule, train", [("stream", {}), ("chapters", {}),
                                              ("chapters", {"augment_crop": 2, "augment_flip": True}),
+                                             # adaptive negatives: the master scores them with the layers'
+                                             # checkpoints; the lag as the reference's (DFF's default: 3 layers)
+                                             ("chapters", {"negatives": "adaptive", "splits": 6, "negatives_lag": 3}),
+                                             ("chapters", {"negatives": "adaptive", "splits": 3, "negatives_lag": 1}),
+                                             ("stream", {"negatives": "adaptive", "splits": 3, "negatives_lag": 1}),
                                              ("chapters", {"algorithm": "cwc", "classifiers": ["cwc_all", "cwc_last"]}),
                                              ("stream", {"algorithm": "cwc", "classifiers": ["cwc_last"]}),
+                                             ("chapters", {"algorithm": "pon", "classifiers": ["pon_last", "pon_all"]}),
+                                             ("stream", {"algorithm": "pon", "classifiers": ["pon_all"]}),
                                              ("chapters", {"negatives": "hybrid", "classifiers": ["softmax"]}),
                                              ("stream", {"negatives": "hybrid", "classifiers": ["softmax"],
                                                          "augment_crop": 1})])
@@ -56,6 +67,9 @@ def test_pipeline_matches_reference(mnist, schedule, train):
     ref = reference["accuracy"]
     got, hosts, driver = run_in_process(cfg, mnist)
     assert min(got.values()) > (0.6 if train else 0.75), got
+    if cfg.train.negatives == "adaptive":   # every scored chapter scored once, on the master
+        assert sorted(driver.scored) == list(range(cfg.train.negatives_lag, cfg.train.splits))
+        assert driver.scoring_seconds > 0
     # Both schedules run the same updates in the same order as the reference, with the same bits
     # whatever the thread count (the driver trains the head with 1 thread, the reference with 2;
     # dff_ros/numerics.py), so the results are equal, not close.
@@ -79,18 +93,27 @@ def test_progress_counts_the_layers_rows_as_they_train(mnist):
     assert driver.progress.total == driver.progress.done == rows
 
 
-@pytest.mark.parametrize("schedule", ["chapters", "stream"])
-def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_once(mnist, schedule):
+@pytest.mark.parametrize("schedule, train", [("chapters", {}), ("stream", {}),
+                                             ("chapters", {"negatives": "adaptive", "negatives_lag": 1})])
+def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_once(mnist, schedule, train):
     """Layer 1 dies while chapter 1 reaches it (checkpoint: after chapter 0); layer 0 has gone
     on (chapters: to chapter 2; stream: one minibatch further, in the middle of chapter 1's
     second epoch). A new host resumes from the checkpoint, the driver resends from chapter 1,
-    layers only pass on what they trained before, and every update happens once."""
-    cfg = config(schedule, splits=3)
+    layers only pass on what they trained before, and every update happens once. Adaptive: the
+    driver waits for the network after chapter 1 to score chapter 2 when the layer dies; chapter
+    1 is resent with the labels it had."""
+    cfg = config(schedule, splits=3, **train)
     n = cfg.train.train_subset
     ref = ReferenceTrainer(cfg, mnist, progress=False).fit()["accuracy"]
     results, checkpoints, state = queue.Queue(), {}, {"dead": False, "lost": 0}
-    hosts = [LayerHost(s, cfg.train, cfg.num_classes, last=s.index == 2,
-                       on_checkpoint=lambda p: checkpoints.__setitem__(p.part, p)) for s in cfg.layers]
+    snapshots = NetworkSnapshots(3, scored_versions(cfg)) if train else None
+
+    def on_checkpoint(p):
+        checkpoints[p.part] = p
+        if snapshots is not None:
+            snapshots.add(p.part, p.version, p.tensors)
+    hosts = [LayerHost(s, cfg.train, cfg.num_classes, last=s.index == 2, on_checkpoint=on_checkpoint)
+             for s in cfg.layers]
 
     def push(i, chunk, infer):
         if i == 1 and not infer and chunk.chapter == 1 and chunk.attempt == 0 and (
@@ -114,9 +137,12 @@ def test_lost_layer_resumes_from_its_checkpoint_and_every_chapter_is_trained_onc
         return min(h.chapters_done for h in hosts)
 
     driver = PipelineDriver(cfg, mnist, send_train=lambda c: push(0, c, False), send_infer=lambda c: push(0, c, True),
-                            results=results, chunk_rows=700, progress=False, health=health, recover=recover)
+                            results=results, chunk_rows=700, progress=False, health=health, recover=recover,
+                            snapshots=snapshots)
     driver.fit()
     got = driver.evaluate()["accuracy"]
+    if train:
+        assert sorted(driver.scored) == [1, 2]
     assert state["lost"] == 1 and driver.attempt == 1 and checkpoints[1].version == 3
     # exactly once: every layer (and the head) trained every chapter, none twice
     assert [h.chapters_done for h in hosts] == [3, 3, 3] and driver.head_done == 3
@@ -254,9 +280,32 @@ def test_host_rejects_bad_chunks():
         chapters.train(TrainChunk(0, 1, 1, 5, lab, acts=acts))
 
 
+def test_dff_adaptive_lag_defaults_keep_the_pipeline_full():
+    from dff_ros.pipeline.scoring import checkpoint_depth, dff_negatives_lag
+    chapters = config("chapters", negatives="adaptive", splits=6)
+    assert dff_negatives_lag(chapters) == 3 and scored_versions(chapters) == {1, 2, 3}
+    assert checkpoint_depth(chapters) == 4 and checkpoint_depth(config("chapters")) == 1
+    assert dff_negatives_lag(config("stream", negatives="adaptive", splits=6)) == 1
+    assert dff_negatives_lag(config("chapters", negatives="adaptive", splits=6, negatives_lag=2)) == 2
+    assert scored_versions(config("chapters", negatives="random", splits=6)) == set()
+
+
+def test_snapshots_wait_for_every_layer_and_stand_in_for_a_missed_one():
+    snaps = NetworkSnapshots(2, {1, 2})
+    w = lambda v: {"w": torch.full((1,), float(v))}  # noqa: E731
+    snaps.add(0, 1, w(1))
+    assert snaps.take(1, wait=0.05) is None          # layer 1 has not finished chapter 0
+    snaps.add(1, 1, w(1))
+    states, stand_ins = snaps.take(1)
+    assert [s["w"].item() for s in states] == [1, 1] and stand_ins == {}
+    assert snaps.take(1) is None                     # taken: dropped
+    snaps.add(0, 2, w(2))
+    snaps.add(1, 3, w(3))                            # layer 1's version 2 went by unseen
+    states, stand_ins = snaps.take(2)
+    assert [s["w"].item() for s in states] == [2, 3] and stand_ins == {1: 3}
+
+
 def test_unsupported_configs_are_named():
-    with pytest.raises(ValueError, match="train.negatives"):
-        check_supported(config("stream", negatives="adaptive"))
     branched = parse_model_config({"name": "b", "model": [[-1, "FFDense", [50]], [-1, "FFDense", [50]],
                                                           [0, "FFDense", [50]]]}, "b.yaml")
     with pytest.raises(ValueError, match=r"model\[2\].from"):

@@ -1,6 +1,7 @@
 """The classifier node on sensor_msgs/Image (topic and service) and the image demo, as separate
 processes over DDS, against the same network evaluated in-process."""
 import json
+import re
 import time
 
 import numpy as np
@@ -87,3 +88,55 @@ def test_classifier_node_and_image_demo(network, tmp_path, mnist, data_root):
     assert result["accuracy"] == pytest.approx(float((expected == truth).float().mean()), abs=1e-6), result
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"] < 5000, result
     assert "accuracy" in demo.output() and "latency p50" in demo.output()
+
+
+def test_classifier_runs_a_model_whose_layers_stay_on_the_servers(tmp_path, data_root, mnist):
+    """--model: the images go through the layers the servers still host (keep_layers: true) and
+    get the classes the gathered network gives them in-process; softmax with the master's head."""
+    from rosutil import MODEL, start_server, write_pipeline
+    from test_ros_admin import cli
+
+    from dff_ros.srv import Classify
+
+    env = ros_env()
+    pipeline = write_pipeline(tmp_path, data_root, epochs=2, splits=1, train_subset=3000,
+                              pipeline={"keep_layers": True})
+    servers = [start_server(env, tmp_path, f"server_{i}") for i in (1, 2)]
+    nodes = []
+    client = Client(env)
+    try:
+        run = Proc(["-m", "dff_ros.nodes.master", "--pipeline", str(pipeline), "--no-progress"], env,
+                   tmp_path / "master.log")
+        nodes.append(run)
+        assert run.p.wait(180) == 0, run.output()
+        summary = json.loads(open(re.search(r"\[dff_master\]: summary: (\S+)", run.output()).group(1)).read())
+        rc, out = cli(env, "export", MODEL, "--model-config", str(tmp_path / "model.yaml"), "--servers", "2",
+                      "--pipeline", str(pipeline), "-o", str(tmp_path / "net.pt"))
+        assert rc == 0, out
+        net, _ = load_network(tmp_path / "net.pt")
+        count = 40
+        images = mnist["test_images"][:count]
+        for classifier, extra in (("softmax", ["--head", summary["head_weights"]]), ("goodness", [])):
+            expected = class_scores(net, images, classifier).argmax(dim=1)
+            node = Proc(["-m", "dff_ros.nodes.classifier", "--model", MODEL, "--classifier", classifier, *extra,
+                         "--ros-args", "-r", f"__node:=clf_{classifier}"], env, tmp_path / f"{classifier}.log")
+            nodes.append(node)
+            got = []
+            for i in range(count):
+                pixels = (images[i] * 255).round().to(torch.uint8).reshape(28, 28).numpy()
+                res = client.call(Classify, f"/clf_{classifier}/classify", Classify.Request(image=image_msg(pixels)),
+                                  timeout=60)
+                assert res.success, res.message
+                got.append(res.prediction.label)
+            assert got == expected.tolist(), (classifier, got, expected.tolist())
+            assert f"layers on the servers, run {summary['run_id']}" in node.output(), node.output()
+            node.stop()
+        # a model no server hosts: said, with what to do
+        proc = Proc(["-m", "dff_ros.nodes.classifier", "--model", "other"], env, tmp_path / "other.log")
+        nodes.append(proc)
+        assert proc.p.wait(60) == 2, proc.output()
+        assert "0 runs of 'other' have every layer on the servers" in proc.output() and "keep_layers: true" in proc.output()
+    finally:
+        client.close()
+        for p in [*nodes, *servers]:
+            p.stop()

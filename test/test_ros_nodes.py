@@ -1,4 +1,5 @@
 """Server and master nodes as separate processes over real DDS (each test: its own domain)."""
+import dataclasses
 import json
 import re
 import time
@@ -149,15 +150,24 @@ def test_two_servers_train_then_restore(env, tmp_path, data_root):
     # (a run that trains with restore_weights: null asks for no restore: test_pipeline_config.py)
 
 
-def test_stream_schedule_matches_reference(env, tmp_path, data_root, mnist):
+@pytest.mark.parametrize("train", [{"schedule": "stream", "epochs": 2, "splits": 1},
+                                   # the master scores chapters 2 and 3 with the layers' checkpoints
+                                   # after chapters 0 and 1 (lag: the layer count)
+                                   {"negatives": "adaptive", "epochs": 4, "splits": 4},
+                                   # PON: each server trains its layer with its own softmax head
+                                   {"algorithm": "pon", "classifiers": ["pon_last", "pon_all"]}])
+def test_pipeline_matches_reference_over_dds(env, tmp_path, data_root, mnist, train):
     from dff_ros.config import load_model_config
     from dff_ros.ff.trainer import ReferenceTrainer
 
-    pipeline = write_pipeline(tmp_path, data_root, schedule="stream", epochs=2, splits=1)
+    pipeline = write_pipeline(tmp_path, data_root, **train)
     summary, _ = run_launcher(env, tmp_path, pipeline, "--set", "restore_weights=false")
-    ref = ReferenceTrainer(load_model_config(tmp_path / "model.yaml"), mnist, progress=False).fit()["accuracy"]
-    for k in ("goodness", "softmax"):
-        assert summary["accuracy"][k] == ref[k], (summary["accuracy"], ref)
+    cfg = load_model_config(tmp_path / "model.yaml")
+    if train.get("negatives") == "adaptive":
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, negatives_lag=2))
+        assert summary["scoring_seconds"] > 0
+    ref = ReferenceTrainer(cfg, mnist, progress=False).fit()["accuracy"]
+    assert summary["accuracy"] == ref, (summary["accuracy"], ref)
 
 
 def run_master(env, tmp_path, pipeline, *sets):

@@ -85,11 +85,18 @@ def test_master_interrupted_mid_training_drops_its_run_and_the_next_run_trains_f
                                SaveWeights.Request(model="pipe test", run_id=run_id)).success
         rc, seconds = stopped_within(run.p, signal.SIGINT)
         assert rc == 130 and seconds < STOP_SECONDS, (rc, seconds, run.output())
-        assert "interrupted by SIGINT: run" in run.output() and "dropped run" in run.output(), run.output()
-        clean(run.output())
+        out = run.output()
+        assert "interrupted by SIGINT: run" in out, out
+        # the servers got the delete; on a loaded machine an answer can miss the master's brief
+        # wait (its new client is not matched yet), so what counts is what they host
+        assert "dropped run" in out or "not every server answered delete_model in time" in out, out
+        clean(out)
         for name in ("server_1", "server_2"):   # nothing left training the abandoned run
-            listing = client.call(ListLayers, f"/{name}/list_layers", ListLayers.Request())
-            assert [l.model for l in listing.layers] == [], (name, listing.layers)
+            deadline = time.monotonic() + 5
+            while (hosted := client.call(ListLayers, f"/{name}/list_layers", ListLayers.Request()).layers) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [l.model for l in hosted] == [], (name, hosted)
         assert len(list((tmp_path / "weights").glob("*/layer*.pt"))) == 2
 
         again = Proc(["-m", "dff_ros.nodes.master", "--pipeline", str(pipeline), "--no-progress",

@@ -55,8 +55,9 @@ def cluster(tmp_path):
 
 
 @pytest.mark.parametrize("schedule", ["chapters", "stream"])
-def test_a_dff_run_gives_the_reference_result(mnist, tmp_path, cluster, schedule):
-    m = model(schedule)
+@pytest.mark.parametrize("negatives", ["random", "adaptive"])
+def test_a_dff_run_gives_the_reference_result(mnist, tmp_path, cluster, schedule, negatives):
+    m = model(schedule, negatives=negatives, negatives_lag=1 if negatives == "adaptive" else None)
     c = cluster()
     run, log = start(DFFRun, c, pipeline(tmp_path), m, mnist)
     summary = run.run()
@@ -105,8 +106,11 @@ def test_a_lost_server_ends_the_run_without_recovery(mnist, tmp_path, cluster):
         run.run()
 
 
-def test_a_new_master_takes_over_an_interrupted_run(mnist, tmp_path, cluster):
-    m = model()
+@pytest.mark.parametrize("negatives", ["random", "adaptive"])
+def test_a_new_master_takes_over_an_interrupted_run(mnist, tmp_path, cluster, negatives):
+    """Adaptive: the labels of the chapters sent are in the run state; later ones are scored
+    with the checkpoints the layers' topics keep for a late subscriber."""
+    m = model(negatives=negatives)
     p = pipeline(tmp_path, window=1)
     undisturbed = start(DFFRun, cluster(), p, m, mnist)[0].run()["accuracy"]
 
@@ -127,6 +131,8 @@ def test_a_new_master_takes_over_an_interrupted_run(mnist, tmp_path, cluster):
     for k, v in summary["accuracy"].items():
         assert abs(v - undisturbed[k]) <= 0.03, (summary["accuracy"], undisturbed)
     assert "taking over run first" in log.text("info")
+    if negatives == "adaptive":   # lag 2 (the layer count): chapters 2 and 3 scored, none missed
+        assert sorted(second.driver.scored) == [2, 3] and "not seen here" not in log.text("info")
 
 
 def test_a_run_state_of_another_config_is_not_taken_over(mnist, tmp_path, cluster):
@@ -239,3 +245,74 @@ def test_a_dff_master_keeps_no_checkpoint_with_nan_in_it(tmp_path, cluster):
     assert "dropped a checkpoint of layer 1 with NaN or infinite layer.weight" in log.text("warning")
     run.on_checkpoint(checkpoint(2, 0.75))
     assert run.checkpoints[1].version == 2
+
+
+def combinations():
+    """Every {negatives} x {classifier} x {schedule} x {transport} the model schema accepts (one
+    classifier at a time; 'refused' the rest, with the schema's key)."""
+    out = []
+    for negatives in ("random", "fixed", "adaptive", "hybrid"):
+        for algorithm, classifiers in (("ff", ("goodness", "softmax")), ("pon", ("pon_last", "pon_all")),
+                                       ("cwc", ("cwc_last", "cwc_all"))):
+            for classifier in classifiers:
+                for schedule in ("chapters", "stream"):
+                    for transport in ("activations", "single_layer", "all_layers", "federated"):
+                        out.append((negatives, algorithm, classifier, schedule, transport))
+    return out
+
+
+def combination_model(negatives, algorithm, classifier, schedule):
+    return parse_model_config({
+        "name": "combo", "model": [[-1, "FFDense", [40]], [-1, "FFDense", [40]]],
+        "train": {"epochs": 2, "splits": 2, "lr": 0.003, "schedule": schedule, "train_subset": 600,
+                  "test_subset": 200, "threads": 1, "algorithm": algorithm, "classifiers": [classifier],
+                  "negatives": negatives,
+                  # adaptive: chapter 2 scored after chapter 0 (a lag every variant takes on 2 nodes)
+                  **({"negatives_lag": 2, "epochs": 3, "splits": 3} if negatives == "adaptive" else {})}},
+        "combo.yaml")
+
+
+def test_every_combination_the_schema_accepts_runs_or_is_refused_with_its_reason(mnist, tmp_path, cluster):
+    """Accepted: the run ends with the reference trainer's result (federated trains on shards:
+    its own result, in range). Refused: when the config is read, naming the key and why."""
+    from dff_ros.config.schema import ConfigError
+    from dff_ros.pff.worker import check_pff_supported
+    from dff_ros.pipeline.driver import check_supported
+
+    ran, refused, references = [], {}, {}
+    for i, (negatives, algorithm, classifier, schedule, transport) in enumerate(combinations()):
+        what = f"{negatives} x {algorithm}/{classifier} x {schedule} x {transport}"
+        try:
+            m = combination_model(negatives, algorithm, classifier, schedule)
+            (check_supported if transport == "activations" else check_pff_supported)(m)
+        except ConfigError as e:
+            assert e.key.startswith("train.") and e.problem, what
+            refused[what] = e.key
+            continue
+        except ValueError as e:   # the master's own checks say which key
+            assert "combo.yaml: train." in str(e), (what, str(e))
+            refused[what] = str(e).split(": ")[1]
+            continue
+        c = cluster()
+        c.data = mnist
+        p = pipeline(tmp_path / str(i)) if transport == "activations" else \
+            pipeline(tmp_path / str(i), transport="parameters", pff_variant=transport)
+        summary = start(DFFRun if transport == "activations" else PFFRun, c, p, m, mnist)[0].run()
+        acc = summary["accuracy"]
+        assert set(acc) == {classifier} and 0.0 <= acc[classifier] <= 1.0, (what, acc)
+        if transport != "federated":
+            key = (negatives, algorithm, classifier, schedule)
+            if key not in references:
+                references[key] = ReferenceTrainer(m, mnist, progress=False).fit()["accuracy"]
+            assert acc == references[key], (what, acc, references[key])
+        ran.append(what)
+    # refused: negatives that pon and cwc would ignore, hybrid but for softmax-only FF, PFF's stream
+    # schedule; every other combination ran
+    assert set(refused.values()) == {"train.negatives", "train.schedule"}, refused
+    for what in refused:
+        negatives, model_, schedule, transport = what.split(" x ")
+        assert (model_.split("/")[0] != "ff" and negatives in ("fixed", "adaptive")) or \
+            (negatives == "hybrid" and model_ != "ff/softmax") or (schedule == "stream" and transport != "activations"), what
+    # 11 models (ff: 3 negatives x 2 classifiers + hybrid/softmax; pon, cwc: 2 classifiers each),
+    # each on chapters with 4 transports and on stream with activations
+    assert len(ran) == 11 * 5 and len(ran) + len(refused) == len(combinations()), ran

@@ -97,7 +97,8 @@ class TrainConfig:
     peer_normalization: float = 0.03  # weight of the peer-normalisation loss (0 = off)
     negatives: str = "random"        # adaptive | random | fixed (labels) | hybrid (images, unsupervised)
     # adaptive: score chapter j's negatives with the network after chapter j - lag; null: 1 in
-    # one process, N (the node count) in PFF, so no node waits for another's network
+    # one process, the layer count in a DFF chapters pipeline (1 for stream), N (the node count)
+    # in PFF, so no layer or node waits for another's network
     negatives_lag: int | None = None
     classifiers: tuple = ("goodness", "softmax")
     schedule: str = "chapters"       # chapters: layer by layer (PFF); stream: each batch through all layers (DFF)
@@ -141,9 +142,9 @@ TRAIN_HELP = {
     "peer_normalization": "weight of the peer-normalisation loss (0: off)",
     "negatives": "`adaptive` \\| `random` \\| `fixed` (negative labels overlaid) \\| `hybrid` (unsupervised: no "
                  "labels overlaid; negatives are two images mixed by a blurred random mask; only the softmax head "
-                 "classifies)",
-    "negatives_lag": "adaptive: chapter j's negatives are scored after chapter j - lag; null: 1, or the node "
-                     "count in PFF",
+                 "classifies); ff only: pon and cwc train without negatives (`fixed` or `adaptive` there is refused)",
+    "negatives_lag": "adaptive: chapter j's negatives are scored after chapter j - lag; null: 1 in one process, "
+                     "the layer count in a DFF chapters pipeline (1 for stream), the node count in PFF",
     "classifiers": "ff: `goodness`, `softmax`; pon: `pon_last`, `pon_all`; cwc: `cwc_all` (every layer's groups), "
                    "`cwc_last`",
     "schedule": "`chapters`: layer by layer (PFF); `stream`: each minibatch through all layers (DFF)",
@@ -274,6 +275,9 @@ def parse_model_config(raw: Any, source: str = "<dict>", *, data: DataInfo | Non
         raise ConfigError(source, "train.negatives", "hybrid negatives train FF without labels: use algorithm ff "
                                                      "with classifiers [softmax] (the head is the only one that "
                                                      "sees labels)")
+    if train.layer_scores and train.negatives in ("fixed", "adaptive"):   # it would be ignored
+        raise ConfigError(source, "train.negatives", f"{train.algorithm} trains without negatives (one pass with "
+                                                     f"the neutral label): remove negatives, or use algorithm ff")
     if train.algorithm == "ff" and "goodness" in train.classifiers and len(layers) < 2:
         raise ConfigError(source, "train.classifiers",
                           "the goodness classifier skips the first layer, so it needs at least 2 layers")

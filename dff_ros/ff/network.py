@@ -43,8 +43,7 @@ class FFNetwork(nn.Module):
         widths = [s.out_features for s in specs]
         self.head = build_head(widths, num_classes, seed) if softmax_head else None
         # PON: a softmax head per layer (cwc's class groups have no parameters)
-        self.pon_heads = (nn.ModuleList([seeded(seed, 20_000 + i, lambda w=w: nn.Linear(w, num_classes))
-                                         for i, w in enumerate(widths)])
+        self.pon_heads = (nn.ModuleList([build_pon_head(s, num_classes, seed) for s in specs])
                           if algorithm == "pon" else None)
 
     @classmethod
@@ -80,18 +79,29 @@ class FFNetwork(nn.Module):
 
     def make_learners(self, train) -> tuple[list, SoftmaxLearner | None]:
         """Per-layer learners and the softmax-head learner for a ``TrainConfig``."""
-        if self.algorithm == "pon":
-            layer_learners = [make_pon_learner(l, h, train) for l, h in zip(self.layers, self.pon_heads)]
-        elif self.algorithm == "cwc":
-            layer_learners = [GroupsLearner(l, self.num_classes, lr=train.lr, **_common(train)) for l in self.layers]
-        else:
-            layer_learners = [make_ff_learner(l, train) for l in self.layers]
+        heads = self.pon_heads if self.pon_heads is not None else [None] * len(self.layers)
+        layer_learners = [make_layer_learner(l, train, self.num_classes, h) for l, h in zip(self.layers, heads)]
         head = make_head_learner(self.head, train) if self.head is not None else None
         return layer_learners, head
 
 
 def _common(train) -> dict:
     return dict(optimizer=train.optimizer, total_epochs=train.epochs, cooldown=train.cooldown)
+
+
+def build_pon_head(spec, num_classes: int, seed: int) -> nn.Linear:
+    """PON: layer ``spec``'s own softmax head, seeded per layer (a server hosting the layer alone
+    builds the one the single-process network has)."""
+    return seeded(seed, 20_000 + spec.index, lambda: nn.Linear(spec.out_features, num_classes))
+
+
+def make_layer_learner(layer: nn.Module, train, num_classes: int, pon_head: nn.Linear | None = None):
+    """The learner of one layer for ``train.algorithm`` (pon: with its head)."""
+    if train.algorithm == "pon":
+        return make_pon_learner(layer, pon_head, train)
+    if train.algorithm == "cwc":
+        return GroupsLearner(layer, num_classes, lr=train.lr, **_common(train))
+    return make_ff_learner(layer, train)
 
 
 def make_ff_learner(layer: nn.Module, train) -> FFLearner:

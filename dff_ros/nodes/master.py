@@ -33,6 +33,7 @@ from dff_ros.nodes.common import (DATA_QOS, STATUS_QOS, TASKS_QOS, declare_setti
                                   make_executor, params_qos, spin_until_shutdown)
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.driver import check_supported
+from dff_ros.pipeline.scoring import checkpoint_depth
 from dff_ros.plots import run_plots
 from dff_ros.run.cluster import Delivery, HostReport, Hosting, RunError
 from dff_ros.run.dff import DFFRun
@@ -226,7 +227,8 @@ class MasterNode(Node):
             Delivery(m.run_id, m.model, m.part, nbytes(m), lambda: params_from_msg(m))), qos)
 
     def follow_checkpoints(self, model, on_checkpoint) -> None:
-        self._follow_parameters(checkpoints_topic(model.name), params_qos(2 * len(model.layers)), on_checkpoint)
+        self._follow_parameters(checkpoints_topic(model.name), params_qos(2 * checkpoint_depth(model) * len(model.layers)),
+                                on_checkpoint)
 
     def follow_tasks(self, model, on_task) -> None:
         self._follow_parameters(tasks_topic(model.name), TASKS_QOS, on_task)

@@ -12,6 +12,7 @@ for training.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -73,6 +74,22 @@ def checked_settings(values: dict) -> dict:
             want = f"an integer {low}..{INT_LIMIT}" if isinstance(default, int) else "a string"
             raise ValueError(f"server setting {key}: must be {want}, got {v!r}")
     return dict(values)
+
+
+def hosted_runs(hosted) -> list[dict]:
+    """What a classifier needs to run a model on the layers hosted here, per run: the model's
+    config without its layers, each hosted layer's row of the model YAML by index, and the
+    model's last index if that layer is here."""
+    runs: dict[str, dict] = {}
+    for h in hosted:
+        config = h.config.to_dict()
+        run = runs.setdefault(h.run_id, {"run_id": h.run_id, "config": {k: v for k, v in config.items() if k != "model"},
+                                         "layers": {}, "last": -1})
+        position = [spec.index for spec in h.config.layers].index(h.spec.index)
+        run["layers"][str(h.spec.index)] = config["model"][position]
+        if h.host.last:
+            run["last"] = h.spec.index
+    return list(runs.values())
 
 
 class ServerNode(Node):
@@ -322,6 +339,8 @@ class ServerNode(Node):
                     input_topic=h.topics["train_input"], output_topic=h.topics["train_output"]))
             for job in self.jobs.values():
                 res.layers.extend(job.infos())
+            hosted = list(self.layers.values())
+        res.hosted_runs = [json.dumps(run) for run in hosted_runs(hosted)]
         for name, size, saved_at in weights.saved_files(self.weights_dir, MAX_LISTED_FILES):
             res.saved_files.append(name)
             res.saved_bytes.append(size)
@@ -388,7 +407,7 @@ class ServerNode(Node):
         entities = self.entities[id(h)] = [
             self.create_publisher(TrainingBatch, h.topics["train_output"], DATA_QOS),
             self.create_publisher(InferenceBatch, h.topics["infer_output"], DATA_QOS),
-            self.create_publisher(LayerParameters, checkpoints_topic(h.model), params_qos(1)),
+            self.create_publisher(LayerParameters, checkpoints_topic(h.model), params_qos(h.checkpoint_depth)),
         ]
         train_pub, infer_pub, checkpoint_pub = entities
         entities += [

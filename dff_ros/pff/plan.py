@@ -55,8 +55,8 @@ class PFFPlan:
             raise ValueError(f"negatives_lag must be >= 0, got {self.negatives_lag}")
         if self.variant == "federated" and self.negatives_lag % self.nodes:
             # another node's labels would be for rows of another shard (and would leak labels)
-            raise ValueError(f"federated adaptive negatives are scored by each node on its own shard: "
-                             f"negatives_lag must be a multiple of the node count {self.nodes}, "
+            raise ValueError(f"train.negatives_lag: federated adaptive negatives are scored by each node on its "
+                             f"own shard: it must be a multiple of the node count {self.nodes}, "
                              f"got {self.negatives_lag}")
 
     @classmethod

@@ -22,6 +22,8 @@ from dff_ros.ff.negatives import NegativeLabels
 from dff_ros.ff.schedule import chapters
 from dff_ros.parts.state import load_part_state, part_state
 from dff_ros.pipeline.chunks import InferChunk, TrainChunk
+from dff_ros.pipeline.host import images_to_float
+from dff_ros.pipeline.scoring import NegativesScorer, NetworkSnapshots, dff_negatives_lag
 from dff_ros.progress import Progress
 
 
@@ -39,11 +41,9 @@ class ServerLost(RuntimeError):
 
 def check_supported(config) -> None:
     t = config.train
-    if t.algorithm not in ("ff", "cwc"):
-        raise ValueError(f"{config.source}: train.algorithm: the DFF pipeline runs 'ff' or 'cwc' (got {t.algorithm!r})")
-    if t.negatives == "adaptive":
-        raise ValueError(f"{config.source}: train.negatives: adaptive negatives need a scoring pass over the "
-                         "training set between chapters, not yet in the DFF pipeline; use random or fixed")
+    if t.algorithm not in ("ff", "pon", "cwc"):
+        raise ValueError(f"{config.source}: train.algorithm: the DFF pipeline runs 'ff', 'pon' or 'cwc' "
+                         f"(got {t.algorithm!r})")
     for spec in config.layers:
         if spec.source != spec.index - 1:
             raise ValueError(f"{config.source}: model[{spec.index}].from: the DFF pipeline runs sequential "
@@ -57,6 +57,21 @@ def _matrix(t: torch.Tensor | None, rows: int, width: int, name: str) -> str | N
     if not bool(torch.isfinite(t).all()):
         return f"{name} not finite"
     return None
+
+
+# where the last layer's inference results carry each classifier's class scores: goodness summed
+# over the layers (pon_all, cwc_all: log-probabilities summed), or the last layer's own (features:
+# the softmax head's input, or pon_last's and cwc_last's log-probabilities)
+SCORED_IN = {"goodness": "goodness", "softmax": "features", "pon_all": "goodness", "pon_last": "features",
+             "cwc_all": "goodness", "cwc_last": "features"}
+
+
+def result_scores(classifier: str, goodness: torch.Tensor | None, features: torch.Tensor | None,
+                  head: torch.nn.Module | None = None) -> torch.Tensor:
+    """[N, C] class scores from the last layer's inference results (softmax: the head's
+    log-probabilities of the features, computed here)."""
+    scores = goodness if SCORED_IN[classifier] == "goodness" else features
+    return F.log_softmax(head(scores), dim=1) if classifier == "softmax" else scores
 
 
 def as_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -75,14 +90,15 @@ class PipelineDriver:
                  log: Callable[[str], None] = print, health: Callable[[], None] = lambda: None,
                  recover: Callable[[ServerLost], int] | None = None, on_chapter: Callable[[], None] | None = None,
                  progress_listener: Callable[[Progress], None] | None = None,
-                 layer_samples: Callable[[], int] | None = None):
+                 layer_samples: Callable[[], int] | None = None, snapshots: NetworkSnapshots | None = None):
         """``health`` raises ServerLost when a server is gone; ``recover`` then has its layers
         hosted again and returns the first chapter some layer has not trained (without it a
         lost server ends the run). ``on_chapter``: after each chapter the head has trained
         (the master saves ``state()`` there). ``layer_samples``: the rows the layers have
         trained so far, summed (the master reads it off their heartbeats); the progress then
         counts the layers' work too and moves from the first minibatch, not only when results
-        reach the head after the pipeline has filled."""
+        reach the head after the pipeline has filled. ``snapshots``: the layers' checkpoints
+        that adaptive negatives are scored with (``scoring.scored_versions`` says which)."""
         check_supported(config)
         t = config.train
         self.config, self.t, self.log = config, t, log
@@ -107,10 +123,16 @@ class PipelineDriver:
         self.train_x, self.train_y = as_uint8(x), y
         self.test_x, self.test_y = as_uint8(tx), ty
         c = config.num_classes
-        # cwc needs no negatives (the first layer gets images and labels only); hybrid negatives
+        # pon and cwc need no negatives (the first layer gets images and labels only); hybrid negatives
         # are images, made per chapter with the chapter's images (chapter_data)
-        self.negatives = (NegativeLabels(t.negatives, self.train_y, c, t.seed + 1)
+        self.negatives = (NegativeLabels(t.negatives, self.train_y, c, t.seed + 1, lag=dff_negatives_lag(config))
                           if t.algorithm == "ff" and t.overlay else None)
+        self.adaptive = self.negatives is not None and t.negatives == "adaptive"
+        if self.adaptive and snapshots is None:
+            raise ValueError("adaptive negatives need the layers' checkpoints (snapshots)")
+        self.snapshots, self.scorer = snapshots, None
+        self.scored: dict[int, torch.Tensor] = {}   # adaptive: chapter -> its labels (resent chapters reuse them)
+        self.scoring_seconds = 0.0
         self.chapters = chapters(t.epochs, t.splits)   # the plan; looked up per stream result
         self.generator = torch.Generator().manual_seed(t.seed)
         self._epoch_rng: list[torch.Tensor] = []   # stream: generator state before each epoch's draw
@@ -149,7 +171,7 @@ class PipelineDriver:
         self.progress.update(self.progress.total - self.progress.done)
         seconds = time.perf_counter() - start
         return {"train_seconds": round(seconds, 2), "samples_per_second": round(n * t.epochs / seconds, 1),
-                "head_seconds": round(self.head_seconds, 2),
+                "head_seconds": round(self.head_seconds, 2), "scoring_seconds": round(self.scoring_seconds, 2),
                 "head_loss": {e: round(v, 5) for e, v in self.head_history.loss().items()}}
 
     def _fit_chapters(self, next_chapter: int) -> None:
@@ -157,7 +179,7 @@ class PipelineDriver:
         while True:
             try:
                 for chapter in self.chapters[next_chapter:]:
-                    neg = self.negatives.for_chapter(chapter.index) if self.negatives is not None else None
+                    neg = self._negatives(chapter.index)
                     if t.schedule == "stream":
                         self._stream_chapter(chapter, neg)
                     else:
@@ -174,6 +196,39 @@ class PipelineDriver:
                 self._pending.clear()
                 self._in_flight = 0
                 self.log(f"resuming from chapter {next_chapter} (attempt {self.attempt})")
+
+    def _negatives(self, chapter: int) -> torch.Tensor | None:
+        """Chapter ``chapter``'s negative labels. Adaptive ones are scored once, with the network
+        after chapter - lag (taking results meanwhile: the layers finish that chapter while later
+        ones flow), and kept: a chapter resent after a recovery trains on the same labels."""
+        neg = self.negatives
+        if neg is None:
+            return None
+        if chapter in self.scored:
+            return self.scored[chapter]
+        after = neg.scored_from(chapter) if self.adaptive else None
+        if after is None:
+            return neg.for_chapter(chapter)
+        deadline = time.monotonic() + self.stall_seconds
+        while (network := self.snapshots.take(after + 1, wait=0.0 if self._in_flight else 0.5)) is None:
+            if self._in_flight and self._take_train_result(timeout=0.5):
+                deadline = time.monotonic() + self.stall_seconds   # the pipeline is moving
+            self.health()
+            if time.monotonic() > deadline:
+                raise PipelineStalled(f"no checkpoint of every layer after chapter {after} for "
+                                      f"{self.stall_seconds:.0f} s (adaptive negatives for chapter {chapter})")
+        states, stand_ins = network
+        if stand_ins:
+            self.log(f"adaptive negatives for chapter {chapter}: the checkpoints after chapter {after} of "
+                     f"layer(s) {sorted(stand_ins)} were not seen here; scored with those after chapter(s) "
+                     f"{[stand_ins[i] - 1 for i in sorted(stand_ins)]} (the run no longer reproduces exactly)")
+        start = time.perf_counter()
+        if self.scorer is None:
+            self.scorer = NegativesScorer(self.config)
+        neg.score(after, self.scorer.scores(states, images_to_float(self.train_x)))
+        self.scoring_seconds += time.perf_counter() - start
+        self.scored[chapter] = neg.for_chapter(chapter)
+        return self.scored[chapter]
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """Stream: the sample order of ``epoch`` (1-based), drawn from the one generator in epoch
@@ -222,15 +277,20 @@ class PipelineDriver:
         done = self._head_units + (self.layer_samples() if self.layer_samples is not None else 0)
         self.progress.update(max(0, min(done, self.progress.total) - self.progress.done), **info)
 
-    def _next_result(self, kind: type):
+    def _next_result(self, kind: type, timeout: float | None = None):
+        """The next result of this run (``timeout``: None if none came within that many seconds)."""
         deadline = time.monotonic() + self.stall_seconds
+        give_up = None if timeout is None else time.monotonic() + timeout
         while True:
             self.health()
             if self.progress is not None:
                 self._refresh_progress()
             try:
-                r = self.results.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                r = self.results.get(timeout=min(1.0, max(0.0, deadline - time.monotonic()),
+                                                 *(() if give_up is None else (max(0.0, give_up - time.monotonic()),))))
             except queue.Empty:
+                if give_up is not None and time.monotonic() >= give_up:
+                    return None
                 if time.monotonic() < deadline:
                     continue
                 raise PipelineStalled(f"no output from the last layer for {self.stall_seconds:.0f} s "
@@ -277,11 +337,11 @@ class PipelineDriver:
                 return why
         if isinstance(r, InferChunk):
             c = self.config.num_classes
-            if "goodness" in self.t.classifiers or "cwc_all" in self.t.classifiers:
+            if {"goodness", "pon_all", "cwc_all"} & set(self.t.classifiers):
                 why = _matrix(r.goodness, n, c, "goodness")
                 if why:
                     return why
-            if "cwc_last" in self.t.classifiers:
+            if {"pon_last", "cwc_last"} & set(self.t.classifiers):
                 return _matrix(r.features, n, c, "features")
         return None
 
@@ -291,8 +351,15 @@ class PipelineDriver:
             self._order = (epoch, list(self._epoch_order(epoch).split(self.t.batch_size)))
         return self._order[1]
 
-    def _take_train_result(self) -> None:
-        r = self._next_result(TrainChunk)
+    def _take_train_result(self, timeout: float | None = None) -> bool:
+        """Take one result (False: none came within ``timeout``)."""
+        r = self._next_result(TrainChunk, timeout)
+        if r is None:
+            return False
+        self._use_train_result(r)
+        return True
+
+    def _use_train_result(self, r: TrainChunk) -> None:
         if r.attempt < self.attempt:
             return   # sent before a recovery: that chapter is sent again
         if self.t.schedule == "stream":
@@ -325,8 +392,10 @@ class PipelineDriver:
         """What a restarted master needs to go on: the head (with its optimizer) and where the
         run stands."""
         head = part_state(self.head_learner, optimizer=True) if self.head_learner is not None else {}
+        small = torch.uint8 if self.config.num_classes <= 256 else torch.int32
         return {"attempt": self.attempt, "head_done": self.head_done, "head": head,
-                "head_history": self.head_history.state()}
+                "head_history": self.head_history.state(),
+                "negatives": {j: labels.to(small) for j, labels in self.scored.items()}}
 
     def restore(self, state: dict, layers_done: int) -> None:
         """Go on from ``state()``: fit() resends from the first chapter that the head or some
@@ -338,7 +407,19 @@ class PipelineDriver:
         self.head_stream_done = (self.head_done, -1, -1)
         self.head_history = EpochMeans()
         self.head_history.load(state.get("head_history", {}))
+        self.scored = {int(j): self._checked_negatives(int(j), labels) for j, labels in state.get("negatives", {}).items()}
         self.start_chapter = min(layers_done, self.head_done)
+
+    def _checked_negatives(self, chapter: int, labels: torch.Tensor) -> torch.Tensor:
+        """Saved adaptive labels of ``chapter``, as int64, if they fit this training set."""
+        c = self.config.num_classes
+        if (not torch.is_tensor(labels) or labels.shape != self.train_y.shape or labels.is_floating_point()
+                or not 0 <= chapter < len(self.chapters)):
+            raise ValueError(f"saved negatives of chapter {chapter}: expected {len(self.train_y)} integer labels")
+        labels = labels.long()
+        if ((labels < 0) | (labels >= c) | (labels == self.train_y)).any():
+            raise ValueError(f"saved negatives of chapter {chapter}: a label out of range or equal to the true one")
+        return labels
 
     def _head_step(self, chapter: int, epoch: int, features, labels) -> None:
         if self.head_learner is None:
@@ -385,17 +466,9 @@ class PipelineDriver:
             r = self._next_result(InferChunk)
             got[r.seq] = r
         parts = [got[i] for i in range(len(rows))]
+        fields = {f: torch.cat([getattr(p, f) for p in parts]) for f in {SCORED_IN[c] for c in self.t.classifiers}}
         acc = {}
-        if "goodness" in self.t.classifiers:
-            pred = torch.cat([p.goodness for p in parts]).argmax(dim=1)
-            acc["goodness"] = round(float((pred == labels).float().mean()), 5)
-        if "softmax" in self.t.classifiers:
-            feats = torch.cat([p.features for p in parts])
-            pred = F.log_softmax(self.head(feats), dim=1).argmax(dim=1)
-            acc["softmax"] = round(float((pred == labels).float().mean()), 5)
-        # cwc: the layers' class-group log-probabilities, summed (cwc_all) and the last layer's
-        for name, field in (("cwc_all", "goodness"), ("cwc_last", "features")):
-            if name in self.t.classifiers:
-                pred = torch.cat([getattr(p, field) for p in parts]).argmax(dim=1)
-                acc[name] = round(float((pred == labels).float().mean()), 5)
+        for name in self.t.classifiers:
+            pred = result_scores(name, fields.get("goodness"), fields.get("features"), self.head).argmax(dim=1)
+            acc[name] = round(float((pred == labels).float().mean()), 5)
         return {"accuracy": acc, "eval_seconds": round(time.perf_counter() - start, 2)}

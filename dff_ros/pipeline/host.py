@@ -28,9 +28,9 @@ from dff_ros.ff.chapter import layer_step, train_chapter
 from dff_ros.ff.classifiers import label_candidates
 from dff_ros.ff.history import EpochMeans
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.learners import Activities, GroupsLearner, Scratch, make_inputs
-from dff_ros.ff.network import build_layer, make_ff_learner
-from dff_ros.ff.objectives import class_goodness, goodness
+from dff_ros.ff.learners import Activities, Scratch, make_inputs
+from dff_ros.ff.network import build_layer, build_pon_head, make_layer_learner
+from dff_ros.ff.objectives import goodness
 from dff_ros.ff.overlay import overlay_neutral
 from dff_ros.ff.schedule import chapters
 from dff_ros.parts.state import load_part_state, nonfinite, part_state
@@ -62,18 +62,18 @@ class LayerHost:
                  on_checkpoint: Callable[[Parameters], None] | None = None):
         """``on_checkpoint``: called with ``checkpoint()`` as soon as a chapter is trained,
         before the chapter's outputs are computed (chapters schedule)."""
-        if train.algorithm not in ("ff", "cwc"):
-            raise ValueError(f"algorithm {train.algorithm!r} is not served by the DFF pipeline yet (use ff or cwc)")
+        if train.algorithm not in ("ff", "pon", "cwc"):
+            raise ValueError(f"algorithm {train.algorithm!r} is not served by the DFF pipeline (use ff, pon or cwc)")
         self.spec, self.train_cfg, self.num_classes, self.last = spec, train, num_classes, last
         self.on_checkpoint = on_checkpoint
         self.first = spec.source < 0
-        self.groups = train.algorithm == "cwc"   # trained and scored on its class groups, neutral pass only
-        self.neutral = "softmax" in train.classifiers or self.groups  # the neutral pass feeds a head, or is all
+        # pon, cwc: trained and scored on its own class scores (a head, or class groups), neutral pass only
+        self.scores = train.layer_scores
+        self.neutral = "softmax" in train.classifiers or self.scores  # the neutral pass feeds a head, or is all
         self.overlay = train.overlay   # labels overlaid on the images (all but hybrid negative images)
         self.layer = build_layer(spec, train.seed)
-        self.learner = (GroupsLearner(self.layer, num_classes, lr=train.lr, optimizer=train.optimizer,
-                                      total_epochs=train.epochs, cooldown=train.cooldown)
-                        if self.groups else make_ff_learner(self.layer, train))
+        head = build_pon_head(spec, num_classes, train.seed) if train.algorithm == "pon" else None
+        self.learner = make_layer_learner(self.layer, train, num_classes, head)
         self._chapters = {c.index: c for c in chapters(train.epochs, train.splits)}
         self._pending: dict[int, dict[int, TrainChunk]] = {}   # chapter -> seq -> chunk
         self.samples = 0
@@ -225,19 +225,19 @@ class LayerHost:
                 raise ChunkError("the first layer needs images")
             if not self.overlay and chunk.neg_images is None:
                 raise ChunkError("the first layer needs neg_images (hybrid negatives)")
-            if self.overlay and chunk.neg_labels is None and not self.groups:
+            if self.overlay and chunk.neg_labels is None and not self.scores:
                 raise ChunkError("the first layer needs neg_labels")
             for name, x in (("images", chunk.images), ("neg_images", None if self.overlay else chunk.neg_images)):
                 # one flat row per image (an N-d first layer views it as its in_shape)
                 if x is not None and tuple(x.shape) != (n, self.spec.in_features):
                     raise ChunkError(f"{name} {list(x.shape)}, expected {[n, self.spec.in_features]} (flat rows of "
                                      f"{list(self.spec.in_shape)} images)")
-            labels = [chunk.labels] + ([chunk.neg_labels] if self.overlay and not self.groups else [])
+            labels = [chunk.labels] + ([chunk.neg_labels] if self.overlay and not self.scores else [])
         else:
             a = chunk.acts
-            if self.groups:
+            if self.scores:
                 if a is None or a.neutral is None:
-                    raise ChunkError(f"layer {self.spec.index} needs neutral activities (cwc)")
+                    raise ChunkError(f"layer {self.spec.index} needs neutral activities ({self.train_cfg.algorithm})")
             elif a is None or a.pos is None or a.neg is None:
                 raise ChunkError(f"layer {self.spec.index} needs pos and neg activities")
             if self.neutral and a.neutral is None:
@@ -278,13 +278,13 @@ class LayerHost:
                 raise ChunkError(f"the first layer needs images {['B', self.spec.in_features]} (flat rows of "
                                  f"{list(self.spec.in_shape)} images)")
             x = images_to_float(chunk.images)
-            if self.groups:
+            if self.scores:
                 return self._scored(chunk, self.layer(overlay_neutral(x, c)), torch.zeros(n, c))
             # the goodness classifier skips the first layer; without overlays (hybrid) there is none
             candidates = label_candidates(self.layer, x, c) if self.overlay else None
             neutral = self.layer(overlay_neutral(x, c) if self.overlay else x)
             good = torch.zeros(n, c)
-        elif self.groups:
+        elif self.scores:
             shape = self.spec.in_shape
             if chunk.neutral is None or tuple(chunk.neutral.shape) != (n, *shape):
                 raise ChunkError(f"neutral must be {[n, *shape]}")
@@ -315,9 +315,10 @@ class LayerHost:
                           neutral=neutral, features=features)
 
     def _scored(self, chunk: InferChunk, neutral: torch.Tensor, so_far: torch.Tensor) -> InferChunk:
-        """cwc: this layer's class-group log-probabilities, added to those of the layers before it
-        (``goodness``: cwc_all) and as ``features`` (the last layer's: cwc_last)."""
-        mine = F.log_softmax(class_goodness(neutral, self.num_classes), dim=1)
+        """pon, cwc: this layer's class log-probabilities (its head's, or its class groups'),
+        added to those of the layers before it (``goodness``: pon_all, cwc_all) and as
+        ``features`` (the last layer's: pon_last, cwc_last)."""
+        mine = F.log_softmax(self.learner.logits(neutral), dim=1)
         if self.last:
             return InferChunk(chunk.seq, chunk.count, chunk.labels, goodness=so_far + mine, features=mine)
         return InferChunk(chunk.seq, chunk.count, chunk.labels, goodness=so_far + mine, neutral=neutral, features=mine)

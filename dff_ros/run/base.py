@@ -100,7 +100,11 @@ class Run:
             self.cluster.drop(servers, self.model.name, key=self.run_key, timeout=CLEANUP_SECONDS if STOPPING.is_set() else None)
         except RunError as e:
             if STOPPING.is_set():   # a terminal's Ctrl-C reaches the servers too: they are stopping
-                self.log.info(f"not every server answered delete_model ({e}); those are stopping themselves")
+                # a server may have dropped the run and its answer missed the new client (see
+                # call_all); one that is stopping drops it anyway
+                self.log.info(f"not every server answered delete_model in time ({e}); one that still hosts run "
+                              f"{self.run_id} keeps it for its release_seconds: `dff-ros delete {self.model.name} "
+                              f"--run {self.run_id}` drops it now")
             else:
                 self.log.warning(f"could not delete the layers of {self.model.name!r}: {e}")
             return

@@ -13,6 +13,7 @@ from dff_ros.ff.schedule import chapters
 from dff_ros.parts.state import nonfinite
 from dff_ros.parts.versions import MalformedVersion, Parameters
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost
+from dff_ros.pipeline.scoring import NetworkSnapshots, scored_versions
 from dff_ros.run.base import Run
 from dff_ros.run.cluster import Delivery, HostRequest, ProgressReport, RunError, Status
 
@@ -28,6 +29,9 @@ class DFFRun(Run):
         # a lost one's included (plots)
         self.placed: dict[int, dict] = {}                # layer -> {"server", "restored", "restored_from"}
         self.checkpoints: dict[int, Parameters] = {}     # newest checkpoint per layer
+        # adaptive negatives: the networks the master scores them with, from the same checkpoints
+        versions = scored_versions(model)
+        self.snapshots = NetworkSnapshots(len(model.layers), versions) if versions else None
         self.results: queue.Queue = queue.Queue()
         self.bytes_sent = self.bytes_received = self.dropped = 0
         self.chapter_bytes_sent: dict[int, int] = {}    # training bytes sent per chapter
@@ -138,6 +142,8 @@ class DFFRun(Run):
         old = self.checkpoints.get(p.part)
         if old is None or p.version >= old.version:
             self.checkpoints[p.part] = p
+        if self.snapshots is not None:
+            self.snapshots.add(p.part, p.version, p.tensors)
 
     def connect(self) -> PipelineDriver:
         self.cluster.follow_checkpoints(self.model, self.on_checkpoint)
@@ -156,7 +162,7 @@ class DFFRun(Run):
                               stall_seconds=self.pipeline.stall_seconds, progress=self.show_progress, log=self.log.info,
                               health=self.check_servers, progress_listener=self.publish_progress,
                               layer_samples=lambda: sum(st.samples for st in list(self.status.values())),
-                              recover=self.recover if self.pipeline.recover else None)
+                              recover=self.recover if self.pipeline.recover else None, snapshots=self.snapshots)
 
     def add_progress(self, report: ProgressReport) -> None:
         if self.driver is not None:
@@ -249,7 +255,10 @@ class DFFRun(Run):
         driver = self.driver = self.connect()
         head_from = self.restore_head(driver)
         if state is not None:   # the interrupted run's head, not the last finished one
-            driver.restore(state, self.layers_done())
+            try:
+                driver.restore(state, self.layers_done())
+            except ValueError as e:
+                raise RunError(f"{self.run_state_path()}: {e}; remove it to start a new run") from None
             self.resumed = {"run_id": self.run_id, "head_done": driver.head_done,
                             "from_chapter": driver.start_chapter, "attempt": driver.attempt}
             self.log.info(f"resending from chapter {driver.start_chapter} (attempt {driver.attempt})")
