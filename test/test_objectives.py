@@ -24,6 +24,29 @@ def test_ff_loss_by_hand():
     assert float(ff_loss(g_pos, g_neg, theta)) == pytest.approx(expected, rel=1e-6)
 
 
+def test_symmetric_ff_loss_by_hand_depends_only_on_the_gap():
+    from dff_ros.ff.objectives import symmetric_ff_loss
+    g_pos, g_neg, theta = torch.tensor([3.0, 1.0]), torch.tensor([0.5, 2.5]), 2.0
+    expected = (sp(-4 * (3.0 - 0.5) / theta) + sp(-4 * (1.0 - 2.5) / theta)) / 2
+    assert float(symmetric_ff_loss(g_pos, g_neg, theta)) == pytest.approx(expected, rel=1e-6)
+    # no level to reach: moving both goodnesses together changes nothing (the threshold loss does)
+    assert float(symmetric_ff_loss(g_pos + 7, g_neg + 7, theta)) == pytest.approx(expected, rel=1e-6)
+    assert float(ff_loss(g_pos + 7, g_neg + 7, theta)) != pytest.approx(float(ff_loss(g_pos, g_neg, theta)))
+
+
+def test_a_symmetric_ff_layer_learns_and_the_key_is_checked(mnist):
+    from dff_ros.config import parse_model_config
+    from dff_ros.config.schema import ConfigError
+    from dff_ros.ff.trainer import ReferenceTrainer
+    raw = {"name": "sym", "model": [[-1, "FFDense", [100]], [-1, "FFDense", [100]]],
+           "train": {"epochs": 1, "splits": 1, "train_subset": 2000, "test_subset": 500, "ff_loss": "symmetric"}}
+    acc = ReferenceTrainer(parse_model_config(raw, "sym.yaml"), mnist, progress=False).fit()["accuracy"]
+    assert acc["goodness"] > 0.2 and acc["softmax"] > 0.6, acc   # chance: 0.1 (the threshold loss: 0.03 here)
+    raw["train"]["ff_loss"] = "squared"
+    with pytest.raises(ConfigError, match="sym.yaml: train.ff_loss: must be one of threshold, symmetric"):
+        parse_model_config(raw, "sym.yaml")
+
+
 def test_ff_loss_falls_as_positive_rises_and_negative_falls():
     base = float(ff_loss(torch.tensor([1.0]), torch.tensor([1.0]), 1.0))
     assert float(ff_loss(torch.tensor([5.0]), torch.tensor([1.0]), 1.0)) < base

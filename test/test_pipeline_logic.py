@@ -305,6 +305,19 @@ def test_snapshots_wait_for_every_layer_and_stand_in_for_a_missed_one():
     assert [s["w"].item() for s in states] == [2, 3] and stand_ins == {1: 3}
 
 
+def test_snapshots_turn_away_a_checkpoint_that_does_not_fit_its_layer():
+    from dff_ros.pipeline.scoring import layer_shapes
+    cfg = config("chapters", negatives="adaptive", splits=6)
+    hosts = [LayerHost(s, cfg.train, cfg.num_classes, last=s.index == 2) for s in cfg.layers]
+    snaps = NetworkSnapshots(3, {1}, layer_shapes(cfg))
+    good = hosts[1].checkpoint().tensors   # optimizer moments included: they are left out
+    assert snaps.add(1, 1, good)
+    assert not snaps.add(0, 1, good)                                    # layer 1's shapes on layer 0
+    assert not snaps.add(2, 1, {k: v for k, v in good.items() if "bias" not in k})   # a tensor missing
+    assert not snaps.add(7, 1, good)                                    # no such layer
+    assert set(snaps.kept[1]) == {1}
+
+
 def test_unsupported_configs_are_named():
     branched = parse_model_config({"name": "b", "model": [[-1, "FFDense", [50]], [-1, "FFDense", [50]],
                                                           [0, "FFDense", [50]]]}, "b.yaml")

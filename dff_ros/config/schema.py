@@ -39,6 +39,7 @@ CLASSIFIERS_BY_ALGORITHM = {
 }
 SCHEDULES = ("stream", "chapters")
 GOODNESS = ("sum", "mean")
+FF_LOSSES = ("threshold", "symmetric")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -94,6 +95,9 @@ class TrainConfig:
     # the layer's width for sum goodness (1 for mean), i.e. a mean squared activity of 1
     threshold: float | None = None
     goodness: str = "sum"            # sum | mean of squared activities
+    # threshold: Hinton's, above; symmetric: softplus(-4 (g_pos - g_neg) / theta) (Trifecta's
+    # symmetric loss, a = 4 for mean goodness): positive above negative, no level to reach
+    ff_loss: str = "threshold"
     peer_normalization: float = 0.03  # weight of the peer-normalisation loss (0 = off)
     negatives: str = "random"        # adaptive | random | fixed (labels) | hybrid (images, unsupervised)
     # adaptive: score chapter j's negatives with the network after chapter j - lag; null: 1 in
@@ -139,6 +143,8 @@ TRAIN_HELP = {
     "cooldown": "linear learning-rate decay over the second half of training (PFF 5.1)",
     "threshold": "theta; null: the layer's width for sum goodness (1 for mean)",
     "goodness": "`sum` \\| `mean` of squared activities",
+    "ff_loss": "ff: `threshold` (Hinton: softplus(theta - g_pos) + softplus(g_neg - theta)) \\| `symmetric` "
+               "(Trifecta: softplus(-4 (g_pos - g_neg) / theta), positive goodness above negative)",
     "peer_normalization": "weight of the peer-normalisation loss (0: off)",
     "negatives": "`adaptive` \\| `random` \\| `fixed` (negative labels overlaid) \\| `hybrid` (unsupervised: no "
                  "labels overlaid; negatives are two images mixed by a blurred random mask; only the softmax head "
@@ -398,7 +404,7 @@ def validate_train(raw: Any, source: str) -> TrainConfig:
     for name in ("cooldown", "augment_flip"):
         _check(isinstance(values[name], bool), source, k(name), "must be true or false")
     for name, choices in (("algorithm", tuple(CLASSIFIERS_BY_ALGORITHM)), ("optimizer", OPTIMIZERS),
-                          ("goodness", GOODNESS), ("negatives", NEGATIVE_STRATEGIES),
+                          ("goodness", GOODNESS), ("ff_loss", FF_LOSSES), ("negatives", NEGATIVE_STRATEGIES),
                           ("schedule", SCHEDULES)):
         _check(values[name] in choices, source, k(name),
                f"must be one of {', '.join(choices)}, got {values[name]!r}")

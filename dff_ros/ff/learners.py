@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dff_ros.ff.layers import length_normalize
-from dff_ros.ff.objectives import class_goodness, ff_loss, goodness
+from dff_ros.ff.objectives import class_goodness, ff_loss, goodness, symmetric_ff_loss
 from dff_ros.ff.overlay import blank_labels, overlay, overlay_neutral
 from dff_ros.ff.schedule import lr_factor
 
@@ -241,9 +241,12 @@ class FFLearner(_Learner):
     passes = ("pos", "neg")
 
     def __init__(self, layer: nn.Module, *, lr: float, threshold: float | None, goodness_kind: str,
-                 optimizer: str, total_epochs: int, cooldown: bool, peer_normalization: float = 0.0):
+                 optimizer: str, total_epochs: int, cooldown: bool, peer_normalization: float = 0.0,
+                 loss: str = "threshold"):
         super().__init__(total_epochs, cooldown)
-        self.peer_normalization = peer_normalization
+        if loss not in ("threshold", "symmetric"):
+            raise ValueError(f"unknown FF loss {loss!r}")
+        self.peer_normalization, self.symmetric = peer_normalization, loss == "symmetric"
         self.running_mean: torch.Tensor | None = None
         if threshold is None:  # mean squared activity of 1 (Hinton: theta = number of units)
             threshold = float(layer.out_features) if goodness_kind == "sum" else 1.0
@@ -255,7 +258,7 @@ class FFLearner(_Learner):
         h = self._training(self.layer, lambda: a.forward(self.layer, ("pos", "neg")))  # one matmul, both passes
         g = goodness(h, self.goodness_kind)
         g_pos, g_neg = g[:n], g[n:]
-        loss = ff_loss(g_pos, g_neg, self.threshold)
+        loss = (symmetric_ff_loss if self.symmetric else ff_loss)(g_pos, g_neg, self.threshold)
         if self.peer_normalization > 0:
             loss = loss + self.peer_normalization * self._peer_loss(h[:n])
         self._step(loss)
@@ -265,8 +268,9 @@ class FFLearner(_Learner):
             with torch.no_grad():
                 neutral = a.forward(self.layer, ("neutral",))
         out = Activities(h[:n], h[n:], neutral, a.labels)
-        with torch.no_grad():  # share of samples on the right side of the threshold
-            separated = ((g_pos > self.threshold).sum() + (g_neg < self.threshold).sum()) / (2.0 * n)
+        with torch.no_grad():  # share of samples on the right side of the threshold (symmetric: of their negative)
+            separated = ((g_pos > g_neg).sum() / float(n) if self.symmetric else
+                         ((g_pos > self.threshold).sum() + (g_neg < self.threshold).sum()) / (2.0 * n))
         return out, {"loss": loss.detach(), "accuracy": separated,
                      "g_pos": g_pos.detach().mean(), "g_neg": g_neg.detach().mean()}
 

@@ -106,7 +106,7 @@ def make_layer_learner(layer: nn.Module, train, num_classes: int, pon_head: nn.L
 
 def make_ff_learner(layer: nn.Module, train) -> FFLearner:
     return FFLearner(layer, lr=train.lr, threshold=train.threshold, goodness_kind=train.goodness,
-                     peer_normalization=train.peer_normalization, **_common(train))
+                     peer_normalization=train.peer_normalization, loss=train.ff_loss, **_common(train))
 
 
 def make_pon_learner(layer: nn.Module, head: nn.Linear, train) -> PONLearner:

@@ -19,6 +19,13 @@ def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float) -> torch
     return (F.softplus(threshold - g_pos) + F.softplus(g_neg - threshold)).mean()
 
 
+def symmetric_ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, threshold: float, a: float = 4.0) -> torch.Tensor:
+    """softplus(-a (g_pos - g_neg) / theta), averaged over the batch (Trifecta's symmetric loss,
+    with theta scaling sum goodness as mean goodness is scaled): each positive sample's goodness
+    is pushed above its negative's, with no fixed level either has to reach."""
+    return F.softplus(-a * (g_pos - g_neg) / threshold).mean()
+
+
 def class_goodness(h: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[N, num_classes]: the mean squared activity of each class's group of channels (units of a
     flat layer): the channels split into ``num_classes`` equal groups in order. These are the

@@ -22,7 +22,7 @@ import torch
 
 from dff_ros.ff.classifiers import goodness_scores
 from dff_ros.ff.network import FFNetwork
-from dff_ros.parts.state import load_part_state
+from dff_ros.parts.state import load_part_state, part_state
 
 
 def dff_negatives_lag(config) -> int:
@@ -51,27 +51,47 @@ def checkpoint_depth(config) -> int:
     return dff_negatives_lag(config) + 1 if adaptive(config) else 1
 
 
+def layer_shapes(config) -> list[dict[str, tuple]]:
+    """Per layer, the tensors (names and shapes) its state holds, optimizer left out."""
+    net = FFNetwork.from_config(config)
+    learners, _ = net.make_learners(config.train)
+    return [{k: tuple(v.shape) for k, v in part_state(learner, optimizer=False).items()} for learner in learners]
+
+
+def _fits(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple]) -> bool:
+    """Every tensor of the layer, of its shape, and nothing else (but the peer-normalisation mean a
+    trained FF layer adds)."""
+    return (all(k in tensors and tuple(tensors[k].shape) == shape for k, shape in shapes.items())
+            and set(tensors) - set(shapes) <= {"running_mean"})
+
+
 class NetworkSnapshots:
     """Every layer's state after the chapters whose network scores a later chapter's negatives,
     collected from the layers' checkpoints as they arrive (thread-safe: the transport calls
     ``add``, the driver ``take``).
 
-    ``versions``: the checkpoint versions to keep (version v = after chapter v - 1)."""
+    ``versions``: the checkpoint versions to keep (version v = after chapter v - 1);
+    ``shapes``: ``layer_shapes``, to turn away a checkpoint that does not fit its layer (it would
+    stop the run when the master scores with it)."""
 
-    def __init__(self, layers: int, versions: set[int]):
-        self.layers, self.wanted = layers, set(versions)
+    def __init__(self, layers: int, versions: set[int], shapes: list[dict[str, tuple]] | None = None):
+        self.layers, self.wanted, self.shapes = layers, set(versions), shapes
         self.kept: dict[int, dict[int, dict[str, torch.Tensor]]] = {}   # version -> layer -> tensors
         self.newest: dict[int, tuple[int, dict[str, torch.Tensor]]] = {}  # layer -> (version, tensors)
         self.changed = threading.Condition()
 
-    def add(self, layer: int, version: int, tensors: dict[str, torch.Tensor]) -> None:
+    def add(self, layer: int, version: int, tensors: dict[str, torch.Tensor]) -> bool:
+        """Keep it if it is wanted; False: it does not fit layer ``layer`` (dropped)."""
         tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}   # scoring needs no moments
+        if not 0 <= layer < self.layers or (self.shapes is not None and not _fits(tensors, self.shapes[layer])):
+            return False
         with self.changed:
             if version in self.wanted:
                 self.kept.setdefault(version, {})[layer] = tensors
             if layer not in self.newest or version >= self.newest[layer][0]:
                 self.newest[layer] = (version, tensors)
             self.changed.notify_all()
+        return True
 
     def take(self, version: int, wait: float = 0.0) -> tuple[list[dict[str, torch.Tensor]], dict[int, int]] | None:
         """The network at ``version``: per layer its tensors, and ``{layer: version used}`` for

@@ -13,7 +13,7 @@ from dff_ros.ff.schedule import chapters
 from dff_ros.parts.state import nonfinite
 from dff_ros.parts.versions import MalformedVersion, Parameters
 from dff_ros.pipeline.driver import PipelineDriver, PipelineStalled, ServerLost
-from dff_ros.pipeline.scoring import NetworkSnapshots, scored_versions
+from dff_ros.pipeline.scoring import NetworkSnapshots, layer_shapes, scored_versions
 from dff_ros.run.base import Run
 from dff_ros.run.cluster import Delivery, HostRequest, ProgressReport, RunError, Status
 
@@ -31,7 +31,7 @@ class DFFRun(Run):
         self.checkpoints: dict[int, Parameters] = {}     # newest checkpoint per layer
         # adaptive negatives: the networks the master scores them with, from the same checkpoints
         versions = scored_versions(model)
-        self.snapshots = NetworkSnapshots(len(model.layers), versions) if versions else None
+        self.snapshots = NetworkSnapshots(len(model.layers), versions, layer_shapes(model)) if versions else None
         self.results: queue.Queue = queue.Queue()
         self.bytes_sent = self.bytes_received = self.dropped = 0
         self.chapter_bytes_sent: dict[int, int] = {}    # training bytes sent per chapter
@@ -139,11 +139,13 @@ class DFFRun(Run):
             self.log.warning(f"dropped a checkpoint of layer {p.part} with NaN or infinite {', '.join(bad[:3])}",
                              throttle_duration_sec=5.0)
             return
+        if self.snapshots is not None and not self.snapshots.add(p.part, p.version, p.tensors):
+            self.dropped += 1
+            self.log.warning(f"dropped a checkpoint of layer {p.part} that does not fit it", throttle_duration_sec=5.0)
+            return
         old = self.checkpoints.get(p.part)
         if old is None or p.version >= old.version:
             self.checkpoints[p.part] = p
-        if self.snapshots is not None:
-            self.snapshots.add(p.part, p.version, p.tensors)
 
     def connect(self) -> PipelineDriver:
         self.cluster.follow_checkpoints(self.model, self.on_checkpoint)
