@@ -77,6 +77,11 @@ class HostedModel:
         """``timeout``: how long an image waits for its answer; ``discovery_seconds``: how long
         to look for the servers hosting the model."""
         self.fit, self.timeout, self.discovery_seconds = fit, timeout, discovery_seconds
+        self.run_id = ""
+        self._seq = random.randrange(SEQ_LIMIT)   # another classifier on the same layers numbers elsewhere
+        self._waiting: dict[int, list] = {}       # seq -> [event, result]
+        self._lock = threading.Lock()
+        self.dropped = 0
         # absolute names only: the remaps and the node name given to the classifier are not for it
         self.node = Node("dff_classifier_link", use_global_arguments=False)
         self.executor = make_executor()
@@ -128,10 +133,6 @@ class HostedModel:
                 raise HostedModelError(f"the layers of run {self.run_id} are hosted, but {first['infer_input']} "
                                        f"or {out['infer_output']} did not connect in {self.discovery_seconds:g} s")
             time.sleep(0.05)
-        self._seq = random.randrange(SEQ_LIMIT)   # another classifier on the same layers numbers elsewhere
-        self._waiting: dict[int, list] = {}       # seq -> [event, result]
-        self._lock = threading.Lock()
-        self.dropped = 0
 
     def _load_head(self, head: str, weights_dir: str | None):
         path = head or str(weights.model_dir(weights_dir or weights.default_weights_dir(), self.config.name)
