@@ -70,7 +70,7 @@ def measure(env, node_args: list[str], weights: Path, rate: float, count: int, l
     return json.loads(log.with_suffix(".json").read_text())
 
 
-def hosted(env, model_yaml: Path, tmp: Path) -> tuple[Path, dict, list[Proc]]:
+def hosted(env, model_yaml: Path, tmp: Path, train_sets: list[str] = ()) -> tuple[Path, dict, list[Proc]]:
     """Train ``model_yaml`` through the DFF pipeline on 2 servers, layers kept hosted; the
     network gathered from them, the run's summary and the servers (still running)."""
     import yaml
@@ -81,7 +81,8 @@ def hosted(env, model_yaml: Path, tmp: Path) -> tuple[Path, dict, list[Proc]]:
         "data_root": str(data_root()), "weights_dir": str(tmp / "weights"), "summary_dir": str(tmp / "runs"),
         "keep_layers": True, "restore_weights": False, "server_threads": 1}))
     servers = [start_server(env, tmp, f"server_{i}", tmp / "weights") for i in (1, 2)]
-    master = Proc(["-m", "dff_ros.nodes.master", "--pipeline", str(pipeline), "--no-progress"], env,
+    sets = [x for kv in train_sets for x in ("--train-set", kv)]
+    master = Proc(["-m", "dff_ros.nodes.master", "--pipeline", str(pipeline), "--no-progress", *sets], env,
                   tmp / "master.log")
     if master.p.wait(3600) != 0:
         raise SystemExit(f"the pipeline run failed:\n{master.output()[-3000:]}")
@@ -102,6 +103,8 @@ def main() -> int:
     a.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0])
     a.add_argument("--count", type=int, default=1000, help="test images per rate")
     a.add_argument("--classifier", default="", help="default: the node's (softmax, else the first trained)")
+    a.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="--hosted: override a model train key for its training run")
     a.add_argument("--no-readme", action="store_true")
     args = a.parse_args()
     if not args.weights and not args.hosted:
@@ -114,7 +117,7 @@ def main() -> int:
         servers: list[Proc] = []
         try:
             if args.hosted:
-                net, summary, servers = hosted(env, args.hosted, tmp)
+                net, summary, servers = hosted(env, args.hosted, tmp, args.train_set)
                 runs += [(net, "network file (gathered)", []),
                          (net, "layers on 2 servers", ["--model", summary["model"], "--head",
                                                        summary["head_weights"] or ""])]

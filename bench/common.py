@@ -16,7 +16,9 @@ import dff_ros  # noqa: F401  (before torch: dff_ros/numerics.py)
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# bench/all.py --quick points this elsewhere: a smoke run must not replace the recorded results
+# (nor, then, the README tables)
+RESULTS = Path(os.environ.get("DFF_BENCH_RESULTS") or REPO / "bench" / "results")
 
 
 def data_root() -> Path:
@@ -64,7 +66,11 @@ def write_results(name: str, rows: list[dict], key: str) -> list[dict]:
 
 
 def update_readme(name: str, table: str) -> None:
-    """Replace the README block between <!-- bench:NAME --> and <!-- /bench:NAME -->."""
+    """Replace the README block between <!-- bench:NAME --> and <!-- /bench:NAME --> (not when
+    the results go elsewhere than bench/results: a smoke run's tables are not the README's)."""
+    if RESULTS != REPO / "bench" / "results":
+        print(f"(README left as it is: results go to {RESULTS})")
+        return
     readme = REPO / "README.md"
     text = readme.read_text()
     pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)

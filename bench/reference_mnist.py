@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (REPO, RESULTS, data_root, machine_cell, markdown_table, trainer_row, update_readme,  # noqa: E402
                     write_results)
 
+from dff_ros.config.files import parse_set  # noqa: E402
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
 from dff_ros.ff.trainer import ReferenceTrainer  # noqa: E402
@@ -65,13 +66,14 @@ def main() -> int:
     p.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=0, metavar="K", help="test after every K chapters too")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train key")
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--table-only", action="store_true", help="only rewrite the md/README tables from the JSON")
     args = p.parse_args()
     rows = []
     data = None if args.table_only else load_dataset("MNIST", data_root(), allow_download=False)
     for cfg_path in [] if args.table_only else args.configs:
-        cfg = load_model_config(REPO / cfg_path, {"threads": args.threads})
+        cfg = load_model_config(REPO / cfg_path, {"threads": args.threads, **parse_set(args.set)})
         t0 = time.perf_counter()
         result = ReferenceTrainer(cfg, data, eval_every=args.eval_every).fit()
         rows.append({**trainer_row(cfg_path, cfg, result, t0), "negatives": cfg.train.negatives,

@@ -4,6 +4,7 @@ bench/faults.py (the README report)."""
 from __future__ import annotations
 
 import torch
+from rclpy.serialization import serialize_message
 
 from dff_ros.msg import LayerParameters, LayerSpec, TrainingBatch
 from dff_ros.topics import layer_topics
@@ -67,7 +68,7 @@ def pff_request(**fields) -> CreateLayers.Request:
                                                                   **fields})
 
 
-def chunk_cases(model: str, run_id: str) -> list[tuple[str, TrainingBatch, str]]:
+def chunk_cases(model: str, run_id: str) -> list[tuple[str, TrainingBatch | bytes, str]]:
     """(what is wrong, a chunk for the first layer of ``model``, the kind it is dropped as)."""
 
     def chunk(**fields) -> TrainingBatch:
@@ -93,6 +94,10 @@ def chunk_cases(model: str, run_id: str) -> list[tuple[str, TrainingBatch, str]]
         ("absurd declared shape (2^31 x 2^31)", absurd, "malformed"),
         ("labels of the wrong dtype", float_labels, "malformed"),
         ("images of the wrong width", narrow, "malformed"),
+        # bytes that are not a TrainingBatch (published serialized, as the nodes publish)
+        ("truncated CDR", serialize_message(chunk())[:100], "malformed"),
+        ("a run id that is not UTF-8", serialize_message(chunk(run_id="rr")).replace(b"rr\x00", b"r\xff\x00"),
+         "malformed"),
         ("wrong layer index (from layer 3)", chunk(layer=3), "misrouted"),
         ("stale / foreign run id", chunk(run_id="someone-else"), "foreign"),
         ("another model's name on this topic", chunk(model="other"), "foreign"),

@@ -13,21 +13,25 @@ import torch
 
 from dff_ros import numerics
 from dff_ros.launcher import start
-from dff_ros.memcopy import NEVER, REP_MOVSB_THRESHOLD, glibc_tunables
+from dff_ros.memcopy import NEVER, REP_MOVSB_THRESHOLD, TUNABLES, glibc_tunables
 from dff_ros.procenv import node_env
 
 CLEAN = {k: v for k, v in os.environ.items() if k not in numerics.DEFAULTS}
 
 
+OURS = ":".join(f"{k}={v}" for k, v in TUNABLES.items())
+
+
 def test_threshold_is_added_and_others_are_kept():
-    assert glibc_tunables("") == f"{REP_MOVSB_THRESHOLD}={NEVER}"
-    assert glibc_tunables("glibc.malloc.arena_max=2") == f"glibc.malloc.arena_max=2:{REP_MOVSB_THRESHOLD}={NEVER}"
+    assert glibc_tunables("") == OURS
+    assert f"{REP_MOVSB_THRESHOLD}={NEVER}" in OURS.split(":")
+    assert glibc_tunables("glibc.malloc.arena_max=2") == f"glibc.malloc.arena_max=2:{OURS}"
 
 
 def test_a_threshold_the_user_set_wins():
-    mine = f"glibc.malloc.arena_max=2:{REP_MOVSB_THRESHOLD}=4096"
-    assert glibc_tunables(mine) == mine
-    assert node_env({"GLIBC_TUNABLES": mine})["GLIBC_TUNABLES"] == mine
+    mine = f"glibc.malloc.arena_max=2:{REP_MOVSB_THRESHOLD}=4096:glibc.malloc.trim_threshold=0"
+    assert glibc_tunables(mine) == mine + ":glibc.malloc.mmap_threshold=33554432"
+    assert node_env({"GLIBC_TUNABLES": mine})["GLIBC_TUNABLES"] == glibc_tunables(mine)
 
 
 def _loader() -> str | None:
@@ -42,8 +46,9 @@ def test_glibc_takes_the_value():
     """ld.so reads GLIBC_TUNABLES and clamps out-of-range values to its bounds: it must keep ours."""
     out = subprocess.run([_loader(), "--list-tunables"], env={"GLIBC_TUNABLES": glibc_tunables("")},
                          capture_output=True, text=True, check=True).stdout
-    line = next(x for x in out.splitlines() if x.startswith(REP_MOVSB_THRESHOLD + ":"))
-    assert int(line.split()[1], 16) == NEVER
+    for name, value in TUNABLES.items():
+        line = next(x for x in out.splitlines() if x.startswith(name + ":"))
+        assert int(line.split()[1], 16) == value, line
 
 
 def test_launcher_children_get_it(monkeypatch):

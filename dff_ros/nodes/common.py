@@ -1,10 +1,16 @@
-"""What the ROS adapters share: QoS profiles, ROS parameters, server discovery, executors."""
+"""What the ROS adapters share: QoS profiles, ROS parameters, server discovery, executors, and
+the data topics' serialized publishing and receiving."""
 from __future__ import annotations
 
 import os
 import re
+import threading
+import weakref
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from dff_ros.wire import cdr
+from dff_ros.wire.rcl import SerializedPublisher
 
 SERVER_NAME = re.compile(r"^server_(\d+)$")   # the names servers give themselves (naming.py)
 SERVER_SERVICE = ("create_layers", "dff_ros/srv/CreateLayers")   # what makes a node a server
@@ -113,3 +119,32 @@ def answering(node, name: str, callback):
                 res.message = why
             return res
     return answer
+
+
+_SERIALIZED = weakref.WeakKeyDictionary()   # rclpy publisher -> its SerializedPublisher (and buffer)
+_SERIALIZED_LOCK = threading.Lock()
+
+
+def publish_serialized(pub, msg) -> int:
+    """Publish ``msg`` (a message or its ``cdr.Blank``) on the rclpy publisher ``pub`` as CDR
+    that ``dff_ros.wire`` writes once into the publisher's buffer and rcl sends from there (rosidl
+    would copy each tensor several times); returns the bytes sent."""
+    with _SERIALIZED_LOCK:
+        serialized = _SERIALIZED.get(pub)
+        if serialized is None:
+            serialized = _SERIALIZED[pub] = SerializedPublisher(pub)
+    return serialized.publish(msg)
+
+
+def subscribe_serialized(node, msg_type, topic: str, callback, qos, on_malformed):
+    """A subscription that hands ``callback`` a ``cdr.Blank`` read from the serialized message (its
+    tensors view the received bytes), and ``on_malformed`` the reason for bytes that do not parse."""
+
+    def receive(data: bytes) -> None:
+        try:
+            msg = cdr.deserialize(data, msg_type)
+        except cdr.CDRError as e:
+            return on_malformed(str(e))
+        callback(msg)
+
+    return node.create_subscription(msg_type, topic, receive, qos, raw=True)

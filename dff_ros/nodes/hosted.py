@@ -19,11 +19,12 @@ from dff_ros import weights
 from dff_ros.config import parse_model_config
 from dff_ros.ff.network import build_head
 from dff_ros.msg import InferenceBatch
-from dff_ros.nodes.common import DATA_QOS, discover_servers, make_executor
+from dff_ros.nodes.common import DATA_QOS, discover_servers, make_executor, publish_serialized, subscribe_serialized
 from dff_ros.pipeline.chunks import InferChunk
 from dff_ros.pipeline.driver import as_uint8, result_scores
 from dff_ros.srv import ListLayers
 from dff_ros.topics import layer_topics
+from dff_ros.wire.cdr import blank
 from dff_ros.wire.codec import infer_from_msg, infer_to_msg
 
 SEQ_LIMIT = 2 ** 32   # InferenceBatch.seq is uint32: requests are numbered from a random start
@@ -125,7 +126,8 @@ class HostedModel:
         last = len(self.config.layers) - 1
         first, out = layer_topics(model, 0, last), layer_topics(model, last, last)
         self.pub = self.node.create_publisher(InferenceBatch, first["infer_input"], DATA_QOS)
-        sub = self.node.create_subscription(InferenceBatch, out["infer_output"], self._on_result, DATA_QOS)
+        sub = subscribe_serialized(self.node, InferenceBatch, out["infer_output"], self._on_result, DATA_QOS,
+                                   self._on_malformed)
         # volatile topics drop what goes out before the other end has matched: wait for both ends
         deadline = time.monotonic() + self.discovery_seconds
         while not (self.pub.get_subscription_count() and sub.get_publisher_count()):
@@ -155,6 +157,9 @@ class HostedModel:
                     return
                 raise
 
+    def _on_malformed(self, why: str) -> None:   # no request to blame: the waiting one times out
+        self.dropped += 1
+
     def _on_result(self, msg) -> None:
         with self._lock:
             slot = self._waiting.get(msg.seq) if msg.run_id == self.run_id else None
@@ -174,9 +179,9 @@ class HostedModel:
             slot = self._waiting[seq] = [threading.Event(), None]
         try:
             n = rows.shape[0]
-            self.pub.publish(infer_to_msg(InferChunk(seq, SEQ_LIMIT - 1, torch.zeros(n, dtype=torch.int64),
-                                                     images=as_uint8(rows)),
-                                          run_id=self.run_id, model=self.config.name, layer=-1, node=self.node))
+            publish_serialized(self.pub, infer_to_msg(
+                InferChunk(seq, SEQ_LIMIT - 1, torch.zeros(n, dtype=torch.int64), images=as_uint8(rows)),
+                run_id=self.run_id, model=self.config.name, layer=-1, node=self.node, msg=blank(InferenceBatch)))
             if not slot[0].wait(self.timeout):
                 raise TimeoutError(f"the layers of run {self.run_id} did not answer within {self.timeout:g} s")
         finally:

@@ -30,7 +30,8 @@ from dff_ros.config.schema import ConfigError, load_model_config
 from dff_ros.data import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerParameters, LayerStatus, RunProgress, TrainingBatch
 from dff_ros.nodes.common import (DATA_QOS, STATUS_QOS, TASKS_QOS, declare_settings, discover_servers,
-                                  make_executor, params_qos, spin_until_shutdown)
+                                  make_executor, params_qos, publish_serialized, spin_until_shutdown,
+                                  subscribe_serialized)
 from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.driver import check_supported
 from dff_ros.pipeline.scoring import checkpoint_depth
@@ -43,6 +44,7 @@ from dff_ros.stopping import STOPPING, Interrupted, rclpy_init
 from dff_ros.wire.codec import (host_report_from_msg, host_request_to_msg, infer_from_msg, infer_to_msg,
                                      params_from_msg, progress_to_msg, status_from_msg, train_from_msg,
                                      train_to_msg)
+from dff_ros.wire.cdr import blank
 from dff_ros.wire.tensors import nbytes
 from dff_ros.topics import STATUS_TOPIC, checkpoints_topic, layer_topics, progress_topic, tasks_topic
 
@@ -70,6 +72,13 @@ class MasterNode(Node):
         self.progress_pub = self.create_publisher(RunProgress, progress_topic(model.name), params_qos(1))
         self.create_subscription(LayerStatus, STATUS_TOPIC, lambda m: self.run.on_status(status_from_msg(m)),
                                  STATUS_QOS)
+
+    def malformed(self, what: str, why: str) -> None:
+        """Bytes on a data topic that are not its message: counted with the run's dropped
+        results, logged (throttled), never raised into the spinner."""
+        self.run.dropped += 1
+        self.get_logger().warning(f"dropped a malformed {what} ({why}); {self.run.dropped} dropped so far",
+                                  throttle_duration_sec=5.0)
 
     # ------------------------------------------------------------------ service calls
     def call_all(self, srv_type, calls: list[tuple[str, object]], *, answered: list[float] | None = None,
@@ -179,17 +188,19 @@ class MasterNode(Node):
         train_pub = self.create_publisher(TrainingBatch, first["train_input"], DATA_QOS)
         infer_pub = self.create_publisher(InferenceBatch, first["infer_input"], DATA_QOS)
 
-        def receive(decode, training):
-            return lambda m: on_result(Delivery(m.run_id, m.model, m.layer, nbytes(m), lambda: decode(m)), training)
+        def receive(msg_type, decode, training):
+            subscribe_serialized(self, msg_type, out[f"{'train' if training else 'infer'}_output"], lambda m: on_result(
+                Delivery(m.run_id, m.model, m.layer, nbytes(m), lambda: decode(m)), training), DATA_QOS,
+                lambda why: self.malformed(f"{msg_type.__name__} from the last layer", why))
 
-        self.create_subscription(TrainingBatch, out["train_output"], receive(train_from_msg, True), DATA_QOS)
-        self.create_subscription(InferenceBatch, out["infer_output"], receive(infer_from_msg, False), DATA_QOS)
+        receive(TrainingBatch, train_from_msg, True)
+        receive(InferenceBatch, infer_from_msg, False)
         self.wait_connected(model, {})
 
         def sender(pub, encode):
             def send(chunk, run_id: str) -> int:
-                msg = encode(chunk, run_id=run_id, model=model.name, layer=-1, node=self)
-                pub.publish(msg)
+                msg = encode(chunk, run_id=run_id, model=model.name, layer=-1, node=self, msg=blank(pub.msg_type))
+                publish_serialized(pub, msg)
                 return nbytes(msg)
             return send
 
@@ -223,8 +234,9 @@ class MasterNode(Node):
             time.sleep(0.1)
 
     def _follow_parameters(self, topic: str, qos, listener) -> None:
-        self.create_subscription(LayerParameters, topic, lambda m: listener(
-            Delivery(m.run_id, m.model, m.part, nbytes(m), lambda: params_from_msg(m))), qos)
+        subscribe_serialized(self, LayerParameters, topic, lambda m: listener(
+            Delivery(m.run_id, m.model, m.part, nbytes(m), lambda: params_from_msg(m))), qos,
+            lambda why: self.malformed(f"LayerParameters on {topic}", why))
 
     def follow_checkpoints(self, model, on_checkpoint) -> None:
         self._follow_parameters(checkpoints_topic(model.name), params_qos(2 * checkpoint_depth(model) * len(model.layers)),

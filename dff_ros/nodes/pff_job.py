@@ -8,17 +8,16 @@ import threading
 import time
 from pathlib import Path
 
-from rclpy.serialization import serialize_message
-
 from dff_ros import weights
 from dff_ros.msg import LayerInfo, LayerParameters, LayerStatus
-from dff_ros.nodes.common import TASKS_QOS, params_qos
+from dff_ros.nodes.common import TASKS_QOS, params_qos, publish_serialized, subscribe_serialized
 from dff_ros.topics import params_topic, tasks_topic
 from dff_ros.parts.names import NEGATIVES, part_names
 from dff_ros.parts.state import nonfinite, part_state
 from dff_ros.parts.versions import MalformedVersion, ParameterStore, Parameters, ParametersTimeout
 from dff_ros.pff.plan import PFFPlan
 from dff_ros.pff.worker import PFFWorker, WorkerStopped
+from dff_ros.wire.cdr import blank
 from dff_ros.wire.codec import params_from_msg, params_to_msg
 from dff_ros.wire.tensors import nbytes
 
@@ -74,8 +73,8 @@ class PFFJob:
             return
         self.tasks_publisher = n.create_publisher(LayerParameters, tasks_topic(self.model), TASKS_QOS)
         for p in self.receives:
-            self.subscriptions.append(n.create_subscription(LayerParameters, params_topic(self.model, p, L),
-                                                            lambda m, p=p: self._receive(p, m), qos[p]))
+            self.subscriptions.append(subscribe_serialized(n, LayerParameters, params_topic(self.model, p, L),
+                                                           lambda m, p=p: self._receive(p, m), qos[p], self._drop))
         self.started = time.perf_counter()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"pff-{self.model}")
         self.thread.start()
@@ -126,12 +125,12 @@ class PFFJob:
         pub = self.publishers.get(p.part)
         if pub is None:
             return
-        msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.key, node=self.node)
+        msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.key, node=self.node,
+                            msg=blank(LayerParameters))
         self.bytes_out += nbytes(msg)
-        wire = serialize_message(msg)   # published as is: serialized once, and its size is known
-        pub.publish(wire)
+        sent = publish_serialized(pub, msg)
         if self.tasks_publisher is not None:   # the task's report: its meta without the tensors
-            report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": len(wire)})
+            report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": sent})
             self.tasks_publisher.publish(params_to_msg(report, run_id=self.run_id, model=self.model,
                                                        node_name=self.node.key, node=self.node))
         self.node.publish_status(self.status())
@@ -157,12 +156,14 @@ class PFFJob:
             except Exception as e:   # one no check foresaw: raised here, it would end the spinner
                 why = f"{type(e).__name__}: {e}"
         if why is not None:
-            self.dropped += 1
-            self.node.get_logger().warning(f"PFF {self.model}: dropped a parameters message ({why}); "
-                                           f"{self.dropped} dropped so far", throttle_duration_sec=5.0)
-            return
+            return self._drop(why)
         self.bytes_in += nbytes(msg)
         self.store.add(params)
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        self.node.get_logger().warning(f"PFF {self.model}: dropped a parameters message ({why}); "
+                                       f"{self.dropped} dropped so far", throttle_duration_sec=5.0)
 
     def _on_batch(self, part: int, chapter: int, epoch: int, loss: float, rows: int) -> None:
         self.epoch, self.loss, self.samples = epoch, loss, self.samples + rows

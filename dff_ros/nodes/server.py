@@ -31,7 +31,7 @@ from dff_ros.config.schema import ConfigError
 from dff_ros.data import DatasetMissing, load_dataset
 from dff_ros.msg import InferenceBatch, LayerInfo, LayerParameters, LayerStatus, ServerClaim, TrainingBatch
 from dff_ros.nodes.common import (CLAIMS_QOS, DATA_QOS, STATUS_QOS, answering, declare_settings, make_executor,
-                                  params_qos)
+                                  params_qos, publish_serialized, subscribe_serialized)
 from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
 from dff_ros.pff.plan import shard_indices
@@ -43,6 +43,7 @@ from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, 
 from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
 from dff_ros.wire.codec import (host_request_from_msg, infer_from_msg, infer_to_msg, params_to_msg, status_to_msg,
                                      train_from_msg, train_to_msg)
+from dff_ros.wire.cdr import blank
 from dff_ros.wire.tensors import nbytes, to_msg
 from dff_ros.topics import CLAIMS_TOPIC, STATUS_TOPIC, checkpoints_topic
 
@@ -411,14 +412,14 @@ class ServerNode(Node):
         ]
         train_pub, infer_pub, checkpoint_pub = entities
         entities += [
-            self.create_subscription(TrainingBatch, h.topics["train_input"],
-                                     lambda m, h=h: self._receive(h, m, True), DATA_QOS),
-            self.create_subscription(InferenceBatch, h.topics["infer_input"],
-                                     lambda m, h=h: self._receive(h, m, False), DATA_QOS),
+            subscribe_serialized(self, TrainingBatch, h.topics["train_input"], lambda m, h=h: self._receive(h, m, True),
+                                 DATA_QOS, lambda why, h=h: self._drop(h, "malformed", why)),
+            subscribe_serialized(self, InferenceBatch, h.topics["infer_input"], lambda m, h=h: self._receive(h, m, False),
+                                 DATA_QOS, lambda why, h=h: self._drop(h, "malformed", why)),
         ]
         # a chapter's checkpoint goes out as soon as it is trained: what a replacement resumes from
-        h.host.on_checkpoint = lambda p: checkpoint_pub.publish(
-            params_to_msg(p, run_id=h.run_id, model=h.model, node_name=self.key, node=self))
+        h.host.on_checkpoint = lambda p: publish_serialized(checkpoint_pub, params_to_msg(
+            p, run_id=h.run_id, model=h.model, node_name=self.key, node=self, msg=blank(LayerParameters)))
         h.worker = threading.Thread(target=self._work, args=(h, train_pub, infer_pub), daemon=True,
                                     name=f"layer{h.spec.index}-{h.model}")
         h.worker.start()
@@ -473,17 +474,19 @@ class ServerNode(Node):
                     for out in outs:
                         if h.host.stopped:
                             return
-                        m = train_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self)
+                        m = train_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self,
+                                         msg=blank(TrainingBatch))
                         h.sent(out.chapter, nbytes(m))
-                        train_pub.publish(m)
+                        publish_serialized(train_pub, m)
                     if h.finished(chunk, outs):
                         h.phase = "trained"
                         self._status(h, "trained", f"weights saved to {h.save()}")
                         continue
                 else:
-                    m = infer_to_msg(h.infer(chunk), run_id=run_id, model=h.model, layer=h.spec.index, node=self)
+                    m = infer_to_msg(h.infer(chunk), run_id=run_id, model=h.model, layer=h.spec.index, node=self,
+                                     msg=blank(InferenceBatch))
                     h.sent(None, nbytes(m))
-                    infer_pub.publish(m)
+                    publish_serialized(infer_pub, m)
             except ChunkError as e:
                 self._drop(h, "malformed", str(e))
                 continue

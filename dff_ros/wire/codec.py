@@ -14,7 +14,7 @@ from dff_ros.config.schema import LayerSpec, ModelConfig, validate_model_rows, v
 from dff_ros.data.config import DatasetConfigError, dataset_config
 from dff_ros.data.info import DataInfo
 from dff_ros.ff.learners import Activities
-from dff_ros.msg import InferenceBatch, LayerParameters, LayerSpec as LayerSpecMsg, TrainingBatch
+from dff_ros.msg import InferenceBatch, LayerParameters, LayerSpec as LayerSpecMsg, Tensor, TrainingBatch
 from dff_ros.parts.names import NEGATIVES
 from dff_ros.parts.versions import MalformedVersion, Parameters
 from dff_ros.pff.plan import PFFPlan
@@ -22,6 +22,7 @@ from dff_ros.pff.worker import check_pff_supported
 from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 from dff_ros.run.cluster import HostReport, HostRequest, Status
 from dff_ros.topics import layer_topics
+from dff_ros.wire.cdr import blank
 from dff_ros.wire.tensors import TensorDecodeError, from_msg, to_msg
 
 
@@ -32,8 +33,10 @@ def _stamp(msg, node, run_id: str, model: str, layer: int) -> None:
     msg.run_id, msg.model, msg.layer = run_id, model, layer
 
 
-def train_to_msg(c: TrainChunk, *, run_id: str, model: str, layer: int, node=None) -> TrainingBatch:
-    m = TrainingBatch()
+def train_to_msg(c: TrainChunk, *, run_id: str, model: str, layer: int, node=None, msg=None) -> TrainingBatch:
+    """A TrainingBatch, or, given ``msg=cdr.blank(TrainingBatch)``, that ``Blank`` filled with
+    views of the chunk's tensors for ``cdr.serialize`` (the nodes' path). Likewise below."""
+    m = TrainingBatch() if msg is None else msg
     _stamp(m, node, run_id, model, layer)
     m.chapter, m.epoch, m.seq, m.count, m.attempt = c.chapter, c.epoch, c.seq, c.count, c.attempt
     to_msg(c.images, m.images)
@@ -68,8 +71,8 @@ def train_from_msg(m: TrainingBatch) -> TrainChunk:
                       neg_labels=t["neg_labels"], neg_images=t["neg_images"], acts=acts, features=t["features"], attempt=m.attempt)
 
 
-def infer_to_msg(c: InferChunk, *, run_id: str, model: str, layer: int, node=None) -> InferenceBatch:
-    m = InferenceBatch()
+def infer_to_msg(c: InferChunk, *, run_id: str, model: str, layer: int, node=None, msg=None) -> InferenceBatch:
+    m = InferenceBatch() if msg is None else msg
     _stamp(m, node, run_id, model, layer)
     m.seq, m.count = c.seq, c.count
     for f in ("images", "labels", "candidates", "goodness", "neutral", "features"):
@@ -85,15 +88,16 @@ def infer_from_msg(m: InferenceBatch) -> InferChunk:
 
 # ---------------------------------------------------------------- PFF parameters
 
-def params_to_msg(p: Parameters, *, run_id: str, model: str, node_name: str, node=None) -> LayerParameters:
-    m = LayerParameters()
+def params_to_msg(p: Parameters, *, run_id: str, model: str, node_name: str, node=None,
+                  msg=None) -> LayerParameters:
+    m = LayerParameters() if msg is None else msg
     if node is not None:
         m.header.stamp = node.get_clock().now().to_msg()
     m.header.frame_id = model
     m.run_id, m.model, m.node = run_id, model, node_name
     m.part, m.chapter, m.version = p.part, p.version - 1, p.version
     m.names = list(p.tensors)
-    m.tensors = [to_msg(t) for t in p.tensors.values()]
+    m.tensors = [to_msg(t, None if msg is None else blank(Tensor)) for t in p.tensors.values()]
     metrics = {k: float(v) for k, v in p.meta.items() if isinstance(v, (int, float)) and k not in ("part", "chapter")}
     metrics.update({f"input_{k}": float(v) for k, v in p.meta.get("inputs", {}).items()})
     m.metric_names, m.metric_values = list(metrics), list(metrics.values())

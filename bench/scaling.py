@@ -1,0 +1,208 @@
+"""Speed-up on N = 1..16 nodes, by simulation (dff_ros/simulator.py) fed with measured numbers.
+
+This machine has 2 cores, so only 2-node runs (and capped-link emulated hosts) are measured.
+The simulator plays the PFF plans and the DFF chapters schedule with:
+  * task seconds per part and version bytes per part, from bench/results/pff_mnist.json's
+    Single-Layer run (each node's busy seconds over its chapters; the head, ~2 % of layer 1's
+    work by weight count, is taken out of layer 1's node by that ratio);
+  * DFF activity bytes per chapter: rows x width x 4 bytes x 3 passes (pos, neg, neutral);
+  * a link per node (20 Mbit/s, 100 Mbit/s, 1 Gbit/s; 1 ms latency).
+First it predicts every measured run and gives the error; then mnist_default (2 layers + head,
+10 chapters) and the PFF paper's 784-[2000]x4 net (task times scaled by weight count, 20
+chapters) on N nodes. Writes bench/results/scaling.{json,md,png} and the README table.
+
+    source scripts/env.sh && python bench/scaling.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, machine, markdown_table, publish_table, write_results  # noqa: E402
+
+from dff_ros.pff.plan import PFFPlan  # noqa: E402
+from dff_ros.simulator import Link, Workload, simulate_dff, simulate_pff  # noqa: E402
+
+LINKS = [Link("20 Mbit/s", 20e6, 1e-3), Link("100 Mbit/s", 100e6, 1e-3), Link("1 Gbit/s", 1e9, 1e-3)]
+NODES = [1, 2, 3, 4, 6, 8, 12, 16]
+PFF_PAPER = (4, 3.75)   # nodes, speed-up (ANCHORS.md: 4-layer MNIST net, All-Layers)
+
+
+def _runs(name: str) -> dict:
+    return {r["run"] + ("/" + r["rate"] if "rate" in r else ""): r for r in json.loads((RESULTS / f"{name}.json").read_text())["runs"]}
+
+
+def measured_workload(pff: dict) -> tuple[Workload, Workload, dict]:
+    """mnist_default's per-chapter task seconds and version bytes (Single-Layer: weights only;
+    All-Layers: with the optimizer state), from the measured 2-node Single-Layer run."""
+    sl, al = pff["single_layer"], pff["all_layers"]
+    splits = sl["splits"]
+    node0, node1 = (n["busy_seconds"] / splits for n in sl["per_node"])
+    head_share = 2000 * 10 / (1000 * 1000 + 2000 * 10)   # the head's weights against layer 1's
+    tasks = (node0, node1 * (1 - head_share), node1 * head_share)
+    topics = ("layer_0", "layer_1", "head")
+
+    def versions(run):
+        return tuple(run["bytes_per_topic"][f"/dff/mnist_default/params/{t}"] / splits for t in topics)
+
+    rows, width = 60000, 1000
+    acts = (rows * width * 4 * 3,) * 2
+    images = rows * (784 + 8 + 8)   # uint8 images, labels, negative labels
+    w_sl = Workload(tasks, versions(sl), splits, acts, images)
+    w_al = Workload(tasks, versions(al), splits, acts, images)
+    return w_sl, w_al, {"task_seconds": [round(t, 3) for t in tasks], "version_bytes_single_layer": list(versions(sl)),
+                        "version_bytes_all_layers": list(versions(al)), "from": "pff_mnist.json single_layer, all_layers"}
+
+
+def scaled(w: Workload, factor_time: float, splits: int) -> Workload:
+    return Workload(tuple(t * factor_time for t in w.task_seconds), w.version_bytes, splits,
+                    tuple(a * factor_time for a in w.activity_bytes), w.image_bytes * factor_time)
+
+
+def validate(pff: dict, capped: dict, w_sl: Workload, w_al: Workload) -> list[dict]:
+    """Every measured run that the simulator can replay, and its prediction."""
+    one_host = Link("one host", 8 * 2.0e9)   # shared memory between processes (transport bench)
+    L = 2
+    rows = []
+    seq = sum(w_sl.task_seconds) * w_sl.splits
+    rows.append({"run": "sequential, 1 thread (pff_mnist)", "measured": pff["sequential-1t"]["train_seconds"],
+                 "predicted": seq, "why": "tasks were timed two processes side by side"})
+    for variant, w in (("single_layer", w_sl), ("all_layers", w_al)):
+        plan = PFFPlan(variant, 2, L, True, (0, 1) if variant == "single_layer" else ())
+        r = simulate_pff(plan, w, one_host, hosts=[0, 0], cores=2)
+        rows.append({"run": f"{variant}, 2 nodes on one host (pff_mnist)", "measured": pff[variant]["train_seconds"],
+                     "predicted": r.wall_seconds, "why": ""})
+    # capped links: 10000 rows, 2 epochs in 2 chapters, each node in its own network namespace.
+    # Their nodes' own busy seconds give the task times; what is compared is the nodes' span
+    # (busy + idle of the node that finished last), as train_seconds there also holds ~3 s of
+    # the master hearing over the capped link that the nodes are done.
+    cap = Link("20 Mbit/s", 0.8 * 20e6, 1e-3)   # the bench's Fast DDS flow controller sends at 80 % of the cap
+    for variant in ("single_layer", "all_layers"):
+        run = capped.get(f"{variant}/20mbit")
+        if run is None:
+            continue
+        splits = run["overrides"]["splits"]
+        busy = [n["busy_seconds"] / splits for n in run["per_node"]]
+        if variant == "single_layer":
+            tasks = (busy[0], busy[1] * 0.98, busy[1] * 0.02)
+        else:   # each node trained every part in its chapters: mnist_default's split of the work
+            share = [t / sum(w_sl.task_seconds) for t in w_sl.task_seconds]
+            tasks = tuple(sum(busy) / 2 * s for s in share)
+        versions = tuple(run["bytes_per_topic"][f"/dff/mnist_default/params/{t}"] / splits
+                         for t in ("layer_0", "layer_1", "head"))
+        plan = PFFPlan(variant, 2, L, True, (0, 1) if variant == "single_layer" else ())
+        r = simulate_pff(plan, Workload(tasks, versions, splits), cap)
+        span = max(n["busy_seconds"] + n["idle_seconds"] for n in run["per_node"])
+        rows.append({"run": f"{variant}, 2 hosts at 20 Mbit/s, nodes' span (capped_link)", "measured": round(span, 2),
+                     "predicted": r.wall_seconds, "why": f"train_seconds {run['train_seconds']} s"})
+    run = capped.get("dff/20mbit")
+    if run is not None:
+        # bytes per chapter as measured (bytes_per_epoch, one epoch a chapter), split over the three
+        # hops as the messages' layout splits them (images; pos, neg, neutral; neutral)
+        rows_n, width = run["overrides"]["train_subset"], 1000
+        layout = [rows_n * 800, rows_n * width * 12, rows_n * width * 4]   # the last layer sends its neutral pass
+        scale = run["bytes_per_epoch"] / sum(layout)
+        small = scaled(w_sl, rows_n / 60000, run["overrides"]["splits"])
+        w = Workload(small.task_seconds, small.version_bytes, small.splits,
+                     (layout[1] * scale, layout[2] * scale), layout[0] * scale)
+        r = simulate_dff(w, cap)
+        rows.append({"run": "dff, 2 hosts at 20 Mbit/s (capped_link)", "measured": run["train_seconds"],
+                     "predicted": r.wall_seconds,
+                     "why": f"{scale:.2f}x the bytes the layout accounts for; task times scaled from pff_mnist"})
+    for r in rows:
+        r["predicted"] = round(r["predicted"], 1)
+        r["error"] = round(r["predicted"] / r["measured"] - 1, 3)
+    return rows
+
+
+def paper_net(w: Workload) -> Workload:
+    """784-[2000]x4 and a head, task seconds scaled by weight count from mnist_default's layer 1."""
+    per_weight = w.task_seconds[1] / (1000 * 1000)
+    sizes = [784 * 2000] + [2000 * 2000] * 3
+    head = 2000 * 4 * 10
+    tasks = tuple(per_weight * s for s in sizes) + (per_weight * head,)
+    versions = tuple(4.0 * s for s in sizes) + (4.0 * head,)
+    return Workload(tasks, versions, 20, (60000 * 2000 * 4 * 3,) * 4, 60000 * 800)
+
+
+def predictions(name: str, w: Workload, layers: int, with_optimizer: float) -> list[dict]:
+    out = []
+    base = sum(w.task_seconds) * w.splits
+    for link in LINKS:
+        for n in NODES:
+            cases = {}
+            if n <= layers:
+                nodes = tuple(min(i * n // layers, n - 1) for i in range(layers))
+                cases["single_layer"] = simulate_pff(PFFPlan("single_layer", n, layers, True, nodes), w, link)
+                cases["dff"] = simulate_dff(w, link, layer_nodes=[min(i * n // layers, n - 1) for i in range(layers)])
+            heavy = Workload(w.task_seconds, tuple(b * with_optimizer for b in w.version_bytes), w.splits)
+            cases["all_layers"] = simulate_pff(PFFPlan("all_layers", n, layers, True), heavy, link)
+            for variant, r in cases.items():
+                out.append({"model": name, "link": link.name, "nodes": n, "variant": variant,
+                            "wall_seconds": round(r.wall_seconds, 1), "speedup": round(base / r.wall_seconds, 2),
+                            "utilisation": round(r.utilisation, 3)})
+    return out
+
+
+def plot(rows: list[dict], path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(len(models), len(LINKS), figsize=(4.2 * len(LINKS), 3.6 * len(models)), squeeze=False)
+    for i, model in enumerate(models):
+        for j, link in enumerate(LINKS):
+            ax = axes[i][j]
+            for variant, style in (("all_layers", "o-"), ("single_layer", "s-"), ("dff", "^--")):
+                pts = [(r["nodes"], r["speedup"]) for r in rows
+                       if r["model"] == model and r["link"] == link.name and r["variant"] == variant]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=variant.replace("_", "-") if variant != "dff" else "DFF chapters")
+            ax.plot(NODES, NODES, ":", color="grey", label="linear")
+            if "paper" in model:
+                ax.plot(*PFF_PAPER, "r*", markersize=12, label="PFF paper, 4 nodes")
+            ax.set_title(f"{model}, {link.name}", fontsize=9)
+            ax.set_xlabel("nodes")
+            ax.set_ylabel("speed-up vs 1 node")
+            ax.set_ylim(0, 8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a.add_argument("--no-readme", action="store_true")
+    args = a.parse_args()
+    pff, capped = _runs("pff_mnist"), _runs("capped_link")
+    w_sl, w_al, inputs = measured_workload(pff)
+    checks = validate(pff, capped, w_sl, w_al)
+    optimizer = w_al.version_bytes[1] / w_sl.version_bytes[1]   # All-Layers passes Adam's state too
+    rows = predictions("mnist_default", w_sl, 2, optimizer) + predictions("784-[2000]x4 (PFF paper)", paper_net(w_sl), 4,
+                                                                          optimizer)
+    png = RESULTS / "scaling.png"
+    plot(rows, png)
+    m = machine()
+    write_results("scaling", [{"key": "validation", "rows": checks, "inputs": inputs, "machine": m},
+                              {"key": "predictions", "rows": rows, "png": str(png.relative_to(RESULTS.parent.parent)),
+                               "machine": m}], key="key")
+    table = markdown_table(["measured run", "measured s", "predicted s", "error", "note"],
+                           [[c["run"], c["measured"], c["predicted"], f"{100 * c['error']:+.0f} %", c["why"]] for c in checks])
+    pick = [r for r in rows if r["nodes"] in (2, 4, 8, 16)]
+    table += "\n\n" + markdown_table(
+        ["model", "link", "variant", "N=2", "N=4", "N=8", "N=16"],
+        [[model, link, variant] + [next((f"{r['speedup']}x ({100 * r['utilisation']:.0f} %)" for r in pick
+                                         if (r["model"], r["link"], r["variant"], r["nodes"]) == (model, link, variant, n)), "–")
+                                   for n in (2, 4, 8, 16)]
+         for model, link, variant in dict.fromkeys((r["model"], r["link"], r["variant"]) for r in pick)])
+    table += (f"\n\nSimulated on {m['cores']}-core {m['cpu']}, {m['date']}, from the measured rows named above "
+              "(speed-up against the same workload's 1-node time; utilisation in brackets). Plot: bench/results/scaling.png")
+    publish_table("scaling", table, readme=not args.no_readme)
+
+
+if __name__ == "__main__":
+    main()
