@@ -8,6 +8,6 @@ setup(
     packages=find_packages(include=["dff_ros", "dff_ros.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "pyyaml"],
-    extras_require={"test": ["pytest"], "plots": ["matplotlib"]},
+    extras_require={"test": ["pytest", "hypothesis"], "plots": ["matplotlib"]},
     entry_points={"console_scripts": ["dff-ros = dff_ros.cli:main"]},
 )

@@ -39,6 +39,14 @@ class HostedLayer:
         self.inbox: queue.Queue = queue.Queue()    # chunks for the worker thread
         self.worker: threading.Thread | None = None
 
+    def above_finished(self) -> bool:
+        """The layers above have sent their final chapter: its last chunk waits in the inbox."""
+        last = self.splits - 1
+        with self.inbox.mutex:
+            queued = list(self.inbox.queue)
+        return any(isinstance(item, tuple) and item[0] and item[2].chapter == last and item[2].seq == item[2].count - 1
+                   for item in queued)
+
     @property
     def dropped(self) -> int:
         return sum(self.drops.values())

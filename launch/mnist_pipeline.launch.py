@@ -34,7 +34,7 @@ ARGS = {
     "data_root": ("", "dataset folder (overrides the pipeline's)"),
     "weights_dir": ("", "where servers keep layer weights (overrides the pipeline's)"),
     "server_threads": ("", "torch threads per server (default: the pipeline's)"),
-    "server_solo_threads": ("", "PFF: threads of a server while the others have no work "
+    "server_solo_threads": ("", "threads of a server while the others have no work "
                                 "(default: the pipeline's; 0: the cores the servers started here share)"),
     "transport": ("", "activations (DFF) | parameters (PFF) (overrides the pipeline's)"),
     "pff_variant": ("", "single_layer | all_layers | federated (overrides the pipeline's)"),

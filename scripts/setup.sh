@@ -28,12 +28,14 @@ touch "$VENV/COLCON_IGNORE"
 stamp="$VENV/.dff_ros_setup"
 want=$( { cat scripts/setup.sh setup.py; echo "ros=${DFF_NO_ROS:-yes}"; } | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing into $VENV (torch CPU 2.13.0, numpy, pyyaml, pytest, ROS 2 Kilted wheels unless DFF_NO_ROS, colcon)" >&2
+  echo "[setup] installing into $VENV (torch CPU 2.13.0, numpy, pyyaml, pytest, hypothesis, ROS 2 Kilted wheels unless DFF_NO_ROS, colcon)" >&2
   "${PIP[@]}" --upgrade pip
   # torch==2.13.0 exactly: this machine has its CPU wheel; any other spec pulls GBs of CUDA.
   # matplotlib: run timelines and benchmark charts (PNG)
   # psutil: Fast DDS's own `fastdds shm clean` needs it (scripts/test.sh)
-  "${PIP[@]}" torch==2.13.0 numpy pyyaml pytest matplotlib psutil
+  # hypothesis: the request fuzz test (edge values per field type, and it shrinks a failing
+  #   request to its smallest form, which a hand-written random loop does not)
+  "${PIP[@]}" torch==2.13.0 numpy pyyaml pytest matplotlib psutil hypothesis
   [ -n "${DFF_NO_ROS:-}" ] || "${PIP[@]}" "${ROS_WHEELS[@]}"
   "${PIP[@]}" --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"

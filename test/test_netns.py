@@ -46,3 +46,6 @@ def test_flow_controller_paces_every_writer_of_the_udp_profile():
     assert mode.find("d:flow_controller_name", NS).text == desc.find("d:name", NS).text
     # the transports stay: UDP only
     assert [t.text for t in rtps.findall("d:userTransports/d:transport_id", NS)] == ["dff_udp"]
+    # but the heartbeats' writer (the profile named after its topic) does not queue behind chunks
+    beat = [w for w in root.findall("d:profiles/d:data_writer", NS) if w.get("profile_name") == "/dff/status"]
+    assert len(beat) == 1 and beat[0].find("d:qos/d:publishMode/d:kind", NS).text == "SYNCHRONOUS"

@@ -323,3 +323,31 @@ def test_unsupported_configs_are_named():
                                                           [0, "FFDense", [50]]]}, "b.yaml")
     with pytest.raises(ValueError, match=r"model\[2\].from"):
         check_supported(branched)
+
+
+def test_a_layer_takes_the_solo_threads_only_while_no_other_layer_has_work(mnist):
+    cfg = config("chapters", splits=3)
+    first, middle, last = (LayerHost(s, cfg.train, 10, last=s.index == 2) for s in cfg.layers)
+    finished = [False]
+    for h in (first, middle, last):
+        h.use_cores(2, lambda: finished[0])
+    torch.set_num_threads(1)
+    try:
+        # the first layer's first chapter: the others wait for it; later chapters they work too
+        assert [first._threads(c) for c in range(3)] == [2, 0, 0]
+        # a middle layer: below it works from its second chapter on, above it works until its last
+        assert [middle._threads(c) for c in range(3)] == [0, 0, 0]
+        # the last layer: alone once the layers above have sent their final chapter, or in it
+        assert [last._threads(c) for c in range(3)] == [0, 0, 2]
+        finished[0] = True
+        assert [last._threads(c) for c in range(3)] == [2, 2, 2] and middle._threads(0) == 2
+        # the count is used while the chapter trains, and given back after it
+        seen = []
+        first.on_checkpoint = lambda p: seen.append(torch.get_num_threads())
+        x, y = mnist["train_images"][:64], mnist["train_labels"][:64]
+        first.train(TrainChunk(0, 1, 0, 1, y, images=(x * 255).to(torch.uint8), neg_labels=(y + 1) % 10))
+        assert seen == [2] and torch.get_num_threads() == 1
+        first.train(TrainChunk(1, 3, 0, 1, y, images=(x * 255).to(torch.uint8), neg_labels=(y + 1) % 10))
+        assert seen == [2, 1]
+    finally:
+        torch.set_num_threads(2)

@@ -120,8 +120,9 @@ HELP = {
     "train": "false: evaluate restored weights only",
     "keep_layers": "leave the layers hosted when the master exits",
     "server_threads": "torch threads per server",
-    "server_solo_threads": "PFF: threads of a server while the other nodes have no work (the first task, the "
-                           "last chapters); 0: the cores the servers started here share",
+    "server_solo_threads": "threads of a server while the others have no work (PFF: the first task, the last "
+                           "chapters; DFF chapters: the first layer's first chapter, the last layer once the "
+                           "layers above are done); 0: the cores the servers started here share",
     "wait_servers_seconds": "how long the master waits for `servers` servers",
     "service_timeout_seconds": "per service call",
     "stall_seconds": "no result this long: the run stops with a message",

@@ -55,8 +55,8 @@ SETTINGS = {
     "weights_dir": ("", "where layer weights are kept (default: $DFF_WEIGHTS_DIR, else "
                         "~/.local/share/dff_ros/weights)"),
     "threads": (1, "torch threads"),
-    "solo_threads": (0, "PFF: torch threads while the other nodes have no work, when they share this "
-                        "machine's cores (0: threads)"),
+    "solo_threads": (0, "torch threads while no other layer or PFF node sharing this machine's cores has work "
+                        "(0: threads)"),
     "data_root": ("", "PFF: where this node reads its training data (wins over the master's data_root; "
                       "default: the master's, else $DFF_DATA_ROOT, else ~/.cache/dff_ros/data)"),
     "release_seconds": (600, "a model's run is protected from other masters' and operators' calls until it "
@@ -263,6 +263,8 @@ class ServerNode(Node):
             ends = wiring[spec.index]
             h = HostedLayer(req, spec, {k: v for k, v in ends.items() if k != "last"}, last=ends["last"],
                             weights_dir=self.weights_dir)
+            # alone on this server too: another hosted layer would share its torch threads
+            h.host.use_cores(self.solo_threads, lambda h=h: h.above_finished() and list(self.layers.values()) == [h])
             if spec.index in resume:
                 h.resume(resume[spec.index])
             elif req.restore:
