@@ -32,7 +32,8 @@ PFF_PAPER = (4, 3.75)   # nodes, speed-up (ANCHORS.md: 4-layer MNIST net, All-La
 
 
 def _runs(name: str) -> dict:
-    return {r["run"] + ("/" + r["rate"] if "rate" in r else ""): r for r in json.loads((RESULTS / f"{name}.json").read_text())["runs"]}
+    runs = json.loads((RESULTS / f"{name}.json").read_text())["runs"]
+    return {r["run"] + ("/" + r["rate"] if "rate" in r else ""): r for r in runs}
 
 
 def measured_workload(pff: dict) -> tuple[Workload, Workload, dict]:
@@ -54,7 +55,8 @@ def measured_workload(pff: dict) -> tuple[Workload, Workload, dict]:
     w_sl = Workload(tasks, versions(sl), splits, acts, images)
     w_al = Workload(tasks, versions(al), splits, acts, images)
     return w_sl, w_al, {"task_seconds": [round(t, 3) for t in tasks], "version_bytes_single_layer": list(versions(sl)),
-                        "version_bytes_all_layers": list(versions(al)), "from": "pff_mnist.json single_layer, all_layers"}
+                        "version_bytes_all_layers": list(versions(al)),
+                        "from": "pff_mnist.json single_layer, all_layers"}
 
 
 def scaled(w: Workload, factor_time: float, splits: int) -> Workload:
@@ -174,6 +176,19 @@ def plot(rows: list[dict], path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def tables(checks: list[dict], rows: list[dict]) -> str:
+    """The validation table, then the predictions at N = 2, 4, 8, 16."""
+    out = markdown_table(["measured run", "measured s", "predicted s", "error", "note"],
+                         [[c["run"], c["measured"], c["predicted"], f"{100 * c['error']:+.0f} %", c["why"]]
+                          for c in checks])
+    cell = {(r["model"], r["link"], r["variant"], r["nodes"]): f"{r['speedup']}x ({100 * r['utilisation']:.0f} %)"
+            for r in rows}
+    cases = dict.fromkeys((r["model"], r["link"], r["variant"]) for r in rows)
+    return out + "\n\n" + markdown_table(["model", "link", "variant", "N=2", "N=4", "N=8", "N=16"],
+                                          [[*case] + [cell.get((*case, n), "–") for n in (2, 4, 8, 16)]
+                                           for case in cases])
+
+
 def main() -> None:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--no-readme", action="store_true")
@@ -182,25 +197,17 @@ def main() -> None:
     w_sl, w_al, inputs = measured_workload(pff)
     checks = validate(pff, capped, w_sl, w_al)
     optimizer = w_al.version_bytes[1] / w_sl.version_bytes[1]   # All-Layers passes Adam's state too
-    rows = predictions("mnist_default", w_sl, 2, optimizer) + predictions("784-[2000]x4 (PFF paper)", paper_net(w_sl), 4,
-                                                                          optimizer)
+    rows = (predictions("mnist_default", w_sl, 2, optimizer)
+            + predictions("784-[2000]x4 (PFF paper)", paper_net(w_sl), 4, optimizer))
     png = RESULTS / "scaling.png"
     plot(rows, png)
     m = machine()
     write_results("scaling", [{"key": "validation", "rows": checks, "inputs": inputs, "machine": m},
                               {"key": "predictions", "rows": rows, "png": str(png.relative_to(RESULTS.parent.parent)),
                                "machine": m}], key="key")
-    table = markdown_table(["measured run", "measured s", "predicted s", "error", "note"],
-                           [[c["run"], c["measured"], c["predicted"], f"{100 * c['error']:+.0f} %", c["why"]] for c in checks])
-    pick = [r for r in rows if r["nodes"] in (2, 4, 8, 16)]
-    table += "\n\n" + markdown_table(
-        ["model", "link", "variant", "N=2", "N=4", "N=8", "N=16"],
-        [[model, link, variant] + [next((f"{r['speedup']}x ({100 * r['utilisation']:.0f} %)" for r in pick
-                                         if (r["model"], r["link"], r["variant"], r["nodes"]) == (model, link, variant, n)), "–")
-                                   for n in (2, 4, 8, 16)]
-         for model, link, variant in dict.fromkeys((r["model"], r["link"], r["variant"]) for r in pick)])
-    table += (f"\n\nSimulated on {m['cores']}-core {m['cpu']}, {m['date']}, from the measured rows named above "
-              "(speed-up against the same workload's 1-node time; utilisation in brackets). Plot: bench/results/scaling.png")
+    table = tables(checks, rows) + (
+        f"\n\nSimulated on {m['cores']}-core {m['cpu']}, {m['date']}, from the measured rows named above "
+        "(speed-up against the same workload's 1-node time; utilisation in brackets). Plot: bench/results/scaling.png")
     publish_table("scaling", table, readme=not args.no_readme)
 
 

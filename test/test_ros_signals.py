@@ -13,7 +13,7 @@ from rosutil import REPO, Client, Proc, master, ros_env, start_server, write_pip
 
 from dff_ros.srv import ListLayers, SaveWeights
 
-STOP_SECONDS = 4.0   # the goal is ~2 s; slack for a loaded CI machine
+STOP_SECONDS = 6.0   # the goal is ~2 s; slack for a loaded CI machine (4.3 s seen beside a bench)
 
 
 @pytest.fixture
