@@ -122,6 +122,7 @@ class ServerNode(Node):
         self.claims_pub.publish(ServerClaim(name=name, token=token, hostname=socket.gethostname(),
                                             pid=os.getpid(), held=True))
         self.conflict = False
+        self.rival = False   # a running server with a lower token claimed this name
         self.create_subscription(ServerClaim, CLAIMS_TOPIC, self._on_claim, CLAIMS_QOS)
         for srv, name, callback in ((CreateLayers, "create_layers", self.on_create),
                                     (DeleteModel, "delete_model", self.on_delete),
@@ -178,6 +179,7 @@ class ServerNode(Node):
     def _beat(self) -> None:
         while not self.beating.wait(1.0):
             try:
+                self._check_rival()
                 self._heartbeat()
             except Exception as e:   # ROS shutting down under it, or a status that cannot be built
                 if STOPPING.is_set() or self.beating.is_set():
@@ -204,8 +206,12 @@ class ServerNode(Node):
         # A newcomer's tentative claim never dislodges a running server; the newcomer sees this
         # server in the graph and moves on. A claim alone proves nothing (anyone can publish
         # one): the graph must show a second node of this name.
-        if (msg.held and msg.name == self.get_name() and msg.token != self.token and msg.token < self.token
-                and not self.layers and not self.jobs and self._namesakes() > 1):
+        if msg.held and msg.name == self.get_name() and msg.token != self.token and msg.token < self.token:
+            self.rival = True   # checked again each heartbeat: the graph may not show it yet
+            self._check_rival()
+
+    def _check_rival(self) -> None:
+        if self.rival and not self.layers and not self.jobs and self._namesakes() > 1:
             self.conflict = True
 
     def _namesakes(self) -> int:
