@@ -329,18 +329,18 @@ def test_a_layer_takes_the_solo_threads_only_while_no_other_layer_has_work(mnist
     cfg = config("chapters", splits=3)
     first, middle, last = (LayerHost(s, cfg.train, 10, last=s.index == 2) for s in cfg.layers)
     finished = [False]
+    torch.set_num_threads(1)
     for h in (first, middle, last):
         h.use_cores(2, lambda: finished[0])
-    torch.set_num_threads(1)
     try:
         # the first layer's first chapter: the others wait for it; later chapters they work too
-        assert [first._threads(c) for c in range(3)] == [2, 0, 0]
+        assert [first._alone(c) for c in range(3)] == [True, False, False]
         # a middle layer: below it works from its second chapter on, above it works until its last
-        assert [middle._threads(c) for c in range(3)] == [0, 0, 0]
+        assert [middle._alone(c) for c in range(3)] == [False, False, False]
         # the last layer: alone once the layers above have sent their final chapter, or in it
-        assert [last._threads(c) for c in range(3)] == [0, 0, 2]
+        assert [last._alone(c) for c in range(3)] == [False, False, True]
         finished[0] = True
-        assert [last._threads(c) for c in range(3)] == [2, 2, 2] and middle._threads(0) == 2
+        assert [last._alone(c) for c in range(3)] == [True, True, True] and middle._alone(0)
         # the count is used while the chapter trains, and given back after it
         seen = []
         first.on_checkpoint = lambda p: seen.append(torch.get_num_threads())

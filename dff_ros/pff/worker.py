@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from dff_ros.cores import CoreShare
 from dff_ros.ff.chapter import chapter_data, head_step, layer_step, train_chapter
 from dff_ros.ff.classifiers import goodness_scores
 from dff_ros.ff.history import EpochMeans
@@ -77,8 +78,7 @@ class PFFWorker:
         self.chapter = self.part = -1
         self.scoring_meta: dict = {}
         self.scratch = Scratch()                # chapter-sized tensors, written over every chapter
-        self.threads = torch.get_num_threads()
-        self.solo_threads = solo_threads if solo_threads > self.threads else 0
+        self.cores = CoreShare(solo_threads)
         self._others_last = plan.others_last_outputs(node, t.splits)
         self._stop = threading.Event()
 
@@ -107,7 +107,7 @@ class PFFWorker:
                     load_part_state(self.parts[part], self._wait(part, final, exact=True).tensors)
                     self.held[part] = final
         finally:
-            self._use_cores(solo=False)
+            self.cores.release()
             self.scratch.clear()
             self.busy_seconds = time.perf_counter() - start - self.idle_seconds
 
@@ -119,24 +119,12 @@ class PFFWorker:
                 return False
         return True
 
-    def _use_cores(self, solo: bool) -> int:
-        """Set torch's thread count: ``solo_threads`` when ``solo``, else the process's own.
-        Nodes that share a machine each take a share of its cores; the one that still has work
-        when the others have none (the first task, the last chapters) takes them all. The layers'
-        numbers stay the same; a few matmul shapes (the softmax head's weight gradient) sum in
-        another order with more threads, a last-bit difference, as between 1- and 2-thread
-        sequential runs. Without ``solo_threads`` it keeps the process's own."""
-        n = self.solo_threads if solo and self.solo_threads else self.threads
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-        return n
-
     def _chapter(self, chapter, mine: list[int]) -> None:
         self.chapter = chapter.index
         last_layer = len(self.learners) - 1
         top = max(mine)
         neg = self._negatives(chapter.index)
-        self._use_cores(solo=self._alone())
+        self.cores.use(self._alone())
         images, neg_images = chapter_data(self.images, self.config, chapter.index)
         acts: dict[int, Activities] = {-1: make_inputs(images, self.labels, neg, self.config.num_classes,
                                                        self.needs_neutral, scratch=self.scratch, neg_images=neg_images)}
@@ -151,10 +139,10 @@ class PFFWorker:
                 used[i] = p.version
             if i < top:  # (i == last_layer: only the head comes after it)
                 inputs = acts[src] if i < last_layer else acts[src].neutral_only()
-                self._use_cores(solo=self._alone())
+                self.cores.use(self._alone())
                 acts[i] = inputs.map(self.learners[i].layer, scratch=self.scratch, key=i)
         if self.head_learner is not None and len(self.learners) in mine:
-            self._use_cores(solo=self._alone())
+            self.cores.use(self._alone())
             feats = self.net.head_features([acts[i].neutral for i in range(len(self.learners))], scratch=self.scratch)
             self._train(len(self.learners), chapter, head_step(self.head_learner, feats, self.labels),
                         len(feats), used)
@@ -197,7 +185,7 @@ class PFFWorker:
         """Adaptive: score a later chapter's negatives with the network this node holds now
         (every layer at version chapter + 1) and hand them to the nodes that train in it."""
         start = time.time()
-        self._use_cores(solo=self._alone())
+        self.cores.use(self._alone())
         target = self.negatives.score(chapter, goodness_scores(self.net, self.images, self.t.goodness,
                                                                self.t.eval_batch_size))
         users = self.plan.negatives_users(target)
@@ -232,7 +220,7 @@ class PFFWorker:
             waited = self.idle_seconds - before
         start = time.time()
         # the first task holds up every other node; later, the others may run out of work
-        threads = self._use_cores(solo=self.plan.is_root(part, chapter.index) or self._alone())
+        threads = self.cores.use(self.plan.is_root(part, chapter.index) or self._alone())
         batches = 0
 
         def done(epoch: int, loss: float, n: int) -> None:
@@ -242,15 +230,14 @@ class PFFWorker:
             if self.on_batch is not None:
                 self.on_batch(part, chapter.index, epoch, loss, n)
             batches += 1
-            if self.solo_threads and threads != self.solo_threads and batches % 32 == 0 and self._alone():
-                threads = self._use_cores(solo=True)
+            threads = self.cores.recheck(batches, self._alone)
 
         history = EpochMeans()   # the task's epochs, for the master's per-epoch curves
         try:
             loss = train_chapter(learner, step, rows, chapter, seed=self.t.seed, part=part,
                                  batch_size=self.t.batch_size, on_batch=done, history=history)
         finally:
-            self._use_cores(solo=False)
+            self.cores.release()
         meta = {"node": self.node, "part": part, "chapter": chapter.index, "start": start, "end": time.time(),
                 "wait": round(waited, 4), "loss": loss, "inputs": dict(used), "threads": threads,
                 **self.scoring_meta, **history.state()}

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from dff_ros.cores import CoreShare
 from dff_ros.ff.chapter import layer_step, train_chapter
 from dff_ros.ff.classifiers import label_candidates
 from dff_ros.ff.history import EpochMeans
@@ -89,7 +90,7 @@ class LayerHost:
         self.timeline: dict[int, list[float]] = {}  # chapter -> [start, end] of its training (time.time())
         self.scratch = Scratch()     # the chapter's concatenated inputs, written over every chapter
         self.stopped = False         # set from another thread: training ends at the next minibatch
-        self.solo_threads = 0        # see use_cores
+        self.cores = CoreShare()     # see use_cores
         self.above_finished: Callable[[], bool] = lambda: False
 
     def use_cores(self, solo_threads: int, above_finished: Callable[[], bool]) -> None:
@@ -99,12 +100,12 @@ class LayerHost:
         input is here); nothing is below the last layer, nor below any layer in its first
         chapter (the layers below wait for it). The layer's numbers stay those of 1 thread on
         this CPU (README, "Results and thread counts")."""
-        self.solo_threads, self.above_finished = solo_threads, above_finished
+        self.cores, self.above_finished = CoreShare(solo_threads), above_finished
 
-    def _threads(self, chapter: int) -> int:
-        alone = (self.first or chapter == len(self._chapters) - 1 or self.above_finished()) and \
+    def _alone(self, chapter: int) -> bool:
+        """No other layer of this pipeline has work while this one trains ``chapter``."""
+        return (self.first or chapter == len(self._chapters) - 1 or self.above_finished()) and \
             (self.last or chapter == 0)
-        return self.solo_threads if alone and self.solo_threads > torch.get_num_threads() else 0
 
     def stop(self) -> None:
         self.stopped = True
@@ -198,31 +199,27 @@ class LayerHost:
                 self.epoch, self.loss_sum, self.loss_count = epoch, 0.0, 0
             self.loss_sum, self.loss_count, self.samples = self.loss_sum + loss, self.loss_count + 1, self.samples + rows
 
-        own = torch.get_num_threads()
         batches = 0
 
         def solo_check(epoch: int, loss: float, rows: int) -> None:
             nonlocal batches
             done(epoch, loss, rows)
             batches += 1
-            if batches % 32 == 0 and torch.get_num_threads() == own and self._threads(chapter):
-                torch.set_num_threads(self.solo_threads)   # the layers above have just finished
+            self.cores.recheck(batches, lambda: self._alone(chapter))   # the layers above may have finished
 
         began = time.time()
-        if self._threads(chapter):
-            torch.set_num_threads(self.solo_threads)
+        self.cores.use(self._alone(chapter))
         try:
             train_chapter(self.learner, layer_step(self.learner, full), len(full), self._chapters[chapter],
                           seed=t.seed, part=self.spec.index, batch_size=t.batch_size,
-                          on_batch=solo_check if self.solo_threads else done, history=self.history)
+                          on_batch=solo_check if self.cores.solo else done, history=self.history)
             self._busy(chapter, began)
             self.chapters_done = chapter + 1
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.checkpoint())
             return [self._downstream(p, self._forward(a), p.seq, p.count) for p, a in zip(parts, inputs)]
         finally:
-            if torch.get_num_threads() != own:
-                torch.set_num_threads(own)
+            self.cores.release()
 
     def _forward(self, inputs: Activities) -> Activities:
         """The chunk's activities to pass on. Nothing reads the last layer's positive and
