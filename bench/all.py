@@ -31,7 +31,8 @@ def _sets(flag: str, items: list[str]) -> list[str]:
 # name, full arguments, quick arguments (in run order: scaling reads pff_mnist's and capped_link's results)
 BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("transport_throughput", [], ["--messages-mb", "40", "--repeats", "1"]),
-    ("reference_mnist", ["config/models/mnist_default.yaml", "config/models/mnist_adaptive.yaml",
+    ("reference_mnist", ["config/models/mnist_default.yaml", "config/models/mnist_random.yaml",
+                         "config/models/mnist_adaptive.yaml",
                          "config/models/mnist_wide.yaml"], _sets("--set", SMALL)),
     ("threads_under_load", [], ["--rounds", "1"]),
     ("pipeline_mnist", [], _sets("--train-set", SMALL)),
@@ -45,6 +46,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("robot_inference", [], ["--rates", "50", "--count", "100", *_sets("--train-set", SMALL)]),
     ("faults", [], ["--kill-after", "1", *_sets("--train-set", ["train_subset=2000", "test_subset=1000", "epochs=4",
                                                               "splits=4"])]),
+    ("attacks", [], ["--only", "undisturbed,shape_overflow"]),
 ]
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, launched, machine, machine_cell, markdown_table, publish_table,  # noqa: E402
+from common import (REPO, RESULTS, SYSTEM_RECIPE, launched, machine, machine_cell, markdown_table, publish_table,  # noqa: E402
                     write_results)
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
@@ -27,7 +27,7 @@ from dff_ros.netns import NetnsUnavailable, VirtualHosts  # noqa: E402
 from dff_ros.config.files import parse_set  # noqa: E402
 
 RUNS = ("dff", "single_layer", "all_layers")
-DEFAULTS = {"train_subset": 10000, "epochs": 2, "splits": 2}
+DEFAULTS = {**SYSTEM_RECIPE, "train_subset": 10000, "epochs": 2, "splits": 2}
 
 
 def table(runs: list[dict]) -> str:

@@ -18,6 +18,8 @@
    an undisturbed adaptive run): the spare scores the labels node 1 had scored again.
 7. The PFF master killed mid-run and started again: it follows the nodes' run to the end.
 8. Step 1's server kill in the stream schedule (against an undisturbed stream run).
+9. Server frozen: server_2 SIGSTOPped past the heartbeat timeout, then SIGCONTed: its layer
+   moves to the spare; when it is heard again the master has it drop that layer.
 `--only pff_killed` (etc.) runs some steps again and keeps the others' last results.
 Writes bench/results/faults.{json,md} and the README block.
 """
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
-from common import (REPO, RESULTS, data_root, launched, machine, machine_cell, markdown_table,  # noqa: E402
+from common import (REPO, RESULTS, SYSTEM_RECIPE, data_root, launched, machine, machine_cell, markdown_table,  # noqa: E402
                     publish_table)
 from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg  # noqa: E402
 from rosutil import Client, Proc, kill_when, start_server, wait_status  # noqa: E402
@@ -45,7 +48,7 @@ from dff_ros.msg import TrainingBatch  # noqa: E402
 from dff_ros.nodes.common import DATA_QOS  # noqa: E402
 from dff_ros.topics import layer_topics  # noqa: E402
 from dff_ros.config.files import parse_set  # noqa: E402
-from dff_ros.srv import CreateLayers, SaveWeights  # noqa: E402
+from dff_ros.srv import CreateLayers, ListLayers, SaveWeights  # noqa: E402
 
 PIPELINE = REPO / "config" / "mnist_pipeline.yaml"
 
@@ -64,11 +67,22 @@ def pipeline_args(model: str, tmp: str, overrides: dict) -> list[str]:
     return args
 
 
+FROZEN_SECONDS = 15.0   # past the pipeline's heartbeat timeout (10 s): server_2 is declared lost
+
+
 def disturb(client: Client, servers: list[Proc], runs: list[Proc], master, victim: str, ready):
-    """SIGKILL server_2, or the master (then started again, appended to ``runs``), 3 s after a
-    status satisfies ``ready``; returns that status."""
+    """SIGKILL server_2, or SIGSTOP it for FROZEN_SECONDS then SIGCONT (victim "frozen"), or
+    SIGKILL the master (then started again, appended to ``runs``), 3 s after a status satisfies
+    ``ready``; returns that status."""
     if victim == "server_2":
         return kill_when(client, servers[1], "server_2", ready, close=False, delay=3.0)
+    if victim == "frozen":
+        hit = wait_status(client, ready)
+        time.sleep(3.0)
+        servers[1].p.send_signal(signal.SIGSTOP)
+        time.sleep(FROZEN_SECONDS)
+        servers[1].p.send_signal(signal.SIGCONT)
+        return hit
     hit = wait_status(client, ready)
     time.sleep(3.0)
     runs[0].p.kill()
@@ -90,7 +104,7 @@ def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str, inj
     input (``inject``), then server_2 is killed. victim master: the master is killed and
     started again."""
     config = load_model_config(model, overrides)
-    env = bench_env(1 if victim == "server_2" else 4)
+    env = bench_env({"server_2": 1, "master": 4, "frozen": 6}[victim])
     cases = chunk_cases(config.name, "faults") if inject and victim == "server_2" else []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -115,13 +129,20 @@ def disturbed_run(model: str, overrides: dict, kill_after: int, victim: str, inj
                 for _, msg, _ in cases:
                     pub.publish(msg)
             killed = disturb(client, servers, runs, master, victim, after)
-            print(f"killed {victim} after layer 1 reported {killed.chapters_done} chapter(s)", flush=True)
+            print(f"{'froze' if victim == 'frozen' else 'killed'} {victim} after layer 1 reported "
+                  f"{killed.chapters_done} chapter(s)", flush=True)
             summary = summary_of(runs[-1], "the disturbed run")
+            if victim == "frozen":   # what the server that came back still hosts, and what it sent
+                listing = client.call(ListLayers, "/server_2/list_layers", ListLayers.Request())
+                after_run = {"server_2_hosts_after": [f"{i.model} layer {i.index}" for i in listing.layers],
+                             "master_said": re.findall(r"server_2 was lost and came back[^\n]*", runs[-1].output())}
         finally:
             client.close()
             for p in [*servers, *runs]:
                 p.stop()
     out = {"summary": summary, "killed_after_chapters": killed.chapters_done}
+    if victim == "frozen":
+        out.update(after_run, frozen_seconds=FROZEN_SECONDS)
     if cases:
         kinds: dict[str, int] = {}
         for _, _, kind in cases:
@@ -234,6 +255,16 @@ def _lost_samples(s: dict) -> int:
     return s["train_samples"] * s["config"]["train"]["epochs"] * len(s["layers"]) - sum(l["samples"] for l in s["layers"])
 
 
+def _hosting(x: dict) -> str:
+    """A DFF recovery's lost server and its layers."""
+    return f"{x['server']} (layer {', '.join(map(str, x['layers']))})"
+
+
+def _moved(x: dict) -> str:
+    return (f"noticed after {x['silent_seconds']:.1f} s; moved to {', '.join(sorted(set(x['to'].values())))} "
+            f"in {x['takeover_seconds']:.1f} s")
+
+
 def table(r: dict) -> str:
     k, u, mk = r["killed"], r["undisturbed"], r["master_killed"]
     s, rec = k["summary"], k["summary"]["recoveries"]
@@ -262,12 +293,10 @@ def table(r: dict) -> str:
     if "stream_killed" in r and "stream_undisturbed" in r:
         ss, su = r["stream_killed"]["summary"], r["stream_undisturbed"]
         for x in ss["recoveries"]:
-            rows.append([f"{x['server']} (layer {', '.join(map(str, x['layers']))}) SIGKILLed after "
+            rows.append([f"{_hosting(x)} SIGKILLed after "
                          f"{r['stream_killed']['killed_after_chapters']} of {splits} chapters, stream schedule "
                          f"(one minibatch per message; {mnist}, DFF, 3 servers)", 1,
-                         f"survived: noticed after {x['silent_seconds']:.1f} s; moved to "
-                         f"{', '.join(sorted(set(x['to'].values())))} in {x['takeover_seconds']:.1f} s, minibatches "
-                         f"resent from chapter {x['resumed_from_chapter']}, each trained once per layer; training "
+                         f"survived: {_moved(x)}, minibatches resent from chapter {x['resumed_from_chapter']}, each trained once per layer; training "
                          f"{ss['train_seconds']:.0f} vs {su['train_seconds']:.0f} s; {_accuracy(ss, su)} (stream); "
                          f"samples lost {_lost_samples(ss)}"])
     for key, base, what in (("pff_killed", u, "random negatives"),
@@ -290,9 +319,18 @@ def table(r: dict) -> str:
         rows.append([f"PFF master SIGKILLed in chapter {pk['killed_in_chapter'] + 1} of {splits}, then started again "
                      f"({mnist}, All-Layers, 2 nodes)", 1,
                      (f"survived: the new master took run `{res['run_id']}` over (the nodes had reported "
-                      f"{res['chapters_done']} whole chapter(s)) and followed it to the end; trained in "
+                      f"{res.get('chapters_done', res.get('head_done'))} whole chapter(s)) and followed it to the end; trained in "
                       f"{ps['train_seconds']:.0f} s counting the gap; {_accuracy(ps, u)}") if res
                      else "NOT taken over: a new run started"])
+    if "frozen" in r:
+        fs, fr = r["frozen"]["summary"], r["frozen"]
+        for x in fs["recoveries"]:
+            rows.append([f"{_hosting(x)} SIGSTOPped {fr['frozen_seconds']:.0f} s after "
+                         f"{fr['killed_after_chapters']} of {splits} chapters, then SIGCONTed ({setting})", 1,
+                         f"survived: {_moved(x)}; when it came back the master had it drop its layers ("
+                         + ("said" if fr["master_said"] else "NOT said") + "; it hosts "
+                         + (", ".join(fr["server_2_hosts_after"]) or "nothing") + " after the run); "
+                         f"{_accuracy(fs, u)}; samples lost {_lost_samples(fs)}"])
     rows.append([f"malformed / foreign chunks on layer 0's input during that run: "
                  f"{'; '.join(c for c, _ in k['chunk_cases'])}", len(k["chunk_cases"]),
                  f"all dropped and counted (injected: {kinds}; layer 0 counted {dropped[0]}), "
@@ -326,7 +364,7 @@ def main() -> None:
     a.add_argument("--train-set", action="append", metavar="KEY=VALUE")
     a.add_argument("--only", help="comma-separated steps to run again (the rest keep their last results)")
     args = a.parse_args()
-    overrides = parse_set(args.train_set)
+    overrides = {**SYSTEM_RECIPE, **parse_set(args.train_set)}
     result = {"machine": machine(), "model": args.model, "overrides": overrides,
               "args": sys.argv[1:], "kill_after": args.kill_after}
     pff_kill = 2 * (args.kill_after // 2) + 1   # a chapter of node 1 (0-based odd)
@@ -334,6 +372,7 @@ def main() -> None:
         "undisturbed": lambda: launched("dff", args.model, 3, overrides),
         "killed": lambda: disturbed_run(args.model, overrides, args.kill_after, "server_2"),
         "master_killed": lambda: disturbed_run(args.model, overrides, args.kill_after, "master"),
+        "frozen": lambda: disturbed_run(args.model, overrides, args.kill_after, "frozen", inject=False),
         "pff_killed": lambda: pff_disturbed_run(args.model, overrides, pff_kill),
         "pff_adaptive_undisturbed": lambda: launched("all_layers", args.model, 2, {**overrides, "negatives": "adaptive"}),
         "pff_adaptive_killed": lambda: pff_disturbed_run(args.model, {**overrides, "negatives": "adaptive"}, pff_kill),

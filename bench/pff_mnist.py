@@ -26,7 +26,7 @@ from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, data_root, launched, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
+from common import REPO, RESULTS, SYSTEM_RECIPE, data_root, launched, machine, machine_cell, markdown_table, publish_table, write_results  # noqa: E402
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.data import load_dataset  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> int:
     a.add_argument("--no-readme", action="store_true")
     a.add_argument("--report-only", action="store_true", help="rewrite the table and plot from the recorded JSON")
     args = a.parse_args()
-    _overrides.update(parse_set(args.train_set))
+    _overrides.update({**SYSTEM_RECIPE, **parse_set(args.train_set)})
     cfg = load_model_config(args.model, _overrides)
     names = [] if args.report_only else args.runs.split(",")
     for run in names:

@@ -38,8 +38,10 @@ def table(runs):
     for r in runs:
         ref, got = r["reference"]["accuracy"], r["pipeline"]["accuracy"]
         negatives = r.get("negatives", "random")
-        if r.get("negatives_lag"):
-            negatives += f" (lag {r['negatives_lag']})"
+        how = ([f"lag {r['negatives_lag']}"] if r.get("negatives_lag") else []) + \
+            (["bf16 scoring"] if r.get("negatives_dtype") == "bfloat16" else [])
+        if how:
+            negatives += f" ({', '.join(how)})"
         rows.append([r["model"], negatives, r["schedule"], r["servers"], r["epochs"], pct(ref), pct(got),
                      f"{max(abs(ref[k] - got[k]) for k in got) * 100:.2f}", f"{r['reference']['train_seconds']:.0f}",
                      f"{r['pipeline']['train_seconds']:.0f}", f"{r['time_ratio']:.2f}",
@@ -61,7 +63,7 @@ def main() -> int:
     pipe = load_pipeline_config(args.pipeline, {"servers": args.servers, **model})
     cores = args.servers * pipe.server_threads
     cfg = load_model_config(pipe.model, {**parse_set(args.train_set), "threads": cores})
-    key = f"{cfg.name}/{cfg.train.schedule}/{args.servers}"
+    key = f"{cfg.name}/{cfg.train.negatives}/{cfg.train.schedule}/{args.servers}"
     old = {r["key"]: r for r in json.loads((RESULTS / "pipeline_mnist.json").read_text())["runs"]} \
         if (RESULTS / "pipeline_mnist.json").exists() else {}
     if args.skip_reference and key in old:
@@ -89,6 +91,7 @@ def main() -> int:
     row = {"key": key, "model": cfg.name, "schedule": cfg.train.schedule, "servers": args.servers,
            "epochs": cfg.train.epochs, "server_threads": pipe.server_threads, "reference": ref,
            "negatives": cfg.train.negatives, "negatives_lag": cfg.train.negatives_lag,
+           "negatives_dtype": cfg.train.negatives_dtype,
            "pipeline": {k: summary.get(k) for k in ("accuracy", "train_seconds", "eval_seconds", "scoring_seconds",
                                                     "layers", "master")},
            "time_ratio": round(summary["train_seconds"] / ref["train_seconds"], 3), "mb_moved": moved / 1e6,

@@ -76,7 +76,7 @@ def main() -> int:
         cfg = load_model_config(REPO / cfg_path, {"threads": args.threads, **parse_set(args.set)})
         t0 = time.perf_counter()
         result = ReferenceTrainer(cfg, data, eval_every=args.eval_every).fit()
-        rows.append({**trainer_row(cfg_path, cfg, result, t0), "negatives": cfg.train.negatives,
+        rows.append({**trainer_row(cfg_path, cfg, result, t0), "negatives": cfg.train.negatives + (" (bf16 scoring)" if cfg.train.negatives_dtype == "bfloat16" else ""),
                      "layers": "-".join([str(cfg.input_features)] + [str(l.out_features) for l in cfg.layers])})
         print(json.dumps({k: rows[-1][k] for k in ("config_file", "train_seconds", "accuracy")}), flush=True)
     runs = write_results("reference_mnist", rows, "config_file")

@@ -39,13 +39,13 @@ def role_train(threads: int) -> None:
     omp = {k: os.environ[k] for k in OMP_VARS if k in os.environ}
     import torch  # noqa: F401
 
-    from common import REPO, data_root
+    from common import REPO, SYSTEM_RECIPE, data_root
     from dff_ros.config import load_model_config
     from dff_ros.data import load_dataset
     from dff_ros.ff.trainer import ReferenceTrainer
     from dff_ros.numerics import gemm_is_thread_count_independent
 
-    cfg = load_model_config(os.path.join(REPO, MODEL), {**TRAIN, "threads": threads})
+    cfg = load_model_config(os.path.join(REPO, MODEL), {**SYSTEM_RECIPE, **TRAIN, "threads": threads})
     data = load_dataset("MNIST", data_root(), allow_download=False)
     result = ReferenceTrainer(cfg, data, progress=False).fit()
     print(json.dumps({"train_seconds": result["train_seconds"], "accuracy": result["accuracy"],

@@ -39,15 +39,15 @@ class WeightsError(ValueError):
 
 # ---------------------------------------------------------------- files
 
-def save_atomic(state: dict, path: str | os.PathLike) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``: a crash
-    mid-write leaves the previous file intact."""
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """``write(f)`` into a temp file in the same folder, fsync, then rename over ``path``: a
+    crash or a full disk mid-write leaves the previous file intact and no partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +55,15 @@ def save_atomic(state: dict, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(state: dict, path: str | os.PathLike) -> Path:
+    """torch.save ``state`` to ``path`` atomically (``write_atomic``)."""
+    return write_atomic(path, lambda f: torch.save(state, f))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def load_weights(path: str | os.PathLike) -> dict:

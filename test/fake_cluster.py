@@ -43,6 +43,8 @@ class FakeServer:
     def __init__(self, name: str, weights_dir):
         self.name, self.weights_dir = name, weights_dir
         self.alive = True
+        self.frozen = False    # SIGSTOPped or cut off: silent, answers nothing
+        self.cut = False       # once frozen, chunks go to the layers' new hosts (the fake routes to one)
         self.layers: dict[int, tuple[str, str, LayerHost]] = {}   # index -> (model, run_id, host)
         self.hashes: dict[int, str] = {}
         self.job: dict | None = None                             # PFF: this node's share
@@ -93,10 +95,19 @@ class FakeCluster:
         if s.job is not None:
             s.job["worker"].stop("killed")
 
+    def freeze(self, server: str) -> None:
+        """The server stops (SIGSTOP, a cut link): silent, its layers kept."""
+        s = self.servers_[server]
+        s.frozen = s.cut = True
+
+    def thaw(self, server: str) -> None:
+        """It goes on (SIGCONT, the link healed): heartbeats again, with the layers it had."""
+        self.servers_[server].frozen = False
+
     # ------------------------------------------------------------------ heartbeats
     def statuses(self):
         for s in list(self.servers_.values()):
-            if not s.alive:
+            if not s.alive or s.frozen:
                 continue
             for index, (model, run_id, host) in list(s.layers.items()):
                 loss, acc = host.history.as_lists(host.train_cfg.epochs)
@@ -119,7 +130,7 @@ class FakeCluster:
 
     def _server(self, name: str) -> FakeServer:
         s = self.servers_.get(name)
-        if s is None or not s.alive:
+        if s is None or not s.alive or s.frozen:
             raise RunError(f"service /{name}/create_layers is not available")
         return s
 
@@ -190,8 +201,11 @@ class FakeCluster:
             spec = host.spec
             path = weights.model_dir(s.weights_dir, model) / weights.layer_file(spec, s.hashes[i])
             made = weights.made_by(run_id, host.chapters_done, host.train_cfg.splits)
-            out.append(str(weights.save_layer(path, model=model, index=i, spec_hash=s.hashes[i],
-                                              state=host.state_dict(), provenance=made)))
+            try:
+                out.append(str(weights.save_layer(path, model=model, index=i, spec_hash=s.hashes[i],
+                                                  state=host.state_dict(), provenance=made)))
+            except (OSError, RuntimeError) as e:   # what the real server answers (success false)
+                raise RunError(f"{server} could not save weights: saving failed: {e}") from None
         return out
 
     # ------------------------------------------------------------------ DFF data path
@@ -204,7 +218,7 @@ class FakeCluster:
 
     def _where(self, index: int):
         for s in self.servers_.values():
-            if s.alive and index in s.layers:
+            if s.alive and not s.cut and index in s.layers:
                 return s
         return None
 
@@ -214,7 +228,7 @@ class FakeCluster:
             return   # lost with its server
         if training:
             self.on_chunk(s.name, index, chunk)
-            if not s.alive:
+            if not s.alive or s.frozen:
                 return
         _, layer_run, host = s.layers[index]
         if layer_run != run_id:

@@ -32,6 +32,20 @@ def test_batched_goodness_equals_ten_passes():
     assert torch.allclose(batched, naive_goodness_scores(net, x), atol=1e-5)
 
 
+def test_bfloat16_scoring_is_float32_scores_close_to_the_float32_ones():
+    """bf16 keeps 8 bits of mantissa: each score within ~1 % of the float32 one (the chosen
+    negative may differ only where two labels score within that), and deterministic."""
+    net = tiny_net()
+    x = torch.rand(200, 784)
+    exact = goodness_scores(net, x, "sum")
+    fast = goodness_scores(net, x, "sum", dtype="bfloat16")
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert not torch.equal(fast, exact)   # the matmuls did run in bf16
+    assert torch.allclose(fast, exact, rtol=0.02, atol=1e-3), (fast - exact).abs().max()
+    assert torch.equal(fast, goodness_scores(net, x, "sum", dtype="bfloat16"))
+    assert torch.is_autocast_enabled("cpu") is False   # nothing left switched on
+
+
 def test_softmax_scores_use_all_layers_but_first():
     net = tiny_net()
     assert net.head.in_features == 24 + 16

@@ -44,6 +44,7 @@ def test_good_config_resolves_widths_and_chapters(tmp_path):
     (lambda d: d["train"].update(batch_size=2 ** 62), "train.batch_size", "up to 2,147,483,647"),
     (lambda d: d["train"].update(train_subset=2 ** 62), "train.train_subset", "up to 2,147,483,647"),
     (lambda d: d["train"].update(negatives_lag=2 ** 62), "train.negatives_lag", "up to 2,147,483,647"),
+    (lambda d: d["train"].update(negatives_dtype="float16"), "train.negatives_dtype", "float32, bfloat16"),
 ])
 def test_errors_name_file_key_and_problem(tmp_path, mutate, key, words):
     import copy

@@ -40,6 +40,7 @@ CLASSIFIERS_BY_ALGORITHM = {
 SCHEDULES = ("stream", "chapters")
 GOODNESS = ("sum", "mean")
 FF_LOSSES = ("threshold", "symmetric")
+SCORING_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -104,6 +105,9 @@ class TrainConfig:
     # one process, the layer count in a DFF chapters pipeline (1 for stream), N (the node count)
     # in PFF, so no layer or node waits for another's network
     negatives_lag: int | None = None
+    # adaptive: the dtype of the goodness scoring that picks them (bfloat16: its matmuls 2.4x
+    # faster on a Zen 4 EPYC with AVX512_BF16); the test classifier stays float32
+    negatives_dtype: str = "float32"
     classifiers: tuple = ("goodness", "softmax")
     schedule: str = "chapters"       # chapters: layer by layer (PFF); stream: each batch through all layers (DFF)
     seed: int = 0
@@ -151,6 +155,9 @@ TRAIN_HELP = {
                  "classifies); ff only: pon and cwc train without negatives (`fixed` or `adaptive` there is refused)",
     "negatives_lag": "adaptive: chapter j's negatives are scored after chapter j - lag; null: 1 in one process, "
                      "the layer count in a DFF chapters pipeline (1 for stream), the node count in PFF",
+    "negatives_dtype": "adaptive: `float32` \\| `bfloat16`, the dtype of the goodness scoring that picks the "
+                       "negatives (bfloat16: its matmuls 2.4x faster on a Zen 4 EPYC with AVX512_BF16; "
+                       "not measured on a CPU without bf16 instructions); testing stays float32; unused by other negatives",
     "classifiers": "ff: `goodness`, `softmax`; pon: `pon_last`, `pon_all`; cwc: `cwc_all` (every layer's groups), "
                    "`cwc_last`",
     "schedule": "`chapters`: layer by layer (PFF); `stream`: each minibatch through all layers (DFF)",
@@ -405,7 +412,7 @@ def validate_train(raw: Any, source: str) -> TrainConfig:
         _check(isinstance(values[name], bool), source, k(name), "must be true or false")
     for name, choices in (("algorithm", tuple(CLASSIFIERS_BY_ALGORITHM)), ("optimizer", OPTIMIZERS),
                           ("goodness", GOODNESS), ("ff_loss", FF_LOSSES), ("negatives", NEGATIVE_STRATEGIES),
-                          ("schedule", SCHEDULES)):
+                          ("schedule", SCHEDULES), ("negatives_dtype", SCORING_DTYPES)):
         _check(values[name] in choices, source, k(name),
                f"must be one of {', '.join(choices)}, got {values[name]!r}")
     _check(values["epochs"] % values["splits"] == 0, source, k("splits"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from dff_ros.data.info import ChecksumError, DatasetUnreadable
+from dff_ros.weights import write_atomic
 
 ENV_DATA_ROOT = "DFF_DATA_ROOT"
 
@@ -38,10 +39,7 @@ def fetch(url: str, dest: Path, check: Callable[[bytes], str], *, timeout: float
     got, want = check(blob)
     if got != want:
         raise ChecksumError(f"md5 {got}, expected {want}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    tmp.write_bytes(blob)
-    os.replace(tmp, dest)
+    write_atomic(dest, lambda f: f.write(blob))
 
 
 def fetch_first(urls, dest: Path, check, errors: list[str]) -> bool:

@@ -19,11 +19,15 @@ def label_candidates(layer, images: torch.Tensor, num_classes: int) -> torch.Ten
 
 @torch.no_grad()
 def goodness_scores(net, images: torch.Tensor, goodness_kind: str = "sum",
-                    batch_size: int = 1000) -> torch.Tensor:
-    """[N, C]: goodness summed over all layers but the first, for each candidate label.
+                    batch_size: int = 1000, dtype: str = "float32") -> torch.Tensor:
+    """[N, C] (float32): goodness summed over all layers but the first, for each candidate label.
 
-    One forward over [batch*C] rows instead of C passes.
+    One forward over [batch*C] rows instead of C passes. ``dtype`` bfloat16: the layers' matmuls
+    in bf16 (autocast), for scoring negatives, where the order of the scores is what counts.
     """
+    if dtype != "float32":
+        with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+            return goodness_scores(net, images, goodness_kind, batch_size).float()
     c = net.num_classes
     # only layer 0 may read the input, so its output stands for the input of every other layer
     only_first_reads_input = all(s >= 0 for s in net.sources[1:])

@@ -101,7 +101,8 @@ class ReferenceTrainer:
         """Adaptive: score the negatives a later chapter will use with the network as it is now."""
         neg = self.negatives
         if neg is not None and neg.scores_after(chapter, self.t.splits):
-            neg.score(chapter, goodness_scores(self.net, self.train_x, self.t.goodness, self.t.eval_batch_size))
+            neg.score(chapter, goodness_scores(self.net, self.train_x, self.t.goodness, self.t.eval_batch_size,
+                                                  self.t.negatives_dtype))
 
     def _set_epoch(self, epoch: int) -> None:
         for learner in [*self.learners, self.head_learner]:

@@ -273,28 +273,39 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return a
 
 
-def report(node: MasterNode, summary: dict) -> None:
-    """Write the summary and plots; say where they are and what the run reached."""
+def report(node: MasterNode, summary: dict) -> bool:
+    """Write the summary and plots; say where they are and what the run reached. False when the
+    summary or some weights could not be saved (a full disk): the master then exits 1."""
     log, model = node.get_logger(), node.model   # the results go to /rosout too
     out = Path(node.pipeline.summary_dir) / f"{weights.path_token(model.name)}-{node.run.run_id}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, default=str))
+    text = json.dumps(summary, indent=2, default=str)
     try:
-        for png in run_plots(summary, model, out.with_suffix("")):
+        weights.write_text_atomic(out, text)
+    except OSError as e:   # a full disk: the summary goes to the log instead, nothing is lost
+        log.error(f"could not write the summary {out} ({e}); here it is: {json.dumps(summary, default=str)}")
+        out = None
+    try:
+        for png in run_plots(summary, model, out.with_suffix("")) if out is not None else ():
             log.info(f"plot: {png}")
     except ImportError as e:
         log.warning(f"no plots ({e}); pip install matplotlib")
+    except (OSError, RuntimeError, ValueError) as e:   # a full disk while saving a PNG
+        log.error(f"could not write the plots beside {out}: {e}")
     for part, origin in (summary.get("restored_from") or {}).items():
         log.warning(f"{part} started from saved weights: {origin}")
     acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in summary["accuracy"].items())
     log.info(f"{model.name}: test accuracy {acc}"
              + (f"; trained in {summary['train_seconds']} s" if summary.get("train_seconds") else " (restored weights)"))
-    log.info(f"summary: {out}")
+    if out is not None:
+        log.info(f"summary: {out}")
     for server, paths in summary["weights"].items():
         for path in paths:
             log.info(f"weights on {server}: {path}")
     if summary.get("head_weights"):
         log.info(f"head weights: {summary['head_weights']}")
+    for where, why in (summary.get("save_errors") or {}).items():
+        log.error(f"not saved: {where}: {why}")
+    return out is not None and not summary.get("save_errors")
 
 
 def main(argv=None) -> int:
@@ -324,8 +335,7 @@ def main(argv=None) -> int:
             node.get_logger().error(str(e))
             return 1
         node.run.publish_progress(phase="done", accuracy=summary["accuracy"])
-        report(node, summary)
-        return 0
+        return 0 if report(node, summary) else 1
     except Interrupted as e:
         if node is not None:
             node.get_logger().warning(f"{e}: run {node.run.run_id} stopped")

@@ -187,7 +187,7 @@ class PFFWorker:
         start = time.time()
         self.cores.use(self._alone())
         target = self.negatives.score(chapter, goodness_scores(self.net, self.images, self.t.goodness,
-                                                               self.t.eval_batch_size))
+                                                               self.t.eval_batch_size, self.t.negatives_dtype))
         users = self.plan.negatives_users(target)
         meta = {"node": self.node, "part": NEGATIVES, "chapter": target, "start": start, "end": time.time(),
                 "wait": 0.0, "inputs": {}}

@@ -133,4 +133,5 @@ class NegativesScorer:
         """[N, C] goodness of ``images`` (float32 in [0, 1]) with every label overlaid."""
         for learner, tensors in zip(self.learners, states):
             load_part_state(learner, tensors)
-        return goodness_scores(self.net, images, self.config.train.goodness, self.config.train.eval_batch_size)
+        t = self.config.train
+        return goodness_scores(self.net, images, t.goodness, t.eval_batch_size, t.negatives_dtype)

@@ -50,15 +50,26 @@ class Run:
         self.server_status: dict[str, Status] = {}   # this run's latest status per server
         self.recoveries: list[dict] = []
         self.resumed: dict | None = None              # the run this master took over
+        self.save_errors: dict[str, str] = {}         # what could not be saved (a full disk), by where
+        self.state_write_failures = 0                 # run-state writes that failed (a full disk)
+        self.returned: dict[str, str] = {}            # lost servers heard again -> "" | what dropping their layers said
         self._progress = None                         # the latest Progress
         self.phase = "training"
 
     # ------------------------------------------------------------------ statuses
     def on_status(self, st: Status) -> None:
-        """Every status on the domain: any is its server's heartbeat; this run's are kept."""
-        self.heartbeats.beat(st.server)
+        """Every status on the domain. This run's are its servers' heartbeats (a server sends one
+        per layer or share it hosts, every second); another run's or model's say nothing about
+        this run (anyone can publish one naming a server whose heartbeat stopped). A lost
+        server's statuses count for nothing: its layers moved away (a frozen or cut-off one that
+        comes back would report chapters its successor has not trained). It is told to drop them."""
         if st.model != self.model.name or st.run_id != self.run_id:
             return
+        if st.server in self.heartbeats.lost:
+            if st.server not in self.returned:
+                self.returned[st.server] = ""   # dropped by drop_returned, on the run's own thread
+            return
+        self.heartbeats.beat(st.server)
         self.server_status[st.server] = st
         self.note_status(st)
         if st.phase == "error":
@@ -92,7 +103,9 @@ class Run:
     # ------------------------------------------------------------------ servers
     def drop_layers(self, servers) -> None:
         """Have ``servers`` drop this model's layers (briefly when interrupted: the servers
-        are likely stopping too)."""
+        are likely stopping too). Lost servers that came back drop theirs too."""
+        if not STOPPING.is_set():
+            self.drop_returned()
         servers = [s for s in servers if s not in self.heartbeats.lost]
         if not servers:
             return
@@ -111,21 +124,59 @@ class Run:
         if STOPPING.is_set():
             self.log.info(f"dropped run {self.run_id}'s layers on {', '.join(servers)}")
 
+    def drop_returned(self) -> None:
+        """Have lost servers that are heard again drop this run's layers: they moved to other
+        servers, and a zombie copy would keep sending stale chunks (once per server)."""
+        for server in [s for s, said in list(self.returned.items()) if not said]:
+            try:
+                self.cluster.drop([server], self.model.name, key=self.run_key, timeout=5.0)
+                said = f"{server} was lost and came back: it dropped run {self.run_id}'s layers (they moved away)"
+                self.log.warning(said)
+            except RunError as e:
+                said = f"{server} was lost and came back; it did not drop run {self.run_id}'s layers: {e}"
+                self.log.warning(said)
+            self.returned[server] = said
+
     def hosting(self, servers: list[str], run_id: str) -> dict[str, list[Hosting]]:
         """Server -> what it hosts of run ``run_id`` of this model."""
         return {s: [h for h in self.cluster.hosting(s) if h.model == self.model.name and h.run_id == run_id]
                 for s in servers}
 
     def save_all(self, servers) -> dict[str, list[str]]:
-        return {s: self.cluster.save(s, self.model.name, key=self.run_key) for s in servers}
+        """Each server saves its layers; one that cannot (a full disk) is said and kept in
+        ``save_errors``, and the others still save: the run's result is reported either way."""
+        paths = {}
+        live = set(self.live_servers())
+        for s in servers:
+            if s not in live:   # gone after its last task (a PFF node): asking it would wait for nothing
+                self.save_errors[s] = f"{s} is gone (lost or no longer on the graph): its layers were not saved"
+                self.log.error(self.save_errors[s])
+                paths[s] = []
+                continue
+            try:
+                paths[s] = self.cluster.save(s, self.model.name, key=self.run_key)
+            except RunError as e:
+                self.save_errors[s] = str(e)
+                self.log.error(f"{e}; its files, if any, are the previous run's")
+                paths[s] = []
+        return paths
 
     # ------------------------------------------------------------------ master restart
     def run_state_path(self) -> Path:
         return weights.run_state_path(self.pipeline.summary_dir, self.model.name)
 
     def write_run_state(self, state: dict) -> None:
-        weights.save_run_state(self.run_state_path(), run_id=self.run_id, config=self.model.to_dict(),
-                               state={**state, "run_key": self.run_key})
+        """Save what a master taking over needs. A failed write (a full disk) keeps the previous
+        file (the writes are atomic) and the run goes on: it is the takeover that loses ground."""
+        try:
+            weights.save_run_state(self.run_state_path(), run_id=self.run_id, config=self.model.to_dict(),
+                                   state={**state, "run_key": self.run_key})
+        except (OSError, RuntimeError) as e:   # torch.save reports a full disk as a RuntimeError
+            self.state_write_failures += 1
+            self.log.error(f"could not save the run state to {self.run_state_path()} ({type(e).__name__}: "
+                           f"{str(e)[:200]}); the previous one stays, so a master taking over would resend "
+                           f"from there ({self.state_write_failures} failed write(s) so far)",
+                           throttle_duration_sec=10.0)
 
     def read_run_state(self, transport: str) -> dict | None:
         """The state a killed master of this model left for a run of ``transport``, if it is

@@ -36,6 +36,7 @@ class DFFRun(Run):
         self.bytes_sent = self.bytes_received = self.dropped = 0
         self.chapter_bytes_sent: dict[int, int] = {}    # training bytes sent per chapter
         self.driver: PipelineDriver | None = None
+        self.head_saved: str | None = None               # where the head was saved (None: not saved)
 
     def note_status(self, st: Status) -> None:
         self.status[st.layer] = st
@@ -71,6 +72,7 @@ class DFFRun(Run):
 
     # ------------------------------------------------------------------ faults
     def check_servers(self) -> None:
+        self.drop_returned()
         lost = self.heartbeats.first_lost(v["server"] for v in self.placed.values())
         if lost is not None:
             raise lost
@@ -183,6 +185,17 @@ class DFFRun(Run):
     def head_path(self):
         return weights.model_dir(self.pipeline.weights_dir, self.model.name) / weights.model_head_file(self.model)
 
+    def save_head(self, driver: PipelineDriver) -> None:
+        """Beside the weights; a failed write (a full disk) is said and the run goes on to its test."""
+        try:
+            weights.save_head(self.head_path(), driver.head.state_dict(), weights.made_by(self.run_id),
+                              model=self.model.name)
+            self.head_saved = str(self.head_path())
+        except (OSError, RuntimeError) as e:   # torch.save reports a full disk as a RuntimeError
+            self.save_errors["softmax head"] = f"{self.head_path()}: {type(e).__name__}: {str(e)[:200]}"
+            self.log.error(f"could not save the softmax head to {self.save_errors['softmax head']}; the previous "
+                           f"file, if any, stays")
+
     def restore_head(self, driver: PipelineDriver) -> str:
         """Load the saved softmax head if the run restores weights; what was loaded ("" if nothing)."""
         path = self.head_path()
@@ -276,7 +289,7 @@ class DFFRun(Run):
             fit = driver.fit()
             self.finished()
             if driver.head is not None:
-                weights.save_head(self.head_path(), driver.head.state_dict(), weights.made_by(self.run_id), model=m.name)
+                self.save_head(driver)
         self.publish_progress(phase="testing")
         result = driver.evaluate()
         servers = sorted({v["server"] for v in placed.values()})
@@ -293,7 +306,8 @@ class DFFRun(Run):
         return {"run_id": self.run_id, "model": m.name, "mode": "dff", "schedule": m.train.schedule,
                 "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"], **fit,
                 "trained": p.train, "weights_restored": restored, "restored_from": restored_from,
-                "head_weights": str(self.head_path()) if driver.head is not None else None,
+                "head_weights": self.head_saved, "save_errors": self.save_errors,
+                "run_state_write_failures": self.state_write_failures,
                 "layers": self.layer_rows(), "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
                 **(self.history(driver) if p.train else {}),
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,

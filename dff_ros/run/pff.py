@@ -152,6 +152,7 @@ class PFFRun(Run):
                                         f"(are {', '.join(nodes)} still running? see /dff/status)")
             if lost is not None:
                 self.replace(plan, nodes, lost)
+            self.drop_returned()
 
     def replace(self, plan: PFFPlan, nodes: list[str], lost) -> None:
         """A spare server takes the lost node's place (same node index) from the first chapter
@@ -335,7 +336,8 @@ class PFFRun(Run):
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
             "per_node": per_node, "timeline": timeline,
             "timeline_nodes": nodes + [f"{server} (lost)" for server in lost],
-            "recoveries": self.recoveries,
+            "recoveries": self.recoveries, "save_errors": self.save_errors,
+            "run_state_write_failures": self.state_write_failures,
             "dropped": self.dropped, "weights": paths,
             "history": {**curves({("head" if p == self.L else f"layer_{p}"): h
                                    for p, h in sorted(self.histories.items())}, t.epochs),
