@@ -245,6 +245,7 @@ def test_saved_weights_are_restored_only_when_asked_and_named(mnist, tmp_path, c
     assert summary["trained"] is False and summary["weights_restored"] is True
     assert summary["accuracy"] == trained["accuracy"]
     assert set(summary["restored_from"]) == {"layer 0", "layer 1", "softmax head"}
+    assert summary["head_weights"] == trained["head_weights"] is not None
     assert all("(run r1," in origin for origin in summary["restored_from"].values())
     # eval-only: the files stay as the run that trained them left them, and are named
     assert sorted(sum(summary["weights"].values(), [])) == sorted(sum(trained["weights"].values(), []))

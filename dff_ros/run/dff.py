@@ -306,7 +306,9 @@ class DFFRun(Run):
         return {"run_id": self.run_id, "model": m.name, "mode": "dff", "schedule": m.train.schedule,
                 "accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"], **fit,
                 "trained": p.train, "weights_restored": restored, "restored_from": restored_from,
-                "head_weights": self.head_saved, "save_errors": self.save_errors,
+                # eval only: the head it restored (nothing was saved)
+                "head_weights": self.head_saved if p.train else (str(self.head_path()) if head_from else None),
+                "save_errors": self.save_errors,
                 "run_state_write_failures": self.state_write_failures,
                 "layers": self.layer_rows(), "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
                 **(self.history(driver) if p.train else {}),
