@@ -277,12 +277,13 @@ class FakeCluster:
         job = {"model": m.name, "run_id": req.run_id, "phase": "training", "message": "", "trains": trains,
                "receives": set(receives), "index": req.node_index, "splits": m.train.splits}
         store = ParameterStore(publish=lambda p, s=s: self._publish(s, p))
-        for p in self.published.get(m.name, []):   # the topics' history, for a replacement
-            if p.part in job["receives"] and p.meta.get("node_name") != s.name:
-                store.add(p)
         job["store"] = store
         job["worker"] = PFFWorker(m, x, y, plan, req.node_index, store, wait_seconds=30.0)
-        s.job = job
+        with self.lock:   # the history and the live versions: none published in between is missed
+            for p in self.published.get(m.name, []):   # the topics' history (a late or replacement node)
+                if p.part in job["receives"] and p.meta.get("node_name") != s.name:
+                    store.add(p)
+            s.job = job
         threading.Thread(target=self._run_job, args=(s, job, req.start_chapter), daemon=True).start()
         return HostReport(f"PFF node {req.node_index}", tuple(False for _ in range(plan.parts)))
 
@@ -291,10 +292,11 @@ class FakeCluster:
             return
         job = s.job
         p = Parameters(p.part, p.version, p.tensors, {**p.meta, "node_name": s.name})
-        self.published.setdefault(job["model"], []).append(p)
-        for other in self.servers_.values():
-            if other is not s and other.alive and other.job is not None and p.part in other.job["receives"]:
-                other.job["store"].add(p)
+        with self.lock:   # (a node being created reads the history under it: see _host_pff)
+            self.published.setdefault(job["model"], []).append(p)
+            for other in self.servers_.values():
+                if other is not s and other.alive and other.job is not None and p.part in other.job["receives"]:
+                    other.job["store"].add(p)
         report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": nbytes_of(p.tensors)})
         delivery = Delivery(job["run_id"], job["model"], p.part, 0, lambda: report)
         with self.lock:
