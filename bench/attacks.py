@@ -33,13 +33,14 @@ import torch  # noqa: E402
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
 from dff_ros.ff.learners import Activities  # noqa: E402
-from dff_ros.msg import LayerStatus, TrainingBatch  # noqa: E402
-from dff_ros.nodes.common import DATA_QOS, STATUS_QOS  # noqa: E402
+from dff_ros.msg import LayerParameters, LayerStatus, TrainingBatch  # noqa: E402
+from dff_ros.nodes.common import DATA_QOS, STATUS_QOS, params_qos  # noqa: E402
 from dff_ros.pipeline.chunks import TrainChunk  # noqa: E402
+from dff_ros.pipeline.scoring import checkpoint_depth  # noqa: E402
 from dff_ros.srv import CreateLayers, DeleteModel, SaveWeights  # noqa: E402
-from dff_ros.topics import STATUS_TOPIC, layer_topics  # noqa: E402
+from dff_ros.topics import STATUS_TOPIC, checkpoints_topic, layer_topics  # noqa: E402
 from dff_ros.wire.codec import train_to_msg  # noqa: E402
-from dff_ros.wire.tensors import to_msg  # noqa: E402
+from dff_ros.wire.tensors import from_msg, to_msg  # noqa: E402
 
 MODEL = REPO / "config" / "models" / "mnist_default.yaml"
 SMALL = {**SYSTEM_RECIPE, "train_subset": 3000, "test_subset": 1000, "epochs": 4, "splits": 4}
@@ -151,6 +152,29 @@ def foreign_heartbeats(a: Attacker) -> dict:
     return {"sent": sent}
 
 
+def forged_checkpoint(a: Attacker) -> dict:
+    """A real checkpoint of layer 1 read off its topic, its weights replaced by random ones and its
+    version raised, published back; then server_2 SIGKILLed (recovery resumes from the newest)."""
+    got: list = []
+    topic = checkpoints_topic(a.ctx["model"])
+    qos = params_qos(2 * a.ctx["depth"] * a.ctx["layers"])
+    a.client.node.create_subscription(LayerParameters, topic, lambda m: got.append(m) if m.part == 1 else None, qos)
+    end = time.monotonic() + 120
+    while not got and time.monotonic() < end:
+        a.client.spin(0.2)
+    if not got:
+        return {"sent": 0, "note": "no checkpoint of layer 1 seen in 120 s"}
+    forged = got[-1]
+    forged.version, forged.chapter = forged.version + 10, forged.chapter + 10
+    for name, t in zip(forged.names, forged.tensors):
+        real = from_msg(t, name=name)
+        to_msg(torch.rand_like(real) if real.is_floating_point() else real.clone(), t)
+    a.publish(topic, forged, LayerParameters, qos)
+    a.client.spin(1.0)
+    a.servers[1].p.send_signal(signal.SIGKILL)
+    return {"sent": 1}
+
+
 ATTACKS = {
     "undisturbed": (None, "nothing (the run to compare with)"),
     "nan_rows": (nan_rows, f"1 TrainingBatch of {ROWS} NaN rows to layer 1's input (right run id, chapter 0)"),
@@ -164,6 +188,9 @@ ATTACKS = {
                                      "model, from another node, without the run key"),
     "foreign_heartbeats": (foreign_heartbeats, "server_2 SIGKILLed, then 10 statuses a second of another model "
                                                "naming server_2, for 20 s"),
+    "forged_checkpoint": (forged_checkpoint, "1 checkpoint of layer 1 copied off its topic with random weights and "
+                                             "its version +10, then server_2 SIGKILLed (the run resumes layer 1 "
+                                             "from the newest checkpoint)"),
 }
 
 
@@ -173,6 +200,7 @@ def attacked_run(name: str) -> dict:
     env = bench_env(10 + list(ATTACKS).index(name))
     chunk_rows = 1000
     ctx = {"model": config.name, "layers": len(config.layers), "width": config.layers[0].out_features,
+           "depth": checkpoint_depth(config),
            "count": -(-config.train.train_subset * config.train.chapter_epochs // chunk_rows)}
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,7 +235,7 @@ def attacked_run(name: str) -> dict:
 
 def outcome(name: str, r: dict, base: dict) -> str:
     up = "both servers up" if all(r["servers_up"]) else f"servers up: {r['servers_up']}"
-    if name == "foreign_heartbeats":
+    if name in ("foreign_heartbeats", "forged_checkpoint"):
         up = "server_1 up" if r["servers_up"][0] else "server_1 DOWN"
     tb = f"; {r['tracebacks']} traceback(s)" if r["tracebacks"] else ""
     if "summary" not in r:

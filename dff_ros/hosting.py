@@ -21,6 +21,7 @@ class HostedLayer:
     def __init__(self, request: HostRequest, spec, topics: dict, *, last: bool, weights_dir: Path):
         m = request.model
         self.model, self.run_id, self.spec, self.topics = m.name, request.run_id, spec, topics
+        self.key = request.run_key   # seals what it sends, checks what it trains on (wire/seal.py)
         self.config = m
         self.host = LayerHost(spec, m.train, m.num_classes, last=last)
         self.hash = weights.layer_key(m, spec)
@@ -44,7 +45,7 @@ class HostedLayer:
         last = self.splits - 1
         with self.inbox.mutex:
             queued = list(self.inbox.queue)
-        return any(isinstance(item, tuple) and item[0] and item[2].chapter == last and item[2].seq == item[2].count - 1
+        return any(isinstance(item, tuple) and item[0] and item[1].chapter == last and item[1].seq == item[1].count - 1
                    for item in queued)
 
     @property

@@ -68,15 +68,20 @@ def pff_request(**fields) -> CreateLayers.Request:
                                                                   **fields})
 
 
+def first_layer_chunk(model: str, run_id: str, **fields) -> TrainingBatch:
+    """A well-formed 2-row chunk of MNIST images for the first layer of ``model``."""
+    m = TrainingBatch(**{"model": model, "run_id": run_id, "layer": -1, "count": 1, **fields})
+    to_msg(torch.tensor([1, 2]), m.labels)
+    to_msg(torch.tensor([3, 4]), m.neg_labels)
+    to_msg(torch.zeros(2, 784, dtype=torch.uint8), m.images)
+    return m
+
+
 def chunk_cases(model: str, run_id: str) -> list[tuple[str, TrainingBatch | bytes, str]]:
     """(what is wrong, a chunk for the first layer of ``model``, the kind it is dropped as)."""
 
     def chunk(**fields) -> TrainingBatch:
-        m = TrainingBatch(**{"model": model, "run_id": run_id, "layer": -1, "count": 1, **fields})
-        to_msg(torch.tensor([1, 2]), m.labels)
-        to_msg(torch.tensor([3, 4]), m.neg_labels)
-        to_msg(torch.zeros(2, 784, dtype=torch.uint8), m.images)
-        return m
+        return first_layer_chunk(**{"model": model, "run_id": run_id, **fields})
 
     short = chunk()
     short.images.data = bytes(10)                                   # shape says 1568 bytes

@@ -240,7 +240,7 @@ class FakeCluster:
             else:
                 self._push(index + 1, out, run_id, model, training)
 
-    def open_pipeline(self, model, on_result):
+    def open_pipeline(self, model, on_result, *, key=0):   # no wire: nothing to seal
         self.on_result = on_result
 
         def sender(training):
@@ -255,7 +255,7 @@ class FakeCluster:
         for i, server in moved.items():
             assert i in self.servers_[server].layers, f"layer {i} is not on {server}"
 
-    def follow_checkpoints(self, model, on_checkpoint) -> None:
+    def follow_checkpoints(self, model, on_checkpoint, *, key=0) -> None:
         """A late subscriber gets what the topic keeps (a master taking a run over)."""
         self.on_checkpoint = on_checkpoint
         for (name, _), kept in list(self.checkpoints.items()):
@@ -326,7 +326,7 @@ class FakeCluster:
             out.append((Delivery(s.job["run_id"], model, part, 0, lambda p=p: p), nbytes_of(p.tensors)))
         return out
 
-    def follow_tasks(self, model, on_task) -> None:
+    def follow_tasks(self, model, on_task, *, key=0) -> None:
         with self.lock:   # a late listener gets the history first (transient local)
             self.on_task = on_task
             history = list(self.reports)

@@ -114,7 +114,8 @@ def test_big_endian_bytes_are_read():
     body += bytes(-len(body) % 4) + struct.pack(">I", 2) + b"r\x00"    # run_id
     body += bytes(-len(body) % 4) + struct.pack(">I", 1) + b"\x00"     # model
     body += bytes(-len(body) % 4) + struct.pack(">iIIIII", -2, 0, 0, 258, 0, 0)
+    body += bytes(-len(body) % 8) + struct.pack(">Q", 0x0102030405060708)   # seal
     body += (struct.pack(">I", 1) + b"\x00\x00\x00\x00" + struct.pack(">II", 0, 0)) * 8   # 8 absent tensors
     m = cdr.deserialize(bytes(be + body), TrainingBatch)
-    assert (m.layer, m.seq, m.run_id) == (-2, 258, "r") and from_msg(m.pos) is None
+    assert (m.layer, m.seq, m.run_id, m.seal) == (-2, 258, "r", 0x0102030405060708) and from_msg(m.pos) is None
     assert cdr.deserialize(bytes(le), TrainingBatch).seq == 258

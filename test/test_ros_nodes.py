@@ -6,20 +6,28 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rosutil import FOLDER, Client, Proc, check_run_plots, ros_env, run_launcher, start_server, write_pipeline
 
-from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, request_cases, spec_msg
+from bad_inputs import TRAVERSAL_NAMES, chunk_cases, create_request, first_layer_chunk, request_cases, spec_msg
 
 from dff_ros.msg import RunProgress, TrainingBatch
 from dff_ros.nodes.common import DATA_QOS, SERVER_NAME
 from dff_ros.topics import layer_topics, progress_topic
 from dff_ros.srv import CreateLayers, DeleteModel, ListLayers, SaveWeights
+from dff_ros.wire.seal import seal
+from dff_ros.wire.tensors import to_msg
 
 
 @pytest.fixture
 def env():
     return ros_env()
+
+
+def held_dropped(client) -> int:
+    return next(l.dropped for l in client.call(ListLayers, "/server_1/list_layers", ListLayers.Request()).layers
+                if l.model == "held")
 
 
 def node_names(client, want: int, timeout=20.0):
@@ -113,6 +121,22 @@ def test_bad_requests_and_malformed_chunks_are_answered_not_fatal(env, tmp_path)
             res = client.call(srv, f"/server_1/{name}", req)
             assert not res.success and "--run run-h" in res.message, (name, res.message)
         assert client.call(SaveWeights, "/server_1/save_weights", SaveWeights.Request(model="held", run_key=key)).success
+        # a keyed run trains only on chunks sealed with its key (dff_ros/wire/seal.py): an unsealed
+        # one is dropped before it is read; a sealed one is read (this one is then malformed)
+        pub = client.node.create_publisher(TrainingBatch, layer_topics("held", 0, 0)["train_input"], DATA_QOS)
+        client.spin(1.5)
+        unsealed, narrow = first_layer_chunk("held", "run-h"), first_layer_chunk("held", "run-h")
+        to_msg(torch.zeros(2, 10, dtype=torch.uint8), narrow.images)
+        narrow.seal = seal(key, narrow)
+        for msg in (unsealed, narrow):
+            pub.publish(msg)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and held_dropped(client) < 2:
+            client.spin(0.2)
+        assert held_dropped(client) == 2, server.output()
+        out = server.output()
+        assert "layer 0 of 'held': dropped an unsealed chunk (its seal does not verify with the run's key)" in out
+        assert "layer 0 of 'held': dropped a malformed chunk (" in out
         res = client.call(DeleteModel, "/server_1/delete_model", DeleteModel.Request(model="held", run_id="run-h"))
         assert res.success and res.deleted == 1, res.message
         assert [l.model for l in client.call(ListLayers, "/server_1/list_layers", ListLayers.Request()).layers] \

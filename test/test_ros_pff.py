@@ -49,7 +49,7 @@ def test_all_layers_on_two_servers_reproduces_the_sequential_run(env, tmp_path, 
     assert 3 * weights * 4 < summary["bytes_published"] < 3.2 * weights * 4, summary["bytes_per_topic"]
     # the master followed the task reports and fetched only the final weights of each part
     assert weights <= summary["master_bytes_received"] < 1.1 * weights, summary["master_bytes_received"]
-    assert all(n["dropped"] == 0 and n["idle_seconds"] is not None for n in summary["per_node"])
+    assert all(n["dropped"] == 0 and n["idle_seconds"] is not None for n in summary["per_node"]), summary["per_node"]
     check_run_plots(summary, out, ["layer_0", "layer_1", "head"])
     saved = sorted(p.name.split("-")[0] for p in (tmp_path / "weights" / FOLDER).glob("*.pt"))
     assert saved == ["head", "layer0", "layer1"]                 # by server_2, which trained chapter 4

@@ -45,6 +45,7 @@ from dff_ros.wire.codec import (host_report_from_msg, host_request_to_msg, infer
                                      params_from_msg, progress_to_msg, status_from_msg, train_from_msg,
                                      train_to_msg)
 from dff_ros.wire.cdr import blank
+from dff_ros.wire.seal import sealed
 from dff_ros.wire.tensors import nbytes
 from dff_ros.topics import STATUS_TOPIC, checkpoints_topic, layer_topics, progress_topic, tasks_topic
 
@@ -182,16 +183,21 @@ class MasterNode(Node):
             out.append((Delivery(m.run_id, m.model, m.part, 0, lambda m=m: params_from_msg(m)), len(serialize_message(m))))
         return out
 
-    def open_pipeline(self, model, on_result):
+    def open_pipeline(self, model, on_result, *, key: int = 0):
         last = len(model.layers) - 1
         first, out = layer_topics(model.name, 0, last), layer_topics(model.name, last, last)
         train_pub = self.create_publisher(TrainingBatch, first["train_input"], DATA_QOS)
         infer_pub = self.create_publisher(InferenceBatch, first["infer_input"], DATA_QOS)
 
         def receive(msg_type, decode, training):
-            subscribe_serialized(self, msg_type, out[f"{'train' if training else 'infer'}_output"], lambda m: on_result(
-                Delivery(m.run_id, m.model, m.layer, nbytes(m), lambda: decode(m)), training), DATA_QOS,
-                lambda why: self.malformed(f"{msg_type.__name__} from the last layer", why))
+            what = f"{msg_type.__name__} from the last layer"
+
+            def result(m):
+                if not sealed(key, m):   # not from this run's writers (wire/seal.py)
+                    return self.malformed(what, "its seal does not verify with the run's key")
+                on_result(Delivery(m.run_id, m.model, m.layer, nbytes(m), lambda: decode(m)), training)
+            subscribe_serialized(self, msg_type, out[f"{'train' if training else 'infer'}_output"], result, DATA_QOS,
+                                 lambda why: self.malformed(what, why))
 
         receive(TrainingBatch, train_from_msg, True)
         receive(InferenceBatch, infer_from_msg, False)
@@ -199,7 +205,8 @@ class MasterNode(Node):
 
         def sender(pub, encode):
             def send(chunk, run_id: str) -> int:
-                msg = encode(chunk, run_id=run_id, model=model.name, layer=-1, node=self, msg=blank(pub.msg_type))
+                msg = encode(chunk, run_id=run_id, model=model.name, layer=-1, node=self, msg=blank(pub.msg_type),
+                             key=key)
                 publish_serialized(pub, msg)
                 return nbytes(msg)
             return send
@@ -233,17 +240,21 @@ class MasterNode(Node):
                 raise RunError(f"topics not connected after {timeout:.0f} s: {', '.join(missing)}")
             time.sleep(0.1)
 
-    def _follow_parameters(self, topic: str, qos, listener) -> None:
-        subscribe_serialized(self, LayerParameters, topic, lambda m: listener(
-            Delivery(m.run_id, m.model, m.part, nbytes(m), lambda: params_from_msg(m))), qos,
-            lambda why: self.malformed(f"LayerParameters on {topic}", why))
+    def _follow_parameters(self, topic: str, qos, listener, key: int) -> None:
+        what = f"LayerParameters on {topic}"
 
-    def follow_checkpoints(self, model, on_checkpoint) -> None:
+        def heard(m):
+            if not sealed(key, m):   # not from this run's servers (wire/seal.py)
+                return self.malformed(what, "its seal does not verify with the run's key")
+            listener(Delivery(m.run_id, m.model, m.part, nbytes(m), lambda: params_from_msg(m)))
+        subscribe_serialized(self, LayerParameters, topic, heard, qos, lambda why: self.malformed(what, why))
+
+    def follow_checkpoints(self, model, on_checkpoint, *, key: int = 0) -> None:
         self._follow_parameters(checkpoints_topic(model.name), params_qos(2 * checkpoint_depth(model) * len(model.layers)),
-                                on_checkpoint)
+                                on_checkpoint, key)
 
-    def follow_tasks(self, model, on_task) -> None:
-        self._follow_parameters(tasks_topic(model.name), TASKS_QOS, on_task)
+    def follow_tasks(self, model, on_task, *, key: int = 0) -> None:
+        self._follow_parameters(tasks_topic(model.name), TASKS_QOS, on_task, key)
 
     def publish_progress(self, report) -> None:
         msg = progress_to_msg(report, RunProgress())

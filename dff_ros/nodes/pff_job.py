@@ -19,6 +19,7 @@ from dff_ros.pff.plan import PFFPlan
 from dff_ros.pff.worker import PFFWorker, WorkerStopped
 from dff_ros.wire.cdr import blank
 from dff_ros.wire.codec import params_from_msg, params_to_msg
+from dff_ros.wire.seal import sealed
 from dff_ros.wire.tensors import nbytes
 
 
@@ -27,11 +28,13 @@ class PFFJob:
     others' received, its files saved and restored."""
     def __init__(self, node, *, run_id: str, config, plan: PFFPlan, index: int, images, labels,
                  hashes: dict[int, str], history: int, wait_seconds: float, evaluate_only: bool = False,
-                 start_chapter: int = 0):
+                 start_chapter: int = 0, key: int = 0):
         """``evaluate_only``: train nothing; load the parts saved on this node (``restored``),
         for the master to fetch, assemble and test. ``start_chapter``: this node replaces a lost
-        one and goes on from there."""
+        one and goes on from there. ``key``: the run key; versions and reports are sealed with it
+        and only versions sealed with it are taken (wire/seal.py)."""
         self.node, self.run_id, self.config, self.plan, self.index = node, run_id, config, plan, index
+        self.key = key
         self.model = config.name
         self.hashes, self.history = hashes, history
         self.names = part_names(config)
@@ -126,13 +129,13 @@ class PFFJob:
         if pub is None:
             return
         msg = params_to_msg(p, run_id=self.run_id, model=self.model, node_name=self.node.key, node=self.node,
-                            msg=blank(LayerParameters))
+                            msg=blank(LayerParameters), key=self.key)
         self.bytes_out += nbytes(msg)
         sent = publish_serialized(pub, msg)
         if self.tasks_publisher is not None:   # the task's report: its meta without the tensors
             report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": sent})
             self.tasks_publisher.publish(params_to_msg(report, run_id=self.run_id, model=self.model,
-                                                       node_name=self.node.key, node=self.node))
+                                                       node_name=self.node.key, node=self.node, key=self.key))
         self.node.publish_status(self.status())
 
     def _receive(self, part: int, msg) -> None:
@@ -145,6 +148,8 @@ class PFFJob:
             why = f"run {msg.run_id!r}, this run is {self.run_id!r}"
         elif msg.part != part:
             why = f"part {msg.part} on the topic of part {part}"
+        elif not sealed(self.key, msg):
+            why = "its seal does not verify with the run's key"
         if why is None:
             try:
                 params = params_from_msg(msg)

@@ -44,6 +44,7 @@ from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
 from dff_ros.wire.codec import (host_request_from_msg, infer_from_msg, infer_to_msg, params_to_msg, status_to_msg,
                                      train_from_msg, train_to_msg)
 from dff_ros.wire.cdr import blank
+from dff_ros.wire.seal import sealed
 from dff_ros.wire.tensors import nbytes, to_msg
 from dff_ros.topics import CLAIMS_TOPIC, STATUS_TOPIC, checkpoints_topic
 
@@ -118,6 +119,7 @@ class ServerNode(Node):
         self.jobs: dict[str, PFFJob] = {}                   # PFF: model -> this node's share
         self._datasets: dict[tuple, dict] = {}
         self.status_pub = self.create_publisher(LayerStatus, STATUS_TOPIC, STATUS_QOS)
+        self.status_lock = threading.Lock()
         self.claims_pub = self.create_publisher(ServerClaim, CLAIMS_TOPIC, CLAIMS_QOS)
         self.claims_pub.publish(ServerClaim(name=name, token=token, hostname=socket.gethostname(),
                                             pid=os.getpid(), held=True))
@@ -140,9 +142,10 @@ class ServerNode(Node):
         self.get_logger().info(f"ready: weights in {self.weights_dir}, {self.threads} torch thread(s){solo}")
 
     def publish_status(self, msg: LayerStatus) -> None:
-        msg.header.stamp = self.get_clock().now().to_msg()
         try:
-            self.status_pub.publish(msg)
+            with self.status_lock:   # stamps go out in order (worker threads and the heartbeat publish)
+                msg.header.stamp = self.get_clock().now().to_msg()
+                self.status_pub.publish(msg)
         except Exception:
             if not STOPPING.is_set():   # a last status from a worker while ROS shuts down is not news
                 raise
@@ -296,7 +299,7 @@ class ServerNode(Node):
         return PFFJob(self, run_id=req.run_id, config=m, plan=plan, index=req.node_index, images=x, labels=y,
                       hashes={s.index: weights.layer_key(m, s) for s in m.layers}, history=req.param_history,
                       wait_seconds=self.wait_seconds, evaluate_only=req.evaluate_only,
-                      start_chapter=req.start_chapter)
+                      start_chapter=req.start_chapter, key=req.run_key)
 
     def _dataset(self, dataset, root: str) -> dict:
         # the server's own data root wins: the master's path may not exist on this robot
@@ -427,7 +430,7 @@ class ServerNode(Node):
         ]
         # a chapter's checkpoint goes out as soon as it is trained: what a replacement resumes from
         h.host.on_checkpoint = lambda p: publish_serialized(checkpoint_pub, params_to_msg(
-            p, run_id=h.run_id, model=h.model, node_name=self.key, node=self, msg=blank(LayerParameters)))
+            p, run_id=h.run_id, model=h.model, node_name=self.key, node=self, msg=blank(LayerParameters), key=h.key))
         h.worker = threading.Thread(target=self._work, args=(h, train_pub, infer_pub), daemon=True,
                                     name=f"layer{h.spec.index}-{h.model}")
         h.worker.start()
@@ -448,6 +451,11 @@ class ServerNode(Node):
         if foreign is not None:
             return self._drop(h, *foreign)
         h.bytes_in += nbytes(msg)
+        # a training chunk must come from the run's writers; an inference chunk may come from
+        # anyone (the classifier), and its output is sealed only if it did
+        from_run = sealed(h.key, msg)
+        if training and not from_run:
+            return self._drop(h, "unsealed", "its seal does not verify with the run's key")
         try:
             chunk = train_from_msg(msg) if training else infer_from_msg(msg)
         except ChunkError as e:
@@ -459,14 +467,15 @@ class ServerNode(Node):
                 h.host.note_attempt(chunk)
             except ChunkError as e:
                 return self._drop(h, "malformed", str(e))
-        self.keys.heard(h.model)
-        h.inbox.put((training, msg.run_id, chunk))
+        if from_run:
+            self.keys.heard(h.model)
+        h.inbox.put((training, chunk, from_run))
 
     def _drop(self, h: HostedLayer, kind: str, why: str) -> None:
         """Count a chunk that is not for this layer or does not fit it; the first of each kind is
         logged, the rest only counted (LayerStatus.dropped, and per kind in its message)."""
         if h.drop(kind):
-            self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped a {kind} chunk ({why}); "
+            self.get_logger().warning(f"layer {h.spec.index} of {h.model!r}: dropped {'an' if kind[0] in 'aeiou' else 'a'} {kind} chunk ({why}); "
                                       f"more {kind} chunks are only counted (see /dff/status)")
 
     def _work(self, h: HostedLayer, train_pub, infer_pub) -> None:
@@ -475,15 +484,15 @@ class ServerNode(Node):
             item = h.inbox.get()
             if item is _STOP:
                 return
-            training, run_id, chunk = item  # chunk tensors keep the message buffers alive
+            training, chunk, from_run = item  # chunk tensors keep the message buffers alive
             try:
                 if training:
                     outs = h.train(chunk)
                     for out in outs:
                         if h.host.stopped:
                             return
-                        m = train_to_msg(out, run_id=run_id, model=h.model, layer=h.spec.index, node=self,
-                                         msg=blank(TrainingBatch))
+                        m = train_to_msg(out, run_id=h.run_id, model=h.model, layer=h.spec.index, node=self,
+                                         msg=blank(TrainingBatch), key=h.key)
                         h.sent(out.chapter, nbytes(m))
                         publish_serialized(train_pub, m)
                     if h.finished(chunk, outs):
@@ -491,8 +500,8 @@ class ServerNode(Node):
                         self._status(h, "trained", f"weights saved to {h.save()}")
                         continue
                 else:
-                    m = infer_to_msg(h.infer(chunk), run_id=run_id, model=h.model, layer=h.spec.index, node=self,
-                                     msg=blank(InferenceBatch))
+                    m = infer_to_msg(h.infer(chunk), run_id=h.run_id, model=h.model, layer=h.spec.index, node=self,
+                                     msg=blank(InferenceBatch), key=h.key if from_run else 0)
                     h.sent(None, nbytes(m))
                     publish_serialized(infer_pub, m)
             except ChunkError as e:

@@ -144,20 +144,24 @@ class Cluster(Protocol):
         """PFF: the final version of each (server, part), asked all at once, and the bytes each
         answer took on the network."""
 
-    def open_pipeline(self, model: ModelConfig, on_result: Callable[[Delivery, bool], None]
+    def open_pipeline(self, model: ModelConfig, on_result: Callable[[Delivery, bool], None], *, key: int = 0
                       ) -> tuple[Callable, Callable]:
         """DFF: wire the master's ends of the layer chain (``on_result(delivery, training)``)
         and return ``(send_train, send_infer)``, each taking ``(chunk, run_id)`` and
-        returning the bytes sent. Returns once every hop is connected."""
+        returning the bytes sent. Returns once every hop is connected. ``key``: the run key;
+        what is sent is sealed with it, and only results sealed with it are delivered."""
 
     def wait_connected(self, model: ModelConfig, moved: dict[int, str]) -> None:
         """DFF: every hop connected, with layer i's ends on server ``moved[i]``."""
 
-    def follow_checkpoints(self, model: ModelConfig, on_checkpoint: Callable[[Delivery], None]) -> None:
-        """DFF: hear each hosted layer's checkpoint after every chapter it trains."""
+    def follow_checkpoints(self, model: ModelConfig, on_checkpoint: Callable[[Delivery], None], *,
+                           key: int = 0) -> None:
+        """DFF: hear each hosted layer's checkpoint after every chapter it trains (only those
+        sealed with the run key ``key``)."""
 
-    def follow_tasks(self, model: ModelConfig, on_task: Callable[[Delivery], None]) -> None:
-        """PFF: hear every task report (the whole history, for a master that takes over)."""
+    def follow_tasks(self, model: ModelConfig, on_task: Callable[[Delivery], None], *, key: int = 0) -> None:
+        """PFF: hear every task report (the whole history, for a master that takes over; only
+        those sealed with ``key``)."""
 
     def publish_progress(self, report: ProgressReport) -> None:
         """Tell whoever watches how the run goes."""

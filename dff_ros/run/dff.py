@@ -150,8 +150,8 @@ class DFFRun(Run):
             self.checkpoints[p.part] = p
 
     def connect(self) -> PipelineDriver:
-        self.cluster.follow_checkpoints(self.model, self.on_checkpoint)
-        send_train, send_infer = self.cluster.open_pipeline(self.model, self.on_result)
+        self.cluster.follow_checkpoints(self.model, self.on_checkpoint, key=self.run_key)
+        send_train, send_infer = self.cluster.open_pipeline(self.model, self.on_result, key=self.run_key)
 
         def train(chunk):
             size = send_train(chunk, self.run_id)

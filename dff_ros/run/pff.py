@@ -264,7 +264,7 @@ class PFFRun(Run):
                    + (f"layer nodes {list(plan.layer_nodes)}" if plan.layer_nodes else "chapter j on node j mod N"))
         created = time.perf_counter()
         answered: list[float] = []
-        self.cluster.follow_tasks(self.model, self.on_task)   # (a master that took over gets the reports so far)
+        self.cluster.follow_tasks(self.model, self.on_task, key=self.run_key)   # (a master that took over gets the reports so far)
         try:
             if state is None:
                 self.create(plan, nodes, answered=answered)

@@ -23,6 +23,7 @@ from dff_ros.pipeline.chunks import ChunkError, InferChunk, TrainChunk
 from dff_ros.run.cluster import HostReport, HostRequest, Status
 from dff_ros.topics import layer_topics
 from dff_ros.wire.cdr import blank
+from dff_ros.wire.seal import seal
 from dff_ros.wire.tensors import TensorDecodeError, from_msg, to_msg
 
 
@@ -33,9 +34,11 @@ def _stamp(msg, node, run_id: str, model: str, layer: int) -> None:
     msg.run_id, msg.model, msg.layer = run_id, model, layer
 
 
-def train_to_msg(c: TrainChunk, *, run_id: str, model: str, layer: int, node=None, msg=None) -> TrainingBatch:
+def train_to_msg(c: TrainChunk, *, run_id: str, model: str, layer: int, node=None, msg=None,
+                 key: int = 0) -> TrainingBatch:
     """A TrainingBatch, or, given ``msg=cdr.blank(TrainingBatch)``, that ``Blank`` filled with
-    views of the chunk's tensors for ``cdr.serialize`` (the nodes' path). Likewise below."""
+    views of the chunk's tensors for ``cdr.serialize`` (the nodes' path); sealed with the run
+    key ``key`` (``wire/seal.py``; 0: unsealed). Likewise below."""
     m = TrainingBatch() if msg is None else msg
     _stamp(m, node, run_id, model, layer)
     m.chapter, m.epoch, m.seq, m.count, m.attempt = c.chapter, c.epoch, c.seq, c.count, c.attempt
@@ -48,6 +51,7 @@ def train_to_msg(c: TrainChunk, *, run_id: str, model: str, layer: int, node=Non
         to_msg(c.acts.neg, m.neg)
         to_msg(c.acts.neutral, m.neutral)
     to_msg(c.features, m.features)
+    m.seal = seal(key, m)
     return m
 
 
@@ -71,12 +75,14 @@ def train_from_msg(m: TrainingBatch) -> TrainChunk:
                       neg_labels=t["neg_labels"], neg_images=t["neg_images"], acts=acts, features=t["features"], attempt=m.attempt)
 
 
-def infer_to_msg(c: InferChunk, *, run_id: str, model: str, layer: int, node=None, msg=None) -> InferenceBatch:
+def infer_to_msg(c: InferChunk, *, run_id: str, model: str, layer: int, node=None, msg=None,
+                 key: int = 0) -> InferenceBatch:
     m = InferenceBatch() if msg is None else msg
     _stamp(m, node, run_id, model, layer)
     m.seq, m.count = c.seq, c.count
     for f in ("images", "labels", "candidates", "goodness", "neutral", "features"):
         to_msg(getattr(c, f), getattr(m, f))
+    m.seal = seal(key, m)
     return m
 
 
@@ -89,7 +95,7 @@ def infer_from_msg(m: InferenceBatch) -> InferChunk:
 # ---------------------------------------------------------------- PFF parameters
 
 def params_to_msg(p: Parameters, *, run_id: str, model: str, node_name: str, node=None,
-                  msg=None) -> LayerParameters:
+                  msg=None, key: int = 0) -> LayerParameters:
     m = LayerParameters() if msg is None else msg
     if node is not None:
         m.header.stamp = node.get_clock().now().to_msg()
@@ -101,6 +107,7 @@ def params_to_msg(p: Parameters, *, run_id: str, model: str, node_name: str, nod
     metrics = {k: float(v) for k, v in p.meta.items() if isinstance(v, (int, float)) and k not in ("part", "chapter")}
     metrics.update({f"input_{k}": float(v) for k, v in p.meta.get("inputs", {}).items()})
     m.metric_names, m.metric_values = list(metrics), list(metrics.values())
+    m.seal = seal(key, m)
     return m
 
 
