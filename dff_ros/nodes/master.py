@@ -190,14 +190,9 @@ class MasterNode(Node):
         infer_pub = self.create_publisher(InferenceBatch, first["infer_input"], DATA_QOS)
 
         def receive(msg_type, decode, training):
-            what = f"{msg_type.__name__} from the last layer"
-
-            def result(m):
-                if not sealed(key, m):   # not from this run's writers (wire/seal.py)
-                    return self.malformed(what, "its seal does not verify with the run's key")
-                on_result(Delivery(m.run_id, m.model, m.layer, nbytes(m), lambda: decode(m)), training)
-            subscribe_serialized(self, msg_type, out[f"{'train' if training else 'infer'}_output"], result, DATA_QOS,
-                                 lambda why: self.malformed(what, why))
+            self._subscribe_sealed(msg_type, out[f"{'train' if training else 'infer'}_output"], DATA_QOS, key,
+                                   f"{msg_type.__name__} from the last layer", lambda m: on_result(
+                                       Delivery(m.run_id, m.model, m.layer, nbytes(m), lambda: decode(m)), training))
 
         receive(TrainingBatch, train_from_msg, True)
         receive(InferenceBatch, infer_from_msg, False)
@@ -240,14 +235,18 @@ class MasterNode(Node):
                 raise RunError(f"topics not connected after {timeout:.0f} s: {', '.join(missing)}")
             time.sleep(0.1)
 
-    def _follow_parameters(self, topic: str, qos, listener, key: int) -> None:
-        what = f"LayerParameters on {topic}"
-
+    def _subscribe_sealed(self, msg_type, topic: str, qos, key: int, what: str, callback) -> None:
+        """``callback`` gets the messages on ``topic`` sealed with the run key ``key``; the rest,
+        and bytes that do not parse, are counted as malformed (wire/seal.py)."""
         def heard(m):
-            if not sealed(key, m):   # not from this run's servers (wire/seal.py)
+            if not sealed(key, m):   # not from this run's writers
                 return self.malformed(what, "its seal does not verify with the run's key")
-            listener(Delivery(m.run_id, m.model, m.part, nbytes(m), lambda: params_from_msg(m)))
-        subscribe_serialized(self, LayerParameters, topic, heard, qos, lambda why: self.malformed(what, why))
+            callback(m)
+        subscribe_serialized(self, msg_type, topic, heard, qos, lambda why: self.malformed(what, why))
+
+    def _follow_parameters(self, topic: str, qos, listener, key: int) -> None:
+        self._subscribe_sealed(LayerParameters, topic, qos, key, f"LayerParameters on {topic}", lambda m: listener(
+            Delivery(m.run_id, m.model, m.part, nbytes(m), lambda: params_from_msg(m))))
 
     def follow_checkpoints(self, model, on_checkpoint, *, key: int = 0) -> None:
         self._follow_parameters(checkpoints_topic(model.name), params_qos(2 * checkpoint_depth(model) * len(model.layers)),

@@ -119,7 +119,6 @@ class ServerNode(Node):
         self.jobs: dict[str, PFFJob] = {}                   # PFF: model -> this node's share
         self._datasets: dict[tuple, dict] = {}
         self.status_pub = self.create_publisher(LayerStatus, STATUS_TOPIC, STATUS_QOS)
-        self.status_lock = threading.Lock()
         self.claims_pub = self.create_publisher(ServerClaim, CLAIMS_TOPIC, CLAIMS_QOS)
         self.claims_pub.publish(ServerClaim(name=name, token=token, hostname=socket.gethostname(),
                                             pid=os.getpid(), held=True))
@@ -142,10 +141,9 @@ class ServerNode(Node):
         self.get_logger().info(f"ready: weights in {self.weights_dir}, {self.threads} torch thread(s){solo}")
 
     def publish_status(self, msg: LayerStatus) -> None:
+        msg.header.stamp = self.get_clock().now().to_msg()
         try:
-            with self.status_lock:   # stamps go out in order (worker threads and the heartbeat publish)
-                msg.header.stamp = self.get_clock().now().to_msg()
-                self.status_pub.publish(msg)
+            self.status_pub.publish(msg)
         except Exception:
             if not STOPPING.is_set():   # a last status from a worker while ROS shuts down is not news
                 raise

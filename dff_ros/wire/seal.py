@@ -32,8 +32,8 @@ INTEGERS = ("layer", "chapter", "epoch", "seq", "count", "attempt", "part", "ver
 
 
 def seal(key: int, msg) -> int:
-    """The seal of ``msg`` (a TrainingBatch or InferenceBatch, rosidl or ``cdr.Blank``) under
-    ``key``; 0 for an unkeyed run (key 0)."""
+    """The seal of ``msg`` (a TrainingBatch, InferenceBatch or LayerParameters, rosidl or
+    ``cdr.Blank``) under ``key``; 0 for an unkeyed run (key 0)."""
     if not key:
         return 0
     h = hashlib.blake2b(digest_size=8, key=int(key).to_bytes(8, "little"), person=b"dff_ros seal")
