@@ -58,11 +58,13 @@ class FakeServer:
 
 class FakeCluster:
     """``names``: the servers. ``on_chunk(server, layer, chunk)``: called as a layer receives a
-    training chunk (a test kills a server or the master there)."""
+    training chunk (a test kills a server or the master there); ``on_infer`` likewise for a test
+    chunk."""
 
-    def __init__(self, names, weights_dir, *, beat_every: float = 0.05, on_chunk=None):
+    def __init__(self, names, weights_dir, *, beat_every: float = 0.05, on_chunk=None, on_infer=None):
         self.servers_ = {n: FakeServer(n, weights_dir) for n in names}
         self.on_chunk = on_chunk or (lambda server, layer, chunk: None)
+        self.on_infer = on_infer or (lambda server, layer, chunk: None)
         self.listeners: list = []            # runs: on_status
         self.on_checkpoint = None
         self.checkpoints: dict[tuple[str, int], list[Delivery]] = {}   # (model, layer) -> the topic's history
@@ -226,10 +228,9 @@ class FakeCluster:
         s = self._where(index)
         if s is None or not s.alive:
             return   # lost with its server
-        if training:
-            self.on_chunk(s.name, index, chunk)
-            if not s.alive or s.frozen:
-                return
+        (self.on_chunk if training else self.on_infer)(s.name, index, chunk)
+        if not s.alive or s.frozen:
+            return
         _, layer_run, host = s.layers[index]
         if layer_run != run_id:
             return

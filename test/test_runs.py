@@ -149,6 +149,26 @@ def test_a_lost_server_that_comes_back_drops_the_layers_that_moved_away(mnist, t
     assert summary["layers"][1]["samples"] == 3000 * 4
 
 
+def test_a_server_lost_while_testing_has_its_layers_moved_and_the_test_is_run_again(mnist, tmp_path, cluster):
+    """From each moved layer's final checkpoint: the weights it trained, so the same result."""
+    m = model(eval_batch_size=250)   # 4 test chunks
+    undisturbed = start(DFFRun, cluster(), pipeline(tmp_path), m, mnist)[0].run()["accuracy"]
+
+    def die(server, layer, chunk):   # server_2 (layer 1) dies as the second test chunk reaches it
+        if server == "server_2" and chunk.seq == 1:
+            c.kill("server_2")
+    c = cluster(("server_1", "server_2", "server_3"), on_infer=die)
+    run, log = start(DFFRun, c, pipeline(tmp_path / "b", servers=3), m, mnist)
+    summary = run.run()
+    (recovery,) = summary["recoveries"]
+    assert recovery["server"] == "server_2" and recovery["to"] == {1: "server_3"}
+    assert recovery["chapters_done"] == {0: 4, 1: 4}
+    assert summary["accuracy"] == undisturbed
+    assert "testing again from the first chunk" in log.text("warning")
+    assert [row["server"] for row in summary["layers"]] == ["server_1", "server_3"]
+    assert len(summary["weights"]["server_3"]) == 1   # the moved layer saved where it now is
+
+
 def test_a_lost_server_ends_the_run_without_recovery(mnist, tmp_path, cluster):
     def die(server, layer, chunk):
         if server == "server_2":

@@ -124,3 +124,55 @@ def test_the_encoders_seal_with_the_key_they_are_given():
     assert sealed(KEY, train_to_msg(train_chunk(), run_id="r", model="m", layer=0, key=KEY))
     assert sealed(KEY, infer_to_msg(infer_chunk(), run_id="r", model="m", layer=0, msg=cdr.blank(InferenceBatch),
                                     key=KEY))
+
+
+def status_msg(stamp=100.0, **fields):
+    """A status as a server sends it: a Python float loss that float32 cannot hold exactly."""
+    from dff_ros.msg import LayerStatus
+    from dff_ros.run.cluster import Status
+    from dff_ros.wire.codec import status_to_msg
+    st = Status(run_id="r1", model="m", server="server_1", layer=1, phase="training", loss=0.1, samples=640,
+                busy_seconds=1.25, epoch_loss=[0.7, float("nan")], chapter_start=[1.5e9], chapter_bytes_out=[7])
+    msg = status_to_msg(st, LayerStatus())
+    for k, v in fields.items():
+        setattr(msg, k, v)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp), int(stamp % 1 * 1e9)
+    msg.seal = seal(KEY, msg)
+    return msg
+
+
+def over_the_wire(msg):
+    from rclpy.serialization import deserialize_message, serialize_message
+    return deserialize_message(serialize_message(msg), type(msg))
+
+
+def test_a_status_is_sealed_whole_and_verifies_as_received():
+    """The receiver reads float32 fields rounded; the seal is of what it reads (a PFF share's
+    running-mean loss once broke every status seal)."""
+    sent = status_msg()
+    received = over_the_wire(sent)
+    assert received.loss != 0.1 and sealed(KEY, received)
+    for change in (lambda m: setattr(m, "server", "server_2"), lambda m: setattr(m, "phase", "trained"),
+                   lambda m: setattr(m.header.stamp, "sec", 101), lambda m: setattr(m, "loss", 0.5),
+                   lambda m: setattr(m, "epoch_loss", [0.7, 0.6]), lambda m: setattr(m, "samples", 641)):
+        m = over_the_wire(sent)
+        change(m)
+        assert not sealed(KEY, m)
+
+
+def test_the_status_gate_takes_only_fresh_sealed_statuses_of_each_server():
+    from dff_ros.wire.seal import StatusGate
+    gate = StatusGate(window=5.0)
+    first = over_the_wire(status_msg(100.0))
+    assert gate.admit(KEY, first)
+    assert not gate.admit(KEY, over_the_wire(first))                    # the same status again: a replay
+    forged = over_the_wire(status_msg(101.0))
+    forged.seal = 0
+    assert not gate.admit(KEY, forged)                                  # unsealed: not the server's
+    assert not gate.admit(KEY + 2, over_the_wire(status_msg(102.0)))    # another run's key
+    assert gate.admit(KEY, over_the_wire(status_msg(120.0)))
+    assert gate.admit(KEY, over_the_wire(status_msg(116.0)))            # another thread's, a little late
+    assert not gate.admit(KEY, over_the_wire(status_msg(110.0)))        # recorded before the newest: old
+    assert gate.admit(KEY, over_the_wire(status_msg(50.0, server="server_2")))   # each server by its own clock
+    assert gate.dropped == {"unsealed": 2, "replayed": 2}
+    assert StatusGate().admit(0, forged)                                # an unkeyed run takes anything

@@ -71,8 +71,18 @@ class MasterNode(Node):
         self.run = (PFFRun if pff else DFFRun)(self, pipeline, model, run_id=run_id, log=self.get_logger(),
                                                show_progress=progress)
         self.progress_pub = self.create_publisher(RunProgress, progress_topic(model.name), params_qos(1))
-        self.create_subscription(LayerStatus, STATUS_TOPIC, lambda m: self.run.on_status(status_from_msg(m)),
-                                 STATUS_QOS)
+        self.create_subscription(LayerStatus, STATUS_TOPIC, self._on_status, STATUS_QOS)
+
+    def _on_status(self, m) -> None:
+        """A status of this run is a heartbeat only if one of its servers sent it: sealed with
+        the run key and not a replay (wire/seal.py); anyone can send one naming a lost server."""
+        run = self.run
+        if m.model == run.model.name and m.run_id == run.run_id and not run.status_gate.admit(run.run_key, m):
+            if sum(run.status_gate.dropped.values()) == 1:
+                self.get_logger().warning(f"dropped a status naming {m.server!r} that its server did not send "
+                                          "(unsealed or replayed); more are only counted (run summary)")
+            return
+        run.on_status(status_from_msg(m))
 
     def malformed(self, what: str, why: str) -> None:
         """Bytes on a data topic that are not its message: counted with the run's dropped

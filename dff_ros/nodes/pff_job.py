@@ -72,7 +72,7 @@ class PFFJob:
         if self.evaluate_only:
             saved = ", ".join(self.names[p] for p in sorted(self.restored))
             self.phase, self.message = "trained", (f"restored {saved}" if saved else "nothing saved here")
-            self.node.publish_status(self.status())
+            self.node.publish_status(self.status(), self.key)
             return
         self.tasks_publisher = n.create_publisher(LayerParameters, tasks_topic(self.model), TASKS_QOS)
         for p in self.receives:
@@ -106,7 +106,7 @@ class PFFJob:
         except Exception as e:  # a bug must not take the server down; the master hears of it
             self.phase, self.message = "error", f"{type(e).__name__}: {e}"
             log.error(f"PFF {self.model}: {self.message}")
-        self.node.publish_status(self.status())
+        self.node.publish_status(self.status(), self.key)
 
     def final_parameters(self, part: int) -> Parameters:
         """The final version of ``part`` if this node holds it (trained its last chapter here, or
@@ -136,7 +136,7 @@ class PFFJob:
             report = Parameters(p.part, p.version, {}, {**p.meta, "bytes": sent})
             self.tasks_publisher.publish(params_to_msg(report, run_id=self.run_id, model=self.model,
                                                        node_name=self.node.key, node=self.node, key=self.key))
-        self.node.publish_status(self.status())
+        self.node.publish_status(self.status(), self.key)
 
     def _receive(self, part: int, msg) -> None:
         if msg.node == self.node.key:

@@ -44,7 +44,7 @@ from dff_ros.stopping import CLEANUP_SECONDS, STOPPING, Interrupted, rclpy_init
 from dff_ros.wire.codec import (host_request_from_msg, infer_from_msg, infer_to_msg, params_to_msg, status_to_msg,
                                      train_from_msg, train_to_msg)
 from dff_ros.wire.cdr import blank
-from dff_ros.wire.seal import sealed
+from dff_ros.wire.seal import seal, sealed
 from dff_ros.wire.tensors import nbytes, to_msg
 from dff_ros.topics import CLAIMS_TOPIC, STATUS_TOPIC, checkpoints_topic
 
@@ -140,8 +140,11 @@ class ServerNode(Node):
                 if self.solo_threads > self.threads else "")
         self.get_logger().info(f"ready: weights in {self.weights_dir}, {self.threads} torch thread(s){solo}")
 
-    def publish_status(self, msg: LayerStatus) -> None:
+    def publish_status(self, msg: LayerStatus, key: int) -> None:
+        """``msg`` stamped and sealed with its run's key ``key`` (the master takes only its
+        servers' sealed statuses as heartbeats)."""
         msg.header.stamp = self.get_clock().now().to_msg()
+        msg.seal = seal(key, msg)
         try:
             self.status_pub.publish(msg)
         except Exception:
@@ -196,7 +199,7 @@ class ServerNode(Node):
         for job in running:
             if job.thread is not None and job.thread.is_alive():   # a share at work: its run is live
                 self.keys.heard(job.model)
-            self.publish_status(job.status())
+            self.publish_status(job.status(), job.key)
         for h in hosted:
             if h.phase == "training":
                 self.keys.heard(h.model)
@@ -519,7 +522,7 @@ class ServerNode(Node):
                 self._status(h, h.phase)
 
     def _status(self, h: HostedLayer, phase: str | None = None, message: str = "") -> None:
-        self.publish_status(status_to_msg(h.status(self.key, phase, message), LayerStatus()))
+        self.publish_status(status_to_msg(h.status(self.key, phase, message), LayerStatus()), h.key)
 
 
 MAX_LISTED_FILES = 1000   # saved weights listed by list_layers

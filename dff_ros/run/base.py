@@ -10,6 +10,7 @@ from dff_ros.control import new_run_key
 from dff_ros.pipeline.driver import ServerLost
 from dff_ros.run.cluster import Cluster, Hosting, ProgressReport, RunError, Status
 from dff_ros.stopping import CLEANUP_SECONDS, STOPPING
+from dff_ros.wire.seal import StatusGate
 
 
 class Heartbeats:
@@ -47,6 +48,7 @@ class Run:
         self.data = data
         self.show_progress = show_progress
         self.heartbeats = Heartbeats(pipeline.heartbeat_timeout_seconds)
+        self.status_gate = StatusGate()   # which of this run's statuses its servers sent
         self.server_status: dict[str, Status] = {}   # this run's latest status per server
         self.recoveries: list[dict] = []
         self.resumed: dict | None = None              # the run this master took over

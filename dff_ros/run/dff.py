@@ -111,6 +111,24 @@ class DFFRun(Run):
                       f"{[done[i] for i in moved]}; took {took:.1f} s")
         return resume_at
 
+    def evaluate(self, driver: PipelineDriver) -> dict:
+        """The test. A server lost meanwhile has its layers moved, each from its final
+        checkpoint (the weights it finished training with), and the test starts again."""
+        while True:
+            try:
+                return driver.evaluate()
+            except ServerLost as lost:
+                if not (self.pipeline.recover and self.pipeline.train):
+                    raise
+                final = len(driver.chapters)
+                moved = sorted(i for i, v in self.placed.items() if v["server"] == lost.server)
+                short = [i for i in moved if i not in self.checkpoints or self.checkpoints[i].version < final]
+                if short:
+                    raise RunError(f"{lost} while testing, and layer(s) {short} have no checkpoint of their "
+                                   f"trained weights to move; the run stops") from None
+                self.recover(lost)
+                self.log.warning(f"testing again from the first chunk (layer(s) {moved} moved)")
+
     # ------------------------------------------------------------------ data path
     def on_result(self, d: Delivery, training: bool) -> None:
         if d.model != self.model.name or d.run_id != self.run_id:
@@ -257,7 +275,7 @@ class DFFRun(Run):
         try:
             return self.train_and_test(state)
         except ServerLost as e:
-            why = "recover: false" if not self.pipeline.recover else "it was lost while testing"
+            why = "recover: false" if not self.pipeline.recover else "lost while testing a train: false run"
             raise RunError(f"{e}; the run stops ({why})") from None
         except PipelineStalled as e:
             raise RunError(str(e)) from None
@@ -291,7 +309,7 @@ class DFFRun(Run):
             if driver.head is not None:
                 self.save_head(driver)
         self.publish_progress(phase="testing")
-        result = driver.evaluate()
+        result = self.evaluate(driver)
         servers = sorted({v["server"] for v in placed.values()})
         if p.train:
             paths = self.save_all(servers)
@@ -311,9 +329,11 @@ class DFFRun(Run):
                 "save_errors": self.save_errors,
                 "run_state_write_failures": self.state_write_failures,
                 "layers": self.layer_rows(), "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
+                "returned": dict(self.returned),   # lost servers heard again -> what dropping their layers said
                 **(self.history(driver) if p.train else {}),
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                           "dropped": self.dropped, "rejected": driver.rejected},   # undecodable; not this run's
+                           "dropped": self.dropped, "rejected": driver.rejected,   # undecodable; not this run's
+                           "statuses_dropped": dict(self.status_gate.dropped)},     # not its servers'; replays
                 "train_samples": len(driver.train_y), "test_samples": len(driver.test_y),
                 "config": m.to_dict(), "pipeline": dict(vars(p))}
 

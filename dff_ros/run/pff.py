@@ -338,7 +338,7 @@ class PFFRun(Run):
             "timeline_nodes": nodes + [f"{server} (lost)" for server in lost],
             "recoveries": self.recoveries, "save_errors": self.save_errors,
             "run_state_write_failures": self.state_write_failures,
-            "dropped": self.dropped, "weights": paths,
+            "dropped": self.dropped, "statuses_dropped": dict(self.status_gate.dropped), "weights": paths,
             "history": {**curves({("head" if p == self.L else f"layer_{p}"): h
                                    for p, h in sorted(self.histories.items())}, t.epochs),
                         "chapter_epochs": [c.epochs[-1] for c in chapters(t.epochs, t.splits)],

@@ -16,6 +16,9 @@ activities. That copy can only be made after the real chunk was sent, and each (
 chapter, seq) is accepted once, so the real one is already taken. What stays open without
 DDS security: a node that reads the master's create_layers requests learns the key.
 
+A ``LayerStatus`` is sealed whole with its stamp, so only the run's servers can send the
+heartbeats the master counts; ``StatusGate`` turns replays of a server's earlier statuses away.
+
 Inference chunks pass unsealed (the classifier asks a run's hosted layers to infer without
 the key); a layer seals its inference output only when the input was sealed, so the master
 takes only results of the chunks it sent.
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from array import array
+from collections import deque
 
 # the tensors whose bytes the seal covers: small (B or B x classes values), and what a forger
 # would change to mislead (labels, negatives, scores)
@@ -32,7 +37,7 @@ INTEGERS = ("layer", "chapter", "epoch", "seq", "count", "attempt", "part", "ver
 
 
 def seal(key: int, msg) -> int:
-    """The seal of ``msg`` (a TrainingBatch, InferenceBatch or LayerParameters, rosidl or
+    """The seal of ``msg`` (a TrainingBatch, InferenceBatch, LayerParameters or LayerStatus, rosidl or
     ``cdr.Blank``) under ``key``; 0 for an unkeyed run (key 0)."""
     if not key:
         return 0
@@ -41,7 +46,9 @@ def seal(key: int, msg) -> int:
     for text in (kind, msg.run_id, msg.model):
         _text(h, text)
     h.update(struct.pack(f"<{len(INTEGERS)}q", *(int(getattr(msg, f, 0)) for f in INTEGERS)))
-    if kind == "LayerParameters":   # once per chapter: every byte is covered
+    if kind == "LayerStatus":
+        _status(h, msg)
+    elif kind == "LayerParameters":   # once per chapter: every byte is covered
         _text(h, msg.node)
         for name, t in zip(msg.names, msg.tensors):
             _text(h, name)
@@ -57,7 +64,7 @@ def seal(key: int, msg) -> int:
 
 
 def _kind(msg) -> str:
-    for kind, field in (("TrainingBatch", "attempt"), ("LayerParameters", "version")):
+    for kind, field in (("TrainingBatch", "attempt"), ("LayerParameters", "version"), ("LayerStatus", "busy_seconds")):
         if hasattr(msg, field):
             return kind
     return "InferenceBatch"
@@ -75,6 +82,54 @@ def _tensor(h, t, *, values: bool) -> None:
     if values:
         h.update(struct.pack("<Q", len(t.data)))
         h.update(t.data)
+
+
+STATUS_INTEGERS = ("chapters_done", "samples", "bytes_in", "bytes_out", "dropped")
+
+
+def _status(h, msg) -> None:
+    for text in (msg.server, msg.phase, msg.message):
+        _text(h, text)
+    stamp = msg.header.stamp
+    h.update(struct.pack(f"<2q{len(STATUS_INTEGERS)}Q2d", stamp.sec, stamp.nanosec,
+                         *(int(getattr(msg, f)) for f in STATUS_INTEGERS), msg.busy_seconds, msg.idle_seconds))
+    # float32 fields as the receiver reads them: the sender's Python float is rounded on the wire
+    for field, code in (("loss", "f"), ("epoch_loss", "f"), ("epoch_accuracy", "f"), ("chapter_start", "d"),
+                        ("chapter_end", "d"), ("chapter_bytes_out", "Q")):
+        values = getattr(msg, field)
+        data = array(code, [values] if field == "loss" else values).tobytes()
+        h.update(struct.pack("<Q", len(data)) + data)
+
+
+class StatusGate:
+    """Which statuses of a run are its servers' heartbeats: sealed with the run key, and not a
+    replay: each seal is taken once, and a status stamped more than ``window`` seconds before the
+    newest taken from its server is old (stamps are compared only with the same server's)."""
+
+    def __init__(self, window: float = 5.0, remember: int = 512):
+        self.window, self.remember = window, remember
+        self.newest: dict[str, float] = {}
+        self.seen: dict[str, tuple[deque, set]] = {}
+        self.dropped = {"unsealed": 0, "replayed": 0}
+
+    def admit(self, key: int, msg) -> bool:
+        if not sealed(key, msg):
+            self.dropped["unsealed"] += 1
+            return False
+        if not key:   # an unkeyed run: nothing to tell replays by
+            return True
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        order, seals = self.seen.setdefault(msg.server, (deque(), set()))
+        newest = self.newest.get(msg.server, stamp)
+        if msg.seal in seals or stamp < newest - self.window:
+            self.dropped["replayed"] += 1
+            return False
+        self.newest[msg.server] = max(newest, stamp)
+        order.append(msg.seal)
+        seals.add(msg.seal)
+        if len(order) > self.remember:
+            seals.discard(order.popleft())
+        return True
 
 
 def sealed(key: int, msg) -> bool:
