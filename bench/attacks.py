@@ -163,15 +163,22 @@ def statuses_for_killed(a: Attacker, msg: LayerStatus, seconds: float) -> dict:
     return {"sent": sent}
 
 
+def killed(a: Attacker) -> dict:
+    """server_2 SIGKILLed as in the status rows, nothing sent: what those rows are compared with."""
+    a.servers[1].p.send_signal(signal.SIGKILL)
+    return {"sent": 0}
+
+
 def foreign_heartbeats(a: Attacker) -> dict:
     """Statuses of another model naming the killed server_2 (they once hid the loss)."""
     return statuses_for_killed(a, LayerStatus(server="server_2", model="other_model", run_id="other",
                                               phase="training"), 20.0)
 
 
-def forged_checkpoint(a: Attacker) -> dict:
+def forged_checkpoint(a: Attacker, forge: bool = True) -> dict:
     """A real checkpoint of layer 1 read off its topic, its weights replaced by random ones and its
-    version raised, published back; then server_2 SIGKILLed (recovery resumes from the newest)."""
+    version raised, published back; then server_2 SIGKILLed (recovery resumes from the newest).
+    ``forge`` False: the same kill, nothing published (the row to compare with)."""
     got: list = []
     topic = checkpoints_topic(a.ctx["model"])
     qos = params_qos(2 * a.ctx["depth"] * a.ctx["layers"])
@@ -182,6 +189,10 @@ def forged_checkpoint(a: Attacker) -> dict:
         a.client.spin(0.05)
     if not got:
         return {"sent": 0, "note": "no checkpoint of layer 1 seen in 120 s"}
+    if not forge:
+        a.client.spin(0.2)
+        a.servers[1].p.send_signal(signal.SIGKILL)
+        return {"sent": 0}
     forged = got[0]
     forged.version, forged.chapter = forged.version + 10, forged.chapter + 10
     for name, t in zip(forged.names, forged.tensors):
@@ -376,8 +387,15 @@ ATTACKS = {
     "huge_attempt": (huge_attempt, "1 malformed chunk with attempt 2^32-1 to layer 0's input"),
     "control_calls": (control_calls, "delete_model, save_weights and create_layers (another run id) for the live "
                                      "model, from another node, without the run key"),
+    "killed": (killed, "nothing, but server_2 SIGKILLed once layer 0 trains: the run to compare the next two "
+                       "rows with"),
     "foreign_heartbeats": (foreign_heartbeats, "server_2 SIGKILLed, then 10 statuses a second of another model "
                                                "naming server_2, for 20 s or until the run ends"),
+    "own_run_heartbeats": (own_run_heartbeats, "server_2 SIGKILLed, then 10 statuses a second of the run's own "
+                                               "model and run id naming server_2, for 70 s or until the run ends"),
+    "killed_after_checkpoint": (lambda a: forged_checkpoint(a, forge=False),
+                                "nothing, but server_2 SIGKILLed right after layer 1's first checkpoint: the run "
+                                "to compare the next row with"),
     "forged_checkpoint": (forged_checkpoint, "1 checkpoint of layer 1 copied off its topic with random weights and "
                                              "its version +10, then server_2 SIGKILLed (the run resumes layer 1 "
                                              "from the newest checkpoint)"),
@@ -389,8 +407,6 @@ ATTACKS = {
     "forged_claims": (forged_claims, "ServerClaims for server_1 and server_2 (held, token 0), 10 a second for 15 s"),
     "pff_requests": (pff_requests, "PFF create_layers with num_nodes, param_history or start_chapter 2^32-1, or "
                                    "layer_nodes [5, -7], to server_1 during the run"),
-    "own_run_heartbeats": (own_run_heartbeats, "server_2 SIGKILLed, then 10 statuses a second of the run's own "
-                                               "model and run id naming server_2, for 70 s or until the run ends"),
     "hosts_undisturbed": (None, "nothing, on 3 emulated hosts (DDS over UDP; 12,000 images, 8 epochs): the run to "
                                 "compare the next row with"),
     "network_cut": (None, f"server_2's host cut off the network for {CUT_SECONDS:.0f} s a few seconds into "
@@ -445,6 +461,10 @@ def network_cut(name: str) -> dict:
 
 
 HOSTS = ("hosts_undisturbed", "network_cut")   # rows on emulated hosts
+# rows compared with a run of the same fault and no attack (the rest: with "undisturbed")
+COMPARED = {"foreign_heartbeats": "killed", "own_run_heartbeats": "killed",
+            "forged_checkpoint": "killed_after_checkpoint", "network_cut": "hosts_undisturbed",
+            "hosts_undisturbed": None}   # a recipe of its own
 BULKY = ("timeline", "history", "pipeline", "weights")   # not read by the table: kept out of the JSON
 
 
@@ -517,13 +537,14 @@ def peak_rss_mb(pid: int) -> float | None:
 
 def outcome(name: str, r: dict, results: dict) -> str:
     """Row ``name``'s outcome ``r``, compared with the undisturbed run of its kind in ``results``."""
-    compared = "hosts_undisturbed" if name in HOSTS else "undisturbed"
-    base = results.get(compared, {}).get("summary") if name != compared else None
+    compared = COMPARED.get(name, "undisturbed")
+    base = results.get(compared, {}).get("summary") if compared and name != compared else None
     if name in CONFIGS:
         tb = f"; {r['tracebacks']} traceback(s)" if r["tracebacks"] else ""
         return f"master exit {r['master_exit']} after {r['seconds']:.1f} s: {r['said']}{tb}"
     up = "both servers up" if all(r["servers_up"]) else f"servers up: {r['servers_up']}"
-    if name in ("foreign_heartbeats", "forged_checkpoint", "own_run_heartbeats", "killed_testing", "network_cut"):
+    if name in ("killed", "foreign_heartbeats", "killed_after_checkpoint", "forged_checkpoint", "own_run_heartbeats",
+                "killed_testing", "network_cut"):
         up = "server_1 up" if r["servers_up"][0] else "server_1 DOWN"
     tb = f"; {r['tracebacks']} traceback(s)" if r["tracebacks"] else ""
     rss = ("; server peak RSS " + " / ".join("-" if m is None else f"{m:.0f}" for m in r["peak_rss_mb"]) + " MB"
@@ -557,7 +578,8 @@ def outcome(name: str, r: dict, results: dict) -> str:
     if "server_2_sent_after_heal" in r:
         parts.append(f"server_2 sent {r['server_2_sent_after_heal'] / 1e6:.1f} MB after the heal")
     if base is not None:
-        parts.append(_accuracy(s, base))
+        parts.append(_accuracy(s, base).replace(" undisturbed (", " undisturbed (" if compared == "undisturbed"
+                                                else f" in row `{compared}` ("))
     parts.append(f"samples lost {_lost_samples(s)}")
     if "slowest_answer_s" in r:
         parts.append(f"slowest answer {r['slowest_answer_s']:.2f} s")

@@ -54,7 +54,10 @@ PIPELINE = REPO / "config" / "mnist_pipeline.yaml"
 
 
 def bench_env(offset: int) -> dict:
-    return {**os.environ, "ROS_DOMAIN_ID": str(int(os.environ.get("DFF_BENCH_DOMAIN", "92")) + offset),
+    domain = int(os.environ.get("DFF_BENCH_DOMAIN", "92")) + offset
+    if not 0 <= domain <= 232:   # Fast DDS cannot compute ports past 232: the nodes would never meet
+        raise SystemExit(f"DFF_BENCH_DOMAIN + {offset} = {domain}: ROS domain ids go up to 232")
+    return {**os.environ, "ROS_DOMAIN_ID": str(domain),
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1"}
 
 
