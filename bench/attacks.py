@@ -254,6 +254,20 @@ def big_flood(a: Attacker) -> dict:
     return {"sent": sent}
 
 
+def inference_flood(a: Attacker) -> dict:
+    """15 s of unsealed 1000-image inference chunks with the run's id at layer 0's input, as
+    fast as they go (inference may come unsealed: the classifier's does)."""
+    msg = InferenceBatch(model=a.ctx["model"], run_id=RUN_ID, layer=-1, count=1)
+    to_msg(torch.randint(0, 10, (1000,)), msg.labels)
+    to_msg(torch.randint(0, 256, (1000, 784), dtype=torch.uint8), msg.images)
+    end, sent = time.monotonic() + 15.0, 0
+    while time.monotonic() < end:
+        msg.seq = sent
+        a.publish(a.topics(0)["infer_input"], msg, InferenceBatch)
+        sent += 1
+    return {"sent": sent}
+
+
 def forged_claims(a: Attacker) -> dict:
     """ServerClaims for server_1 and server_2 (held, token 0), 10 a second for 15 s (they once
     renamed idle servers and crashed 3 of 4)."""
@@ -404,6 +418,8 @@ ATTACKS = {
     "chunk_flood": (chunk_flood, "10,000 chunks of 4 rows for layer 1, right run id, chapter 0, distinct seqs, "
                                  "a chapter that never completes (count 10^6)"),
     "big_flood": (big_flood, "15 s of 12 MB messages of another run at layer 0's input, as fast as they go"),
+    "inference_flood": (inference_flood, "15 s of unsealed 1000-image inference chunks with the run's id at layer "
+                                         "0's input, as fast as they go"),
     "forged_claims": (forged_claims, "ServerClaims for server_1 and server_2 (held, token 0), 10 a second for 15 s"),
     "pff_requests": (pff_requests, "PFF create_layers with num_nodes, param_history or start_chapter 2^32-1, or "
                                    "layer_nodes [5, -7], to server_1 during the run"),

@@ -13,6 +13,11 @@ from dff_ros.pipeline.host import LayerHost
 from dff_ros.pipeline.scoring import checkpoint_depth
 from dff_ros.run.cluster import HostRequest, Status
 
+# Unsealed inference chunks (the classifier's, or anyone's) waiting in a layer's inbox at most:
+# the run's own chunks are paced by its master, these by nobody, and a flood of them would
+# queue without bound and keep the worker from the run's chunks.
+UNSEALED_WAITING = 8
+
 
 class HostedLayer:
     """Layer ``spec`` of ``request``'s model, hosted for its run; ``topics``: where its chunks
@@ -38,6 +43,7 @@ class HostedLayer:
         self.drops: dict[str, int] = {}            # kind -> chunks dropped
         self.lock = threading.Lock()               # compute vs. save
         self.inbox: queue.Queue = queue.Queue()    # chunks for the worker thread
+        self.unsealed = threading.BoundedSemaphore(UNSEALED_WAITING)   # places for unsealed ones in it
         self.worker: threading.Thread | None = None
 
     def above_finished(self) -> bool:
@@ -62,6 +68,14 @@ class HostedLayer:
         if source != self.spec.source:
             return "misrouted", f"from layer {source}, this layer reads layer {self.spec.source}"
         return None
+
+    def take_unsealed_place(self) -> bool:
+        """A place in the inbox for an unsealed inference chunk (False: all taken, drop it);
+        give it back with ``free_unsealed_place`` once the chunk is done."""
+        return self.unsealed.acquire(blocking=False)
+
+    def free_unsealed_place(self) -> None:
+        self.unsealed.release()
 
     def drop(self, kind: str) -> bool:
         """Count a dropped chunk; True for the first of its kind (the one worth a log line)."""

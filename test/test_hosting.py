@@ -4,7 +4,7 @@ import torch
 
 from dff_ros import weights
 from dff_ros.config import parse_model_config
-from dff_ros.hosting import HostedLayer
+from dff_ros.hosting import UNSEALED_WAITING, HostedLayer
 from dff_ros.pipeline.chunks import TrainChunk
 from dff_ros.run.cluster import HostRequest
 
@@ -34,6 +34,16 @@ def test_it_names_chunks_that_are_not_for_it(tmp_path):
     assert h.foreign("r1", "hosting test", 0)[0] == "misrouted"
     assert [h.drop("foreign"), h.drop("foreign"), h.drop("malformed")] == [True, False, True]
     assert h.dropped == 3 and "foreign 2" in h.status("server_1").message
+
+
+def test_unsealed_chunks_get_a_bounded_number_of_places(tmp_path):
+    """Nobody paces unsealed inference chunks: past UNSEALED_WAITING waiting, more are dropped
+    until one is done (the server counts them as busy)."""
+    h = first_layer(tmp_path)
+    assert all(h.take_unsealed_place() for _ in range(UNSEALED_WAITING))
+    assert not h.take_unsealed_place()
+    h.free_unsealed_place()
+    assert h.take_unsealed_place() and not h.take_unsealed_place()
 
 
 def test_only_a_finished_layer_is_restored_and_it_says_from_where(mnist, tmp_path):

@@ -36,7 +36,7 @@ from dff_ros.nodes.naming import claim_server_name
 from dff_ros.nodes.pff_job import PFFJob
 from dff_ros.pff.plan import shard_indices
 from dff_ros.pipeline.chunks import ChunkError
-from dff_ros.hosting import HostedLayer
+from dff_ros.hosting import UNSEALED_WAITING, HostedLayer
 from dff_ros.pipeline.host import LayerStopped
 from dff_ros.run.cluster import HostRequest
 from dff_ros.srv import CreateLayers, DeleteModel, FetchParameters, ListLayers, SaveWeights
@@ -457,12 +457,14 @@ class ServerNode(Node):
         from_run = sealed(h.key, msg)
         if training and not from_run:
             return self._drop(h, "unsealed", "its seal does not verify with the run's key")
+        if not from_run and not h.take_unsealed_place():
+            return self._drop(h, "busy", f"{UNSEALED_WAITING} unsealed inference chunks are waiting already")
         try:
             chunk = train_from_msg(msg) if training else infer_from_msg(msg)
-        except ChunkError as e:
-            return self._drop(h, "malformed", str(e))
-        except Exception as e:   # one no check foresaw: raised here, it would end the process
-            return self._drop(h, "malformed", f"{type(e).__name__}: {e}")
+        except Exception as e:   # ChunkError, or one no check foresaw: raised here, it would end the process
+            if not from_run:
+                h.free_unsealed_place()
+            return self._drop(h, "malformed", str(e) if isinstance(e, ChunkError) else f"{type(e).__name__}: {e}")
         if training:
             try:
                 h.host.note_attempt(chunk)
@@ -516,6 +518,9 @@ class ServerNode(Node):
                 self.get_logger().error(f"layer {h.spec.index} of {h.model!r}: {type(e).__name__}: {e}")
                 self._status(h, "error", f"{type(e).__name__}: {e}")
                 continue
+            finally:
+                if not from_run:   # its place in the inbox is free again
+                    h.free_unsealed_place()
             now = time.monotonic()
             if now - last_status >= 1.0:
                 last_status = now
