@@ -558,10 +558,8 @@ def outcome(name: str, r: dict, results: dict) -> str:
     if name in CONFIGS:
         tb = f"; {r['tracebacks']} traceback(s)" if r["tracebacks"] else ""
         return f"master exit {r['master_exit']} after {r['seconds']:.1f} s: {r['said']}{tb}"
-    up = "both servers up" if all(r["servers_up"]) else f"servers up: {r['servers_up']}"
-    if name in ("killed", "foreign_heartbeats", "killed_after_checkpoint", "forged_checkpoint", "own_run_heartbeats",
-                "killed_testing", "network_cut"):
-        up = "server_1 up" if r["servers_up"][0] else "server_1 DOWN"
+    alive = [f"server_{i}" for i, u in enumerate(r["servers_up"], 1) if u]
+    up = "both servers up" if all(r["servers_up"]) else f"{', '.join(alive) or 'no server'} up"
     tb = f"; {r['tracebacks']} traceback(s)" if r["tracebacks"] else ""
     rss = ("; server peak RSS " + " / ".join("-" if m is None else f"{m:.0f}" for m in r["peak_rss_mb"]) + " MB"
            if r.get("peak_rss_mb") else "")
