@@ -44,6 +44,7 @@ class FakeServer:
         self.name, self.weights_dir = name, weights_dir
         self.alive = True
         self.frozen = False    # SIGSTOPped or cut off: silent, answers nothing
+        self.muted = False     # its heartbeats are late (a starved process): silent, answers
         self.cut = False       # once frozen, chunks go to the layers' new hosts (the fake routes to one)
         self.layers: dict[int, tuple[str, str, LayerHost]] = {}   # index -> (model, run_id, host)
         self.hashes: dict[int, str] = {}
@@ -109,7 +110,7 @@ class FakeCluster:
     # ------------------------------------------------------------------ heartbeats
     def statuses(self):
         for s in list(self.servers_.values()):
-            if not s.alive or s.frozen:
+            if not s.alive or s.frozen or s.muted:
                 continue
             for index, (model, run_id, host) in list(s.layers.items()):
                 loss, acc = host.history.as_lists(host.train_cfg.epochs)
@@ -192,6 +193,10 @@ class FakeCluster:
         if s.job is not None:
             out += [Hosting(s.job["model"], s.job["run_id"], p) for p in s.job["trains"]]
         return out
+
+    def answers(self, server: str, timeout: float) -> bool:
+        s = self.servers_.get(server)
+        return s is not None and s.alive and not s.frozen
 
     def save(self, server: str, model: str, *, key: int = 0) -> list[str]:
         s = self._server(server)

@@ -126,7 +126,8 @@ HELP = {
     "wait_servers_seconds": "how long the master waits for `servers` servers",
     "service_timeout_seconds": "per service call",
     "stall_seconds": "no result this long: the run stops with a message",
-    "heartbeat_timeout_seconds": "a server hosting layers that is silent this long is lost",
+    "heartbeat_timeout_seconds": ("a server hosting layers that is silent this long, and does not answer "
+                                  "`list_layers` within 2 s, is lost"),
     "recover": "a lost server's work moves on: DFF (both schedules), its layers to live servers; PFF, its share "
                "to a spare server (false: stop)",
 }

@@ -176,6 +176,13 @@ class MasterNode(Node):
         listing = self.call(ListLayers, f"/{server}/list_layers", ListLayers.Request(), resend_every=5.0)
         return [Hosting(i.model, i.run_id, i.index, i.weights_restored) for i in listing.layers]
 
+    def answers(self, server: str, timeout: float) -> bool:
+        try:
+            self.call_all(ListLayers, [(f"/{server}/list_layers", ListLayers.Request())], timeout=timeout)
+            return True
+        except RunError:
+            return False
+
     def save(self, server: str, model: str, *, key: int = 0) -> list[str]:
         res = self.call(SaveWeights, f"/{server}/save_weights", SaveWeights.Request(model=model, run_key=key))
         if not res.success:

@@ -13,26 +13,39 @@ from dff_ros.stopping import CLEANUP_SECONDS, STOPPING
 from dff_ros.wire.seal import StatusGate
 
 
+PROBE_SECONDS = 2.0   # how long a silent server has to answer list_layers before it is lost
+
+
 class Heartbeats:
     """When each server was last heard of (any status it sends is a heartbeat), and which are
-    lost: silent for longer than ``timeout``. A lost server is asked nothing any more."""
+    lost: silent for longer than ``timeout`` and not answering ``probe(server)`` (True: it
+    answered). The probe tells a server whose heartbeats are late (its process starved of CPU
+    for a few seconds, its statuses delayed) from one that is gone (killed, frozen, cut off),
+    which answers nothing. A lost server is asked nothing any more."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, probe=None):
         self.timeout = timeout
+        self.probe = probe
         self.last_seen: dict[str, float] = {}
         self.lost: set[str] = set()
+        self.late: dict[str, int] = {}   # server -> times it was silent too long but answered
 
     def beat(self, server: str) -> None:
         self.last_seen[server] = time.monotonic()
 
     def first_lost(self, servers) -> ServerLost | None:
         """The first of ``servers`` whose heartbeat stopped; from now on it is lost."""
-        now = time.monotonic()
         for s in sorted(set(servers)):
             seen = self.last_seen.get(s)
-            if seen is not None and now - seen > self.timeout:
-                self.lost.add(s)
-                return ServerLost(s, now - seen)
+            if seen is None or time.monotonic() - seen <= self.timeout:
+                continue
+            if self.probe is not None and self.probe(s):
+                if self.last_seen.get(s, seen) == seen:   # no status came while it was asked
+                    self.beat(s)
+                self.late[s] = self.late.get(s, 0) + 1
+                continue
+            self.lost.add(s)
+            return ServerLost(s, time.monotonic() - seen)
         return None
 
 
@@ -47,7 +60,7 @@ class Run:
         self.run_key = new_run_key()   # what lets only this master change the run on the servers
         self.data = data
         self.show_progress = show_progress
-        self.heartbeats = Heartbeats(pipeline.heartbeat_timeout_seconds)
+        self.heartbeats = Heartbeats(pipeline.heartbeat_timeout_seconds, probe=self._answers)
         self.status_gate = StatusGate()   # which of this run's statuses its servers sent
         self.server_status: dict[str, Status] = {}   # this run's latest status per server
         self.recoveries: list[dict] = []
@@ -76,6 +89,14 @@ class Run:
         self.note_status(st)
         if st.phase == "error":
             self.log.error(f"{st.server} layer {st.layer}: {st.message}")
+
+    def _answers(self, server: str) -> bool:
+        """A server silent for longer than the heartbeat timeout still answers (list_layers)."""
+        answered = self.cluster.answers(server, PROBE_SECONDS)
+        if answered and server not in self.heartbeats.late:
+            self.log.warning(f"{server} sent no heartbeat for {self.pipeline.heartbeat_timeout_seconds:g} s but "
+                             "answered list_layers: kept (its heartbeats are late, not stopped)")
+        return answered
 
     def note_status(self, st: Status) -> None:
         """A status of this run (a subclass keeps what it needs of it)."""

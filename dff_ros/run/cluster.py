@@ -137,6 +137,9 @@ class Cluster(Protocol):
     def hosting(self, server: str) -> list[Hosting]:
         """What ``server`` hosts now (list_layers), asked again until it answers."""
 
+    def answers(self, server: str, timeout: float) -> bool:
+        """``server`` answers list_layers within ``timeout`` s (a probe of a silent server)."""
+
     def save(self, server: str, model: str, *, key: int = 0) -> list[str]:
         """Have ``server`` save ``model``'s layers; the files it wrote."""
 

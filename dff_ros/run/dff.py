@@ -330,6 +330,7 @@ class DFFRun(Run):
                 "run_state_write_failures": self.state_write_failures,
                 "layers": self.layer_rows(), "weights": paths, "recoveries": self.recoveries, "resumed": self.resumed,
                 "returned": dict(self.returned),   # lost servers heard again -> what dropping their layers said
+                "heartbeats_late": dict(self.heartbeats.late),   # silent too long, answered a probe: kept
                 **(self.history(driver) if p.train else {}),
                 "master": {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
                            "dropped": self.dropped, "rejected": driver.rejected,   # undecodable; not this run's

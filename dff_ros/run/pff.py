@@ -336,7 +336,7 @@ class PFFRun(Run):
             "bytes_per_topic": dict(self.bytes), "utilisation": round(busy / (len(nodes) * train_seconds), 3),
             "per_node": per_node, "timeline": timeline,
             "timeline_nodes": nodes + [f"{server} (lost)" for server in lost],
-            "recoveries": self.recoveries, "save_errors": self.save_errors,
+            "recoveries": self.recoveries, "heartbeats_late": dict(self.heartbeats.late), "save_errors": self.save_errors,
             "run_state_write_failures": self.state_write_failures,
             "dropped": self.dropped, "statuses_dropped": dict(self.status_gate.dropped), "weights": paths,
             "history": {**curves({("head" if p == self.L else f"layer_{p}"): h
