@@ -23,7 +23,7 @@ from common import (REPO, RESULTS, SYSTEM_RECIPE, launched, machine, machine_cel
                     write_results)
 
 from dff_ros.config.schema import load_model_config  # noqa: E402
-from dff_ros.netns import NetnsUnavailable, VirtualHosts  # noqa: E402
+from dff_ros.netns import NetnsUnavailable, VirtualHosts, paced_bytes_per_second  # noqa: E402
 from dff_ros.config.files import parse_set  # noqa: E402
 
 RUNS = ("dff", "single_layer", "all_layers")
@@ -84,6 +84,7 @@ def main() -> int:
         res = launched(run, args.model, 2, overrides, extra=("--emulate-hosts", "--rate", args.rate))
         res["wire_bytes"] = sum(h["sent"] for h in res["host_traffic"].values())
         res["time_to_accuracy"] = res["train_seconds"] + res.get("fetch_seconds", 0.0)
+        res["paced_bytes_per_second"] = round(paced_bytes_per_second(args.rate))   # the launcher's flow controller
         rows.append({"key": f"{cfg.name}/{run}/{args.rate}", "run": run, "rate": args.rate, "model": cfg.name,
                      "train_subset": cfg.train.train_subset, "epochs": cfg.train.epochs, "overrides": overrides,
                      **res, "machine": machine()})

@@ -132,7 +132,12 @@ def launched(run: str, model_path: str, servers: int, overrides: dict, *, extra:
         if transport == "activations":
             moved = summary["master"]["bytes_sent"] + sum(l["bytes_out"] or 0 for l in summary["layers"])
             busy = sum(l["busy_seconds"] or 0 for l in summary["layers"])
-            out.update(bytes_per_epoch=round(moved / epochs), utilisation=round(busy / (servers * summary["train_seconds"]), 3))
+            # training only: bytes_out and bytes_sent also hold the test set's passes
+            per_chapter = summary["history"]["bytes_per_chapter"]
+            trained = sum(sum(v) for v in per_chapter.values())
+            out.update(bytes_per_epoch=round(trained / epochs), bytes_moved=moved, bytes_per_chapter=per_chapter,
+                       layer_busy_seconds=[l["busy_seconds"] for l in summary["layers"]],
+                       utilisation=round(busy / (servers * summary["train_seconds"]), 3))
         else:
             out.update(bytes_per_epoch=summary["bytes_per_epoch"], utilisation=summary["utilisation"],
                        setup_seconds=summary["setup_seconds"], fetch_seconds=summary["fetch_seconds"],

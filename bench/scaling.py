@@ -64,6 +64,11 @@ def scaled(w: Workload, factor_time: float, splits: int) -> Workload:
                     tuple(a * factor_time for a in w.activity_bytes), w.image_bytes * factor_time)
 
 
+def paced(run: dict) -> Link:
+    """The capped link as the run's data writers saw it: their flow controller's rate."""
+    return Link(run["rate"], 8 * run["paced_bytes_per_second"], 1e-3)
+
+
 def validate(pff: dict, capped: dict, w_sl: Workload, w_al: Workload) -> list[dict]:
     """Every measured run that the simulator can replay, and its prediction."""
     one_host = Link("one host", 8 * 2.0e9)   # shared memory between processes (transport bench)
@@ -81,13 +86,15 @@ def validate(pff: dict, capped: dict, w_sl: Workload, w_al: Workload) -> list[di
     # Their nodes' own busy seconds give the task times; what is compared is the nodes' span
     # (busy + idle of the node that finished last), as train_seconds there also holds ~3 s of
     # the master hearing over the capped link that the nodes are done.
-    cap = Link("20 Mbit/s", 0.8 * 20e6, 1e-3)   # the bench's Fast DDS flow controller sends at 80 % of the cap
     for variant in ("single_layer", "all_layers"):
         run = capped.get(f"{variant}/20mbit")
-        if run is None:
+        if run is None or "paced_bytes_per_second" not in run:   # not measured since pacing was recorded
             continue
         splits = run["overrides"]["splits"]
-        busy = [n["busy_seconds"] / splits for n in run["per_node"]]
+        plan = PFFPlan(variant, 2, L, True, (0, 1) if variant == "single_layer" else ())
+        # a node's busy seconds over the chapters it trained (All-Layers: 1 of the 2 each)
+        busy = [n["busy_seconds"] / sum(bool(plan.parts_for(n["node"], j)) for j in range(splits))
+                for n in run["per_node"]]
         if variant == "single_layer":
             tasks = (busy[0], busy[1] * 0.98, busy[1] * 0.02)
         else:   # each node trained every part in its chapters: mnist_default's split of the work
@@ -95,25 +102,26 @@ def validate(pff: dict, capped: dict, w_sl: Workload, w_al: Workload) -> list[di
             tasks = tuple(sum(busy) / 2 * s for s in share)
         versions = tuple(run["bytes_per_topic"][f"/dff/mnist_default/params/{t}"] / splits
                          for t in ("layer_0", "layer_1", "head"))
-        plan = PFFPlan(variant, 2, L, True, (0, 1) if variant == "single_layer" else ())
-        r = simulate_pff(plan, Workload(tasks, versions, splits), cap)
+        r = simulate_pff(plan, Workload(tasks, versions, splits), paced(run))
         span = max(n["busy_seconds"] + n["idle_seconds"] for n in run["per_node"])
         rows.append({"run": f"{variant}, 2 hosts at 20 Mbit/s, nodes' span (capped_link)", "measured": round(span, 2),
                      "predicted": r.wall_seconds, "why": f"train_seconds {run['train_seconds']} s"})
     run = capped.get("dff/20mbit")
-    if run is not None:
-        # bytes per chapter as measured (bytes_per_epoch, one epoch a chapter), split over the three
-        # hops as the messages' layout splits them (images; pos, neg, neutral; neutral)
-        rows_n, width = run["overrides"]["train_subset"], 1000
-        layout = [rows_n * 800, rows_n * width * 12, rows_n * width * 4]   # the last layer sends its neutral pass
-        scale = run["bytes_per_epoch"] / sum(layout)
-        small = scaled(w_sl, rows_n / 60000, run["overrides"]["splits"])
-        w = Workload(small.task_seconds, small.version_bytes, small.splits,
-                     (layout[1] * scale, layout[2] * scale), layout[0] * scale)
-        r = simulate_dff(w, cap)
+    if run is not None and "bytes_per_chapter" in run and "paced_bytes_per_second" in run:
+        # each hop's training bytes per chapter as the layers reported them (the test set's passes
+        # come after train_seconds)
+        links = run["bytes_per_chapter"]
+        splits = run["overrides"]["splits"]
+        per = {k: sum(v) / splits for k, v in links.items()}
+        if run.get("layer_busy_seconds"):   # the layers' own busy seconds: training, forward passes, (de)coding
+            tasks, why = tuple(b / splits for b in run["layer_busy_seconds"]), "task times: the layers' busy seconds"
+        else:
+            tasks, why = scaled(w_sl, run["overrides"]["train_subset"] / 60000, splits).task_seconds, \
+                "task times scaled from pff_mnist"
+        w = Workload(tasks, (), splits, (per["layer_0 -> layer_1"], per["layer_1 -> master"]), per["master -> layer_0"])
+        r = simulate_dff(w, paced(run))
         rows.append({"run": "dff, 2 hosts at 20 Mbit/s (capped_link)", "measured": run["train_seconds"],
-                     "predicted": r.wall_seconds,
-                     "why": f"{scale:.2f}x the bytes the layout accounts for; task times scaled from pff_mnist"})
+                     "predicted": r.wall_seconds, "why": why})
     for r in rows:
         r["predicted"] = round(r["predicted"], 1)
         r["error"] = round(r["predicted"] / r["measured"] - 1, 3)

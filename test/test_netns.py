@@ -5,7 +5,7 @@ import pytest
 
 from rosutil import REPO
 
-from dff_ros.netns import VirtualHosts, rate_bits, tbf_args, with_flow_controller
+from dff_ros.netns import DATAGRAM_BYTES, VirtualHosts, pacing, rate_bits, tbf_args, with_flow_controller
 
 NS = {"d": "http://www.eprosima.com"}
 
@@ -31,13 +31,26 @@ def test_host_names_and_addresses_are_checked():
         VirtualHosts(0)
 
 
+@pytest.mark.parametrize("rate", [1e3, 2e5, 2e6, 1e7, 1e8, 1.25e9])
+def test_a_flow_controller_budget_is_whole_datagrams_at_or_below_the_rate(rate):
+    budget, period_ms = pacing(rate)
+    assert budget % DATAGRAM_BYTES == 0 and budget >= 4 * DATAGRAM_BYTES and period_ms >= 10
+    paced = budget * 1000 / period_ms
+    assert 0.9 * rate <= paced <= rate or (period_ms > 1000 and paced <= rate), (budget, period_ms, paced)
+
+
+def test_a_flow_controller_needs_a_positive_rate():
+    with pytest.raises(ValueError, match="bytes_per_second"):
+        pacing(0)
+
+
 def test_flow_controller_paces_every_writer_of_the_udp_profile():
     base = (REPO / "config" / "fastdds_udp_profile.xml").read_text()
-    root = ET.fromstring(with_flow_controller(base, 2_000_000, period_ms=50))
+    root = ET.fromstring(with_flow_controller(base, 2_000_000))
     rtps = root.find("d:profiles/d:participant/d:rtps", NS)
     desc = rtps.find("d:flow_controller_descriptor_list/d:flow_controller_descriptor", NS)
-    assert desc.find("d:max_bytes_per_period", NS).text == "100000"      # 2 MB/s in 50 ms periods
-    assert desc.find("d:period_ms", NS).text == "50"
+    assert desc.find("d:max_bytes_per_period", NS).text == str(4 * DATAGRAM_BYTES)   # whole datagrams
+    assert desc.find("d:period_ms", NS).text == "131"                               # 262 kB / 2 MB/s
     assert list(rtps)[0].tag.endswith("flow_controller_descriptor_list")  # before the transports
     writer = root.find("d:profiles/d:data_writer", NS)
     assert writer.get("is_default_profile") == "true"
