@@ -59,11 +59,6 @@ def measured_workload(pff: dict) -> tuple[Workload, Workload, dict]:
                         "from": "pff_mnist.json single_layer, all_layers"}
 
 
-def scaled(w: Workload, factor_time: float, splits: int) -> Workload:
-    return Workload(tuple(t * factor_time for t in w.task_seconds), w.version_bytes, splits,
-                    tuple(a * factor_time for a in w.activity_bytes), w.image_bytes * factor_time)
-
-
 def paced(run: dict) -> Link:
     """The capped link as the run's data writers saw it: their flow controller's rate."""
     return Link(run["rate"], 8 * run["paced_bytes_per_second"], 1e-3)
@@ -107,21 +102,18 @@ def validate(pff: dict, capped: dict, w_sl: Workload, w_al: Workload) -> list[di
         rows.append({"run": f"{variant}, 2 hosts at 20 Mbit/s, nodes' span (capped_link)", "measured": round(span, 2),
                      "predicted": r.wall_seconds, "why": f"train_seconds {run['train_seconds']} s"})
     run = capped.get("dff/20mbit")
-    if run is not None and "bytes_per_chapter" in run and "paced_bytes_per_second" in run:
+    if run is not None and "layer_busy_seconds" in run and "paced_bytes_per_second" in run:
         # each hop's training bytes per chapter as the layers reported them (the test set's passes
         # come after train_seconds)
         links = run["bytes_per_chapter"]
         splits = run["overrides"]["splits"]
         per = {k: sum(v) / splits for k, v in links.items()}
-        if run.get("layer_busy_seconds"):   # the layers' own busy seconds: training, forward passes, (de)coding
-            tasks, why = tuple(b / splits for b in run["layer_busy_seconds"]), "task times: the layers' busy seconds"
-        else:
-            tasks, why = scaled(w_sl, run["overrides"]["train_subset"] / 60000, splits).task_seconds, \
-                "task times scaled from pff_mnist"
+        # the layers' own busy seconds: training, the forward passes they send on, (de)coding
+        tasks = tuple(b / splits for b in run["layer_busy_seconds"])
         w = Workload(tasks, (), splits, (per["layer_0 -> layer_1"], per["layer_1 -> master"]), per["master -> layer_0"])
         r = simulate_dff(w, paced(run))
         rows.append({"run": "dff, 2 hosts at 20 Mbit/s (capped_link)", "measured": run["train_seconds"],
-                     "predicted": r.wall_seconds, "why": why})
+                     "predicted": r.wall_seconds, "why": "task times: the layers' busy seconds"})
     for r in rows:
         r["predicted"] = round(r["predicted"], 1)
         r["error"] = round(r["predicted"] / r["measured"] - 1, 3)

@@ -40,8 +40,7 @@ class Heartbeats:
             if seen is None or time.monotonic() - seen <= self.timeout:
                 continue
             if self.probe is not None and self.probe(s):
-                if self.last_seen.get(s, seen) == seen:   # no status came while it was asked
-                    self.beat(s)
+                self.beat(s)
                 self.late[s] = self.late.get(s, 0) + 1
                 continue
             self.lost.add(s)
