@@ -28,7 +28,8 @@ def _sets(flag: str, items: list[str]) -> list[str]:
     return [x for kv in items for x in (flag, kv)]
 
 
-# name, full arguments, quick arguments (in run order: scaling reads pff_mnist's and capped_link's results)
+# name ("script" or "script:variant"), full arguments, quick arguments (in run order: scaling reads
+# pff_mnist's and capped_link's results)
 BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("transport_throughput", [], ["--messages-mb", "40", "--repeats", "1"]),
     ("reference_mnist", ["config/models/mnist_default.yaml", "config/models/mnist_random.yaml",
@@ -38,6 +39,10 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("pipeline_mnist", [], _sets("--train-set", SMALL)),
     ("pff_mnist", [], ["--repeats", "1", *_sets("--train-set", SMALL)]),
     ("capped_link", [], _sets("--train-set", SMALL)),
+    # 4 server hosts time-sharing the 2 cores, All-Layers in 4 chapters (one per node)
+    ("capped_link:4hosts", ["--servers", "4", "--runs", "all_layers", *_sets("--train-set", ["epochs=4", "splits=4"])],
+     ["--servers", "4", "--runs", "all_layers",
+      *_sets("--train-set", ["train_subset=2000", "test_subset=1000", "epochs=4", "splits=4"])]),
     ("scaling", [], []),
     ("conv_images", [], _sets("--set", SMALL)),
     ("conv_distributed", [], _sets("--train-set", SMALL)),
@@ -51,7 +56,8 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
 
 
 def commands(quick: bool, base_tree: str | None) -> list[tuple[str, list[str]]]:
-    out = [(name, [sys.executable, str(BENCH / f"{name}.py"), *(q if quick else full)]) for name, full, q in BENCHES]
+    out = [(name, [sys.executable, str(BENCH / f"{name.split(':')[0]}.py"), *(q if quick else full)])
+           for name, full, q in BENCHES]
     if base_tree:
         extra = ["--rounds", "1", "--transport-mb", "40", *_sets("--train-set", SMALL)] if quick else []
         out.append(("before_after", [sys.executable, str(BENCH / "before_after.py"), "--base-tree", base_tree, *extra]))

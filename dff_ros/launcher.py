@@ -114,10 +114,11 @@ def main(argv=None) -> int:
             wrap = hosts.command
             profile = config_file("fastdds_udp_profile.xml")
             if args.rate:   # pace every node below its link, or the link drowns in resends
-                from dff_ros.netns import PACED_SHARE, rate_bits, with_flow_controller
+                from dff_ros.netns import host_pacing, readers_per_sample, with_flow_controller
                 scratch = tempfile.TemporaryDirectory(prefix="dff_ros_")
                 paced = Path(scratch.name) / "fastdds_udp_paced.xml"
-                paced.write_text(with_flow_controller(Path(profile).read_text(), PACED_SHARE * rate_bits(args.rate) / 8))
+                readers = readers_per_sample(cfg.transport, cfg.servers)
+                paced.write_text(with_flow_controller(Path(profile).read_text(), *host_pacing(args.rate, readers)))
                 profile = str(paced)
             env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",   # discovery across the bridge, data over UDP
                    "FASTDDS_DEFAULT_PROFILES_FILE": profile,

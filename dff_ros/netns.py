@@ -54,9 +54,11 @@ def tbf_args(rate: str) -> list[str]:
 
 
 DATAGRAM_BYTES = 65500   # Fast DDS's largest UDP message: a big sample goes as fragments of this size
+BURST_DATAGRAMS = 4   # what a host sends back to back per period, all copies together: 262 kB,
+# about half of tbf's 200 ms queue at 20 Mbit/s
 
 
-def pacing(bytes_per_second: float, datagrams: int = 4, shortest_ms: int = 10) -> tuple[int, int]:
+def pacing(bytes_per_second: float, datagrams: int = BURST_DATAGRAMS, shortest_ms: int = 10) -> tuple[int, int]:
     """(max_bytes_per_period, period_ms) for a flow controller that sends ``bytes_per_second``
     or a little less. The budget is whole datagrams: the controller sends a fragment only if
     all of it fits what is left of the period, so 100 kB per period passed one 65.5 kB
@@ -72,17 +74,33 @@ def pacing(bytes_per_second: float, datagrams: int = 4, shortest_ms: int = 10) -
 PACED_SHARE = 0.8   # of a capped link, for the data writers; the rest: heartbeats, ACKs, discovery
 
 
-def paced_bytes_per_second(rate: str) -> float:
-    """What the data writers of a host with egress cap ``rate`` send at most (the launcher's
-    flow controller: ``PACED_SHARE`` of the cap in whole datagrams)."""
-    budget, period_ms = pacing(PACED_SHARE * rate_bits(rate) / 8)
+def readers_per_sample(transport: str, servers: int) -> int:
+    """How many other hosts one data sample goes to: a DFF activity to the next layer's node, a
+    PFF version to every other server (each listens to every part's topic, ``PFFPlan.received_by``)."""
+    return max(1, servers - 1) if transport == "parameters" else 1
+
+
+def host_pacing(rate: str, readers: int = 1) -> tuple[int, int]:
+    """(max_bytes_per_period, period_ms) for the flow controller of a host with egress cap
+    ``rate`` whose samples each go to ``readers`` other hosts. Fast DDS's controller counts a
+    sample once however many readers' addresses it goes to (RTPSMessageGroup adds a message's
+    length once per send), so the budget is ``PACED_SHARE`` of the cap / readers, and a period's
+    burst of datagrams is split between the copies: 4 datagrams a period sent to 3 readers put
+    786 kB at once into a 500 kB queue, and the drops waited for the writers' repairs (4 hosts
+    at 20 Mbit/s: 41 s per 9.4 MB version, 14 s expected)."""
+    return pacing(PACED_SHARE * rate_bits(rate) / 8 / readers, datagrams=max(1, BURST_DATAGRAMS // readers))
+
+
+def paced_bytes_per_second(rate: str, readers: int = 1) -> float:
+    """What that controller lets a host's data writers send, each sample counted once."""
+    budget, period_ms = host_pacing(rate, readers)
     return budget * 1000 / period_ms
 
 
-def with_flow_controller(profile_xml: str, bytes_per_second: float) -> str:
-    """A Fast DDS profile (XML text) whose participants send at most ``bytes_per_second``:
-    a FIFO flow controller used by every data writer (asynchronous publishing), its budget
-    whole datagrams (``pacing``). Without one, reliable messages of many fragments overrun a
+def with_flow_controller(profile_xml: str, budget: int, period_ms: int) -> str:
+    """A Fast DDS profile (XML text) whose participants send at most ``budget`` bytes per
+    ``period_ms``: a FIFO flow controller used by every data writer (asynchronous publishing),
+    its budget whole datagrams (``pacing``, ``host_pacing``). Without one, reliable messages of many fragments overrun a
     capped link, the drops are resent at full speed and nothing gets through (seen here at
     20 Mbit/s: 760 MB sent for 11 MB delivered)."""
     import xml.etree.ElementTree as ET
@@ -97,7 +115,6 @@ def with_flow_controller(profile_xml: str, bytes_per_second: float) -> str:
         raise ValueError("the profile has no <profiles><participant><rtps>")
     controllers = ET.Element(q("flow_controller_descriptor_list"))
     desc = ET.SubElement(controllers, q("flow_controller_descriptor"))
-    budget, period_ms = pacing(bytes_per_second)
     for tag, text in (("name", "dff_link"), ("scheduler", "FIFO"), ("max_bytes_per_period", str(budget)),
                       ("period_ms", str(period_ms))):
         ET.SubElement(desc, q(tag)).text = text

@@ -10,10 +10,11 @@ A discrete-event simulation of the schedules the nodes follow, fed with measured
 * DFF, chapters schedule: layer k trains chapter j once it has trained chapter j-1 and layer
   k-1's activities of chapter j have arrived; the master's images feed layer 0.
 
-The link model: every node sends one message at a time on its uplink and receives one at a
-time on its downlink (full duplex to a switch, unicast to each reader, as Fast DDS sends user
-data); a message takes latency + size / bandwidth. A PFF version goes to every node that
-subscribes to its part (``PFFPlan.received_by``), the nodes that need it first. Nodes on one host (``hosts``) pass messages
+The link model: every node sends one message at a time on its uplink (the cap is on each
+host's egress); a message takes latency + size / bandwidth per reader, unicast to each as Fast
+DDS sends user data, datagram by datagram to all of them in turn, so all its readers have it at
+the end. A PFF version goes to every node that subscribes
+to its part (``PFFPlan.received_by``). Nodes on one host (``hosts``) pass messages
 over shared memory at ``local`` speed and share the host's cores: k tasks on c cores run at
 min(1, c/k) of their speed (processor sharing), times ``beside`` when a task shares the host.
 """
@@ -62,21 +63,31 @@ class Result:
 
 
 class _Network:
-    """Uplink and downlink queues: when a message sent at ``t`` arrives."""
+    """Each node's uplink queue: when a message sent at ``t`` arrives."""
 
     def __init__(self, nodes: int, link: Link, hosts: list[int], local: Link):
         self.link, self.hosts, self.local = link, hosts, local
         self.up = [0.0] * nodes
-        self.down = [0.0] * nodes
 
-    def send(self, t: float, src: int, dst: int, nbytes: float) -> float:
-        if src == dst:
-            return t
-        link = self.local if self.hosts[src] == self.hosts[dst] else self.link
-        start = max(t, self.up[src], self.down[dst])
-        wire = 8.0 * nbytes / link.bits_per_second
-        self.up[src] = self.down[dst] = start + wire
-        return start + wire + link.latency_seconds
+    def send(self, t: float, src: int, dests: list[int], nbytes: float) -> dict[int, float]:
+        """When a message sent at ``t`` to ``dests`` arrives at each. Fast DDS sends each datagram
+        of a sample to all its readers' addresses in turn, so the k copies over the link share the
+        uplink and all arrive at the end, after k transfers; copies to nodes on the sender's host
+        go over shared memory one by one. Only the sender's uplink is a queue: the caps are on
+        each host's egress (as tc tbf puts them on the emulated hosts), and a receiver's share of
+        several senders is not modelled (reserving its downlink in the order sends are issued
+        made a version wait behind transfers that had not started yet)."""
+        out = {d: t for d in dests if d == src}
+        remote = [d for d in dests if d != src and self.hosts[d] != self.hosts[src]]
+        for d in dests:
+            if d != src and d not in remote:
+                self.up[src] = max(t, self.up[src]) + 8.0 * nbytes / self.local.bits_per_second
+                out[d] = self.up[src] + self.local.latency_seconds
+        if remote:
+            self.up[src] = max(t, self.up[src]) + len(remote) * 8.0 * nbytes / self.link.bits_per_second
+            for d in remote:
+                out[d] = self.up[src] + self.link.latency_seconds
+        return out
 
 
 class _Cores:
@@ -118,12 +129,15 @@ class _Cores:
         self.running[host].remove(task)
 
 
-def _play(nodes: int, order: list[list], needs, work, produce, link: Link, hosts, cores, beside, local) -> Result:
+def _play(nodes: int, order: list[list], needs, work, produce, link: Link, hosts, cores, beside, local,
+          cpus=None) -> Result:
     """Runs each node's task list in order; ``needs(task)`` -> keys that must have arrived at the
-    node, ``produce(task)`` -> [(key, nbytes, destination nodes)]."""
+    node, ``produce(task)`` -> [(key, nbytes, destination nodes)]. ``cpus[n]``: whose cores node
+    n's tasks share (default its host's; emulated hosts on one machine share that machine's)."""
     hosts = list(range(nodes)) if hosts is None else list(hosts)
-    host_cores = {h: (cores.get(h, 1) if isinstance(cores, dict) else cores) for h in set(hosts)}
-    net, cpu = _Network(nodes, link, hosts, local), _Cores(hosts, host_cores, beside)
+    cpus = hosts if cpus is None else list(cpus)
+    pool_cores = {h: (cores.get(h, 1) if isinstance(cores, dict) else cores) for h in set(cpus)}
+    net, cpu = _Network(nodes, link, hosts, local), _Cores(cpus, pool_cores, beside)
     arrived: dict[tuple[int, object], float] = {}    # (node, key) -> time
     nxt = [0] * nodes
     idle = [True] * nodes
@@ -156,9 +170,8 @@ def _play(nodes: int, order: list[list], needs, work, produce, link: Link, hosts
             idle[n], nxt[n] = True, nxt[n] + 1
             for key, nbytes, dests in produce(task, n):
                 arrived[(n, key)] = t
-                for d in dests:   # in order: one uplink
-                    if d != n:
-                        heapq.heappush(pending, (net.send(t, n, d, nbytes), d, key))
+                for d, at in net.send(t, n, [d for d in dests if d != n], nbytes).items():
+                    heapq.heappush(pending, (at, d, key))
         else:
             t, d, key = heapq.heappop(pending)
             cpu.advance(t)
@@ -167,9 +180,10 @@ def _play(nodes: int, order: list[list], needs, work, produce, link: Link, hosts
 
 
 def simulate_pff(plan: PFFPlan, w: Workload, link: Link, *, hosts=None, cores=1, beside: float = 1.0,
-                 local: Link = SHARED_MEMORY) -> Result:
+                 local: Link = SHARED_MEMORY, cpus=None) -> Result:
     """Wall time and utilisation of a PFF run of ``plan`` (``hosts[n]``: the host of node n,
-    default one host each; ``cores``: per host, an int or {host: cores})."""
+    default one host each; ``cores``: per host, an int or {host: cores}; ``cpus[n]``: whose
+    cores node n uses, when that is not its host's, with ``cores`` keyed by it)."""
     L, parts, splits = plan.num_layers, plan.parts, w.splits
     order = [[(p, j) for j in range(splits) for p in plan.parts_for(n, j)] for n in range(plan.nodes)]
 
@@ -181,17 +195,15 @@ def simulate_pff(plan: PFFPlan, w: Workload, link: Link, *, hosts=None, cores=1,
         return [(p, j)] * (j > 0) + [(q, j + 1) for q in inputs(p)]   # keys: (part, version)
 
     # every node that listens to a part's topic gets each version (a node also watches the parts
-    # it does not need, to see that the others have finished): the ones that need it go first
+    # it does not need, to see that the others have finished)
     readers = {p: [m for m in range(plan.nodes) if p in plan.received_by(m, splits)] for p in range(parts)}
 
     def produce(task, n):
         p, j = task
-        users = {plan.trainer(p, j + 1)} if j + 1 < splits else set()
-        users |= {plan.trainer(q, j) for q in range(parts) if p in inputs(q)}
-        return [((p, j + 1), w.version_bytes[p], sorted(users) + [m for m in readers[p] if m not in users])]
+        return [((p, j + 1), w.version_bytes[p], readers[p])]
 
     return _play(plan.nodes, order, needs, lambda task: w.task_seconds[task[0]], produce, link, hosts,
-                 cores, beside, local)
+                 cores, beside, local, cpus)
 
 
 def simulate_dff(w: Workload, link: Link, *, layer_nodes=None, hosts=None, cores=1, beside: float = 1.0,

@@ -5,7 +5,9 @@ import pytest
 
 from rosutil import REPO
 
-from dff_ros.netns import DATAGRAM_BYTES, VirtualHosts, pacing, rate_bits, tbf_args, with_flow_controller
+from dff_ros.netns import (BURST_DATAGRAMS, DATAGRAM_BYTES, PACED_SHARE, VirtualHosts, host_pacing,
+                           paced_bytes_per_second, pacing, rate_bits, readers_per_sample, tbf_args,
+                           with_flow_controller)
 
 NS = {"d": "http://www.eprosima.com"}
 
@@ -39,6 +41,21 @@ def test_a_flow_controller_budget_is_whole_datagrams_at_or_below_the_rate(rate):
     assert 0.9 * rate <= paced <= rate or (period_ms > 1000 and paced <= rate), (budget, period_ms, paced)
 
 
+@pytest.mark.parametrize("servers", [2, 3, 4, 8])
+def test_the_unicast_copies_of_every_sample_together_stay_below_the_cap(servers):
+    # the flow controller counts a sample once for all its readers: a PFF version goes to every
+    # other server, a DFF activity to one node
+    assert readers_per_sample("activations", servers) == 1
+    k = readers_per_sample("parameters", servers)
+    assert k == servers - 1
+    cap = rate_bits("20mbit") / 8
+    assert PACED_SHARE * cap * 0.9 <= k * paced_bytes_per_second("20mbit", k) <= PACED_SHARE * cap * (1 + 1e-9)
+    # and a period's burst, all copies together, is what one reader alone would get (or one
+    # datagram to each, past BURST_DATAGRAMS readers)
+    budget, _ = host_pacing("20mbit", k)
+    assert budget >= DATAGRAM_BYTES and k * budget <= max(BURST_DATAGRAMS, k) * DATAGRAM_BYTES
+
+
 def test_a_flow_controller_needs_a_positive_rate():
     with pytest.raises(ValueError, match="bytes_per_second"):
         pacing(0)
@@ -46,7 +63,7 @@ def test_a_flow_controller_needs_a_positive_rate():
 
 def test_flow_controller_paces_every_writer_of_the_udp_profile():
     base = (REPO / "config" / "fastdds_udp_profile.xml").read_text()
-    root = ET.fromstring(with_flow_controller(base, 2_000_000))
+    root = ET.fromstring(with_flow_controller(base, *pacing(2_000_000)))
     rtps = root.find("d:profiles/d:participant/d:rtps", NS)
     desc = rtps.find("d:flow_controller_descriptor_list/d:flow_controller_descriptor", NS)
     assert desc.find("d:max_bytes_per_period", NS).text == str(4 * DATAGRAM_BYTES)   # whole datagrams
