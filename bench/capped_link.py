@@ -50,9 +50,9 @@ def plot(runs: list[dict], path: Path) -> None:
     from dff_ros.plots import _pyplot
 
     plt = _pyplot()
-    runs = sorted(runs, key=lambda r: RUNS.index(r["run"]))
-    names = [f"{r['run']}\n{r['rate']}" for r in runs]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    runs = sorted(runs, key=lambda r: (r.get("servers", 2), RUNS.index(r["run"])))
+    names = [f"{r['run']}\n{r['rate']}\n{r.get('servers', 2)} servers\n{r['epochs']} epochs" for r in runs]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     a.bar(names, [r["time_to_accuracy"] for r in runs], color="tab:blue")
     a.set_ylabel("time to accuracy [s]")
     a.set_title("training time over capped links")

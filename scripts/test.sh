@@ -8,4 +8,4 @@ bash scripts/setup.sh
 # Shared-memory segments and port locks that SIGKILLed DDS processes left (the fault tests kill
 # nodes) can stall a new participant: Fast DDS's own tool removes those whose owner is gone.
 [ -n "${DFF_NO_ROS:-}" ] || fastdds shm clean >/dev/null 2>&1 || echo "[test] fastdds shm clean failed (continuing)" >&2
-exec python -m pytest -q "$@"
+exec python -m pytest -q --durations=25 "$@"
