@@ -114,6 +114,9 @@ def test_classifier_runs_a_model_whose_layers_stay_on_the_servers(tmp_path, data
                       "--pipeline", str(pipeline), "-o", str(tmp_path / "net.pt"))
         assert rc == 0, out
         net, _ = load_network(tmp_path / "net.pt")
+        # a model no server hosts (checked at the end: it looks for its servers for 10 s meanwhile)
+        other = Proc(["-m", "dff_ros.nodes.classifier", "--model", "other"], env, tmp_path / "other.log")
+        nodes.append(other)
         count = 40
         images = mnist["test_images"][:count]
         for classifier, extra in (("softmax", ["--head", summary["head_weights"]]), ("goodness", [])):
@@ -131,11 +134,9 @@ def test_classifier_runs_a_model_whose_layers_stay_on_the_servers(tmp_path, data
             assert got == expected.tolist(), (classifier, got, expected.tolist())
             assert f"layers on the servers, run {summary['run_id']}" in node.output(), node.output()
             node.stop()
-        # a model no server hosts: said, with what to do
-        proc = Proc(["-m", "dff_ros.nodes.classifier", "--model", "other"], env, tmp_path / "other.log")
-        nodes.append(proc)
-        assert proc.p.wait(60) == 2, proc.output()
-        assert "0 runs of 'other' have every layer on the servers" in proc.output() and "keep_layers: true" in proc.output()
+        # the model no server hosts: said, with what to do
+        assert other.p.wait(60) == 2, other.output()
+        assert "0 runs of 'other' have every layer on the servers" in other.output() and "keep_layers: true" in other.output()
     finally:
         client.close()
         for p in [*nodes, *servers]:

@@ -83,7 +83,7 @@ def test_cli_train_then_eval(tmp_path, data_root):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "dff_ros", "train", str(REPO / "config/models/mnist_default.yaml"),
            "--data-root", str(data_root), "--out", str(out), "--no-download",
-           "--set", "epochs=4", "--set", "splits=4", "--set", "lr=0.003", "--set", "train_subset=6000",
+           "--set", "epochs=4", "--set", "splits=2", "--set", "lr=0.003", "--set", "train_subset=4000",
            "--set", "test_subset=500"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
