@@ -6,8 +6,9 @@ time to the same accuracy, bytes on the wire. Needs root (network namespaces, tc
 
 Every node runs on its own host (launcher --emulate-hosts: master + 2 servers, one IP each, DDS
 over UDP), each host's egress capped at --rate. With --servers 4 the four server hosts share
-this machine's 2 cores (the simulator's time-shared check, bench/scaling.py). The default is a 10k-sample subset for 2
-epochs: at 20 Mbit/s the full set would keep DFF on the wire for about 7 minutes per epoch.
+this machine's 2 cores (the simulator's time-shared check, bench/scaling.py). The default is a
+10k-sample subset for 2 epochs: at 20 Mbit/s the full set would keep DFF on the wire for about
+7 minutes per epoch.
 All runs train the same tasks, so they reach the same accuracy; the time to it is the training
 time (for PFF plus fetching the final weights). Writes bench/results/capped_link.{json,md,png}
 and the README table.

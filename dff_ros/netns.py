@@ -100,9 +100,9 @@ def paced_bytes_per_second(rate: str, readers: int = 1) -> float:
 def with_flow_controller(profile_xml: str, budget: int, period_ms: int) -> str:
     """A Fast DDS profile (XML text) whose participants send at most ``budget`` bytes per
     ``period_ms``: a FIFO flow controller used by every data writer (asynchronous publishing),
-    its budget whole datagrams (``pacing``, ``host_pacing``). Without one, reliable messages of many fragments overrun a
-    capped link, the drops are resent at full speed and nothing gets through (seen here at
-    20 Mbit/s: 760 MB sent for 11 MB delivered)."""
+    its budget whole datagrams (``pacing``, ``host_pacing``). Without one, reliable messages of
+    many fragments overrun a capped link, the drops are resent at full speed and nothing gets
+    through (seen here at 20 Mbit/s: 760 MB sent for 11 MB delivered)."""
     import xml.etree.ElementTree as ET
 
     ns = "http://www.eprosima.com"

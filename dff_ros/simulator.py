@@ -13,10 +13,10 @@ A discrete-event simulation of the schedules the nodes follow, fed with measured
 The link model: every node sends one message at a time on its uplink (the cap is on each
 host's egress); a message takes latency + size / bandwidth per reader, unicast to each as Fast
 DDS sends user data, datagram by datagram to all of them in turn, so all its readers have it at
-the end. A PFF version goes to every node that subscribes
-to its part (``PFFPlan.received_by``). Nodes on one host (``hosts``) pass messages
-over shared memory at ``local`` speed and share the host's cores: k tasks on c cores run at
-min(1, c/k) of their speed (processor sharing), times ``beside`` when a task shares the host.
+the end. A PFF version goes to every node that subscribes to its part (``PFFPlan.received_by``).
+Nodes on one host (``hosts``) pass messages over shared memory at ``local`` speed and share the
+host's cores: k tasks on c cores run at min(1, c/k) of their speed (processor sharing), times
+``beside`` when a task shares the host.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class _Network:
         each host's egress (as tc tbf puts them on the emulated hosts), and a receiver's share of
         several senders is not modelled (reserving its downlink in the order sends are issued
         made a version wait behind transfers that had not started yet)."""
-        out = {d: t for d in dests if d == src}
+        out = {}
         remote = [d for d in dests if d != src and self.hosts[d] != self.hosts[src]]
         for d in dests:
             if d != src and d not in remote:
@@ -170,7 +170,7 @@ def _play(nodes: int, order: list[list], needs, work, produce, link: Link, hosts
             idle[n], nxt[n] = True, nxt[n] + 1
             for key, nbytes, dests in produce(task, n):
                 arrived[(n, key)] = t
-                for d, at in net.send(t, n, [d for d in dests if d != n], nbytes).items():
+                for d, at in net.send(t, n, dests, nbytes).items():
                     heapq.heappush(pending, (at, d, key))
         else:
             t, d, key = heapq.heappop(pending)
